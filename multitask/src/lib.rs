@@ -1,1 +1,68 @@
-//! x
+//! multitask: one executor API from a thread pool to crash-isolated worker
+//! processes to a Redis cluster, with futures, a lazy map, and measurement
+//! built in.
+//!
+//! It is the toolkit of Python's `concurrent.futures` and `multiprocessing`
+//! done as a product: [`TaskFuture`] with `result`, `cancel` and done
+//! callbacks; [`wait`] and [`as_completed`]; an [`Executor`] trait with
+//! `submit`, a lazy windowed `map`, and `shutdown`; and executors chosen by a
+//! spec string ([`AnyExecutor::from_spec`]).
+//!
+//! Closures run on threads. Work that crosses a process or machine boundary
+//! is a *named task*, a function registered at compile time:
+//!
+//! ```
+//! use multitask::{Executor, ThreadPool};
+//!
+//! #[multitask::task]
+//! fn is_prime(n: u64) -> bool {
+//!     n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+//! }
+//!
+//! let pool = ThreadPool::builder().max_workers(2).build().unwrap();
+//! let verdicts: Vec<bool> = pool
+//!     .map(is_prime, [2, 9, 13])
+//!     .map(Result::unwrap)
+//!     .collect();
+//! assert_eq!(verdicts, vec![true, false, true]);
+//! assert!(is_prime.call(7));
+//! ```
+
+// Lets the macros' `::multitask::` paths resolve inside this crate too.
+extern crate self as multitask;
+
+mod any;
+mod error;
+mod executor;
+mod future;
+mod info;
+mod map;
+mod panic;
+mod serial;
+mod sync;
+pub mod task;
+mod thread;
+mod wait;
+
+pub use any::AnyExecutor;
+pub use error::{Error, ExitCause, SubmitError, TaskError, WaitTimeout};
+pub use executor::{redact, ChunkFuture, Executor, ExecutorSpec, RawExecutor, Shutdown};
+pub use future::{Promise, TaskFuture, Terminate, Waitable};
+pub use info::{host_name, info, rss_of, usable_cpus, Info};
+pub use map::{Map, ProgressFn};
+pub use multitask_macros::{main, task};
+pub use serial::SerialExecutor;
+pub use task::{register, Codec, Task};
+pub use thread::{StopToken, Thread, ThreadPool, ThreadPoolBuilder};
+pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, Signal};
+
+/// Turns a start of this program as a worker process into a worker; returns
+/// at once in a normal start. Call it first thing in `main` (or use
+/// `#[multitask::main]`).
+pub fn init() {}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::task::{entry, signature_hash, TaskEntry, TASKS};
+    pub use linkme;
+}

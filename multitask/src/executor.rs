@@ -1,0 +1,207 @@
+//! The `Executor` trait every pool implements, the shutdown options, and
+//! executor spec strings (`serial`, `threads:8`, `processes:8`,
+//! `redis://host:6379/0?queue=q`).
+//!
+//! An executor runs *named tasks* ([`Task`]): that is what crosses process
+//! and machine boundaries. `submit_chunk` is the one primitive the map
+//! engine needs; `map` and `map_unordered` are written once, in
+//! [`crate::map`], on top of it, for every executor.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::{Error, SubmitError, TaskError};
+use crate::future::TaskFuture;
+use crate::map::Map;
+use crate::task::{Task, TaskEntry};
+
+/// The outcomes of a chunk, one per input, in input order.
+pub type ChunkFuture<O> = TaskFuture<Vec<Result<O, TaskError>>>;
+
+/// How [`Executor::shutdown`] stops a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Wait for running (and, unless cancelled, queued) tasks and for every
+    /// worker to exit. Default: true.
+    pub wait: bool,
+    /// Cancel the tasks that have not started. Default: false.
+    pub cancel_futures: bool,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown {
+            wait: true,
+            cancel_futures: false,
+        }
+    }
+}
+
+/// A pool that runs named tasks: the one API from a thread to a fleet.
+///
+/// Dropping a pool shuts it down and waits (`with Executor() as ex:`).
+pub trait Executor: Send + Sync {
+    /// Schedules `task(input)`; the future resolves with its outcome. After
+    /// shutdown the input is handed back with [`TaskError::Shutdown`].
+    fn submit<T: Task>(
+        &self,
+        task: T,
+        input: T::Input,
+    ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>>;
+
+    /// Schedules `task` over every input of `inputs` as one unit of work (one
+    /// message to a worker process); the future resolves with one outcome
+    /// per input, in order. A panic in one item fails only that item; a
+    /// worker that dies fails the whole chunk.
+    fn submit_chunk<T: Task>(
+        &self,
+        task: T,
+        inputs: Vec<T::Input>,
+    ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>>;
+
+    /// Stops the pool. Idempotent: a second call only waits, if asked to.
+    fn shutdown(&self, how: Shutdown);
+
+    /// How many tasks run at once.
+    fn max_workers(&self) -> usize;
+
+    /// The spec string that would build this executor (`threads:6`).
+    fn spec(&self) -> String;
+
+    /// Maps `task` over `inputs` lazily, yielding each item's outcome in
+    /// input order; see [`Map`] for chunking, the window and timeouts.
+    fn map<T, I>(&self, task: T, inputs: I) -> Map<'_, I::IntoIter, T::Output>
+    where
+        Self: Sized,
+        T: Task,
+        I: IntoIterator<Item = T::Input>,
+    {
+        Map::new(
+            T::NAME,
+            inputs.into_iter(),
+            self.max_workers(),
+            true,
+            Box::new(move |chunk| self.submit_chunk(task, chunk)),
+        )
+    }
+
+    /// As [`Executor::map`], yielding outcomes as they complete.
+    fn map_unordered<T, I>(&self, task: T, inputs: I) -> Map<'_, I::IntoIter, T::Output>
+    where
+        Self: Sized,
+        T: Task,
+        I: IntoIterator<Item = T::Input>,
+    {
+        Map::new(
+            T::NAME,
+            inputs.into_iter(),
+            self.max_workers(),
+            false,
+            Box::new(move |chunk| self.submit_chunk(task, chunk)),
+        )
+    }
+}
+
+/// A parsed executor spec string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutorSpec {
+    /// `serial`: run each task inline, on the caller's thread.
+    Serial,
+    /// `threads[:N]`: a [`crate::ThreadPool`]; default min(32, CPUs + 4).
+    Threads(Option<usize>),
+    /// `processes[:N]`: a pool of worker processes; default usable CPUs.
+    Processes(Option<usize>),
+    /// `redis://...` or `rediss://...`: a cluster queue on Redis.
+    Redis(String),
+}
+
+const SPEC_FORMS: &str =
+    "expected serial, threads[:N], processes[:N] or redis://[user:password@]host:port/db?queue=name";
+
+impl FromStr for ExecutorSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Spec {
+            spec: s.to_string(),
+            reason,
+        };
+        let t = s.trim();
+        if t.starts_with("redis://") || t.starts_with("rediss://") {
+            let rest = t.split_once("://").map_or("", |(_, r)| r);
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(bad("the redis URL has no host".to_string()));
+            }
+            return Ok(ExecutorSpec::Redis(t.to_string()));
+        }
+        let (kind, count) = match t.split_once(':') {
+            Some((k, n)) => (k, Some(n)),
+            None => (t, None),
+        };
+        let count = match count {
+            None => None,
+            Some(n) => match n.parse::<usize>() {
+                Ok(0) => return Err(bad("the worker count must be at least 1".to_string())),
+                Ok(n) => Some(n),
+                Err(_) => return Err(bad(format!("expected a worker count after ':', got {n:?}"))),
+            },
+        };
+        match kind {
+            "serial" if count.is_none() => Ok(ExecutorSpec::Serial),
+            "serial" => Err(bad("serial takes no worker count".to_string())),
+            "threads" | "thread" => Ok(ExecutorSpec::Threads(count)),
+            "processes" | "process" => Ok(ExecutorSpec::Processes(count)),
+            "" => Err(bad(format!("empty spec; {SPEC_FORMS}"))),
+            other => Err(bad(format!("unknown executor {other:?}; {SPEC_FORMS}"))),
+        }
+    }
+}
+
+impl fmt::Display for ExecutorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExecutorSpec::Serial => f.write_str("serial"),
+            ExecutorSpec::Threads(None) => f.write_str("threads"),
+            ExecutorSpec::Threads(Some(n)) => write!(f, "threads:{n}"),
+            ExecutorSpec::Processes(None) => f.write_str("processes"),
+            ExecutorSpec::Processes(Some(n)) => write!(f, "processes:{n}"),
+            ExecutorSpec::Redis(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.split_once('@') {
+        Some((a, h)) => (a, h),
+        None => return url.to_string(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// Runs a chunk here, for executors that run tasks in this process.
+pub(crate) fn run_chunk_here<T: Task>(
+    task: T,
+    inputs: Vec<T::Input>,
+) -> Vec<Result<T::Output, TaskError>> {
+    crate::task::run_items(task, inputs)
+}
+
+/// Runs already-encoded batches of a registered task: how a cluster worker
+/// hands tasks it read from the broker to a local pool without knowing
+/// their types. The payload is an encoded `Vec<Input>`; the output an
+/// encoded `Vec<Result<Output, TaskError>>` (see [`crate::task::TaskEntry`]).
+pub trait RawExecutor: Send + Sync {
+    /// Schedules `entry` over the encoded batch `payload`.
+    fn submit_raw(
+        &self,
+        entry: TaskEntry,
+        payload: Vec<u8>,
+    ) -> Result<TaskFuture<Vec<u8>>, SubmitError<Vec<u8>>>;
+}

@@ -1,0 +1,442 @@
+//! `ThreadPool`: the in-process executor for named tasks and closures.
+
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, SubmitError, TaskError};
+use crate::executor::{run_chunk_here, ChunkFuture, Executor, RawExecutor, Shutdown};
+use crate::future::TaskFuture;
+use crate::map::Map;
+use crate::task::{Task, TaskEntry};
+
+/// A job: `run(true)` runs the task, `run(false)` cancels it.
+type Job = Box<dyn FnOnce(bool) + Send>;
+
+/// What travels on the pool's channel.
+enum Msg {
+    /// A task to run.
+    Run(Job),
+    /// One worker is to exit.
+    Stop,
+}
+
+/// Runs in each worker thread before its first task.
+type Initializer = Arc<dyn Fn() + Send + Sync>;
+
+/// Builds a [`ThreadPool`].
+pub struct ThreadPoolBuilder {
+    /// Worker threads.
+    max_workers: Option<usize>,
+    /// Prefix of worker thread names.
+    prefix: String,
+    /// Runs in each worker before its first task.
+    initializer: Option<Initializer>,
+}
+
+impl fmt::Debug for ThreadPoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPoolBuilder")
+            .field("max_workers", &self.max_workers)
+            .field("prefix", &self.prefix)
+            .field("initializer", &self.initializer.is_some())
+            .finish()
+    }
+}
+
+impl ThreadPoolBuilder {
+    /// Worker threads. Default: min(32, usable CPUs + 4), as Python 3.13.
+    pub fn max_workers(mut self, n: usize) -> Self {
+        self.max_workers = Some(n);
+        self
+    }
+
+    /// Worker thread names are `{prefix}-{index}`. Default: `multitask`.
+    pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Runs `f` in each worker thread before its first task. If it panics,
+    /// the pool is broken: every task fails with [`TaskError::Broken`], as
+    /// Python's `BrokenThreadPool`. Default: none.
+    pub fn initializer(mut self, f: impl Fn() + Send + Sync + 'static) -> Self {
+        self.initializer = Some(Arc::new(f));
+        self
+    }
+
+    /// Starts the worker threads.
+    pub fn build(self) -> Result<ThreadPool, Error> {
+        let workers = match self.max_workers {
+            Some(0) => return Err(Error::Config("max_workers must be at least 1".to_string())),
+            Some(n) => n,
+            None => default_threads(),
+        };
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let shared = Arc::new(PoolShared {
+            closed: RwLock::new(false),
+            broken: Mutex::new(None),
+            tx,
+            rx,
+            busy: AtomicUsize::new(0),
+        });
+        let mut handles = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let shared = shared.clone();
+            let init = self.initializer.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("{}-{i}", self.prefix))
+                .spawn(move || worker_loop(&shared, init))
+                .map_err(|e| Error::io("starting a worker thread", e))?;
+            handles.push(h);
+        }
+        Ok(ThreadPool {
+            shared,
+            handles: Mutex::new(handles),
+            workers,
+            prefix: self.prefix,
+        })
+    }
+}
+
+/// The default thread count: min(32, usable CPUs + 4).
+pub(crate) fn default_threads() -> usize {
+    (crate::info::usable_cpus() + 4).min(32)
+}
+
+/// What the pool handle and its workers share.
+struct PoolShared {
+    /// True once shut down. Submits send under the read lock, so every job
+    /// sent before `shutdown` takes the write lock precedes its `Stop`s.
+    closed: RwLock<bool>,
+    /// Why the pool is broken (an initializer panicked), if it is.
+    broken: Mutex<Option<String>>,
+    /// Jobs in.
+    tx: Sender<Msg>,
+    /// Jobs out; also drained by `shutdown` to cancel queued work.
+    rx: Receiver<Msg>,
+    /// Tasks running now.
+    busy: AtomicUsize,
+}
+
+fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
+    if let Some(init) = init {
+        if let Err(e) = crate::panic::catch("initializer", || init()) {
+            let mut broken = shared.broken.lock().unwrap_or_else(|p| p.into_inner());
+            broken.get_or_insert_with(|| e.to_string());
+        }
+    }
+    while let Ok(msg) = shared.rx.recv() {
+        match msg {
+            Msg::Run(job) => {
+                let broken = shared
+                    .broken
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_some();
+                // Relaxed: `busy` is a gauge for observers; it orders nothing.
+                shared.busy.fetch_add(1, Ordering::Relaxed);
+                job(!broken);
+                shared.busy.fetch_sub(1, Ordering::Relaxed);
+            }
+            Msg::Stop => break,
+        }
+    }
+}
+
+/// A pool of worker threads: runs named tasks (the [`Executor`] API) and any
+/// closure ([`ThreadPool::spawn`], [`ThreadPool::map_fn`]).
+///
+/// Dropping the pool shuts it down and waits for queued and running tasks.
+///
+/// ```
+/// use multitask::{Executor, ThreadPool};
+/// #[multitask::task]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// let pool = ThreadPool::builder().max_workers(4).build().unwrap();
+/// let fut = pool.submit(square, 12).unwrap();
+/// assert_eq!(fut.result().unwrap(), 144);
+/// let squares: Vec<u64> = pool.map(square, 1..=4).map(Result::unwrap).collect();
+/// assert_eq!(squares, vec![1, 4, 9, 16]);
+/// ```
+pub struct ThreadPool {
+    /// Shared with the workers.
+    shared: Arc<PoolShared>,
+    /// Worker threads not yet joined; emptied by a waiting shutdown.
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// How many workers were started.
+    workers: usize,
+    /// Thread name prefix.
+    prefix: String,
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("workers", &self.workers)
+            .field("prefix", &self.prefix)
+            .field("busy", &self.shared.busy.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ThreadPool {
+    /// A builder with the defaults.
+    pub fn builder() -> ThreadPoolBuilder {
+        ThreadPoolBuilder {
+            max_workers: None,
+            prefix: "multitask".to_string(),
+            initializer: None,
+        }
+    }
+
+    /// A pool with `n` workers.
+    pub fn new(n: usize) -> Result<ThreadPool, Error> {
+        ThreadPool::builder().max_workers(n).build()
+    }
+
+    /// Sends a job whose promise is named `task`; hands `input` back if the
+    /// pool is closed or broken.
+    fn send<I>(
+        &self,
+        task: &str,
+        input: I,
+        job: impl FnOnce(I) -> Job,
+    ) -> Result<(), SubmitError<I>> {
+        let closed = self.shared.closed.read().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(SubmitError {
+                input,
+                error: TaskError::Shutdown {
+                    task: task.to_string(),
+                },
+            });
+        }
+        if let Some(reason) = self
+            .shared
+            .broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Err(SubmitError {
+                input,
+                error: TaskError::Broken {
+                    task: task.to_string(),
+                    reason,
+                },
+            });
+        }
+        // The receiver lives in `shared`, so the send can't fail.
+        let _ = self.shared.tx.send(Msg::Run(job(input)));
+        Ok(())
+    }
+
+    /// Runs the closure `f` on a worker thread.
+    pub fn spawn<R, F>(&self, f: F) -> Result<TaskFuture<R>, SubmitError<F>>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let name = std::any::type_name::<F>();
+        let (fut, promise) = TaskFuture::pending(name);
+        self.send(name, f, move |f| {
+            Box::new(move |run: bool| {
+                if !run {
+                    promise.cancel();
+                } else if promise.set_running() {
+                    let outcome = crate::panic::catch(name, f);
+                    promise.complete(outcome);
+                }
+            })
+        })?;
+        Ok(fut)
+    }
+
+    /// Maps the closure `f` over `inputs` lazily, in input order, with the
+    /// same engine as [`Executor::map`].
+    pub fn map_fn<F, I, O>(&self, f: F, inputs: I) -> Map<'_, I::IntoIter, O>
+    where
+        F: Fn(I::Item) -> O + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        O: Send + 'static,
+    {
+        self.closure_map(f, inputs, true)
+    }
+
+    /// As [`ThreadPool::map_fn`], yielding outcomes as they complete.
+    pub fn map_fn_unordered<F, I, O>(&self, f: F, inputs: I) -> Map<'_, I::IntoIter, O>
+    where
+        F: Fn(I::Item) -> O + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        O: Send + 'static,
+    {
+        self.closure_map(f, inputs, false)
+    }
+
+    fn closure_map<F, I, O>(&self, f: F, inputs: I, ordered: bool) -> Map<'_, I::IntoIter, O>
+    where
+        F: Fn(I::Item) -> O + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        O: Send + 'static,
+    {
+        let name = std::any::type_name::<F>();
+        let f = Arc::new(f);
+        Map::new(
+            name,
+            inputs.into_iter(),
+            self.workers,
+            ordered,
+            Box::new(move |chunk: Vec<I::Item>| {
+                let f = f.clone();
+                self.chunk_job(name, chunk, move |items| {
+                    items
+                        .into_iter()
+                        .map(|x| crate::panic::catch(name, || f(x)))
+                        .collect()
+                })
+            }),
+        )
+    }
+
+    /// Submits a chunk that `run` turns into per-item outcomes.
+    fn chunk_job<X, O>(
+        &self,
+        name: &'static str,
+        chunk: Vec<X>,
+        run: impl FnOnce(Vec<X>) -> Vec<Result<O, TaskError>> + Send + 'static,
+    ) -> Result<ChunkFuture<O>, SubmitError<Vec<X>>>
+    where
+        X: Send + 'static,
+        O: Send + 'static,
+    {
+        let (fut, promise) = TaskFuture::pending(name);
+        self.send(name, chunk, move |chunk| {
+            Box::new(move |go: bool| {
+                if !go {
+                    promise.cancel();
+                } else if promise.set_running() {
+                    promise.complete(Ok(run(chunk)));
+                }
+            })
+        })?;
+        Ok(fut)
+    }
+
+    /// Tasks running now.
+    pub fn busy(&self) -> usize {
+        self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Tasks queued and not yet started.
+    pub fn queued(&self) -> usize {
+        self.shared.rx.len()
+    }
+}
+
+impl Executor for ThreadPool {
+    fn submit<T: Task>(
+        &self,
+        task: T,
+        input: T::Input,
+    ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
+        let (fut, promise) = TaskFuture::pending(T::NAME);
+        self.send(T::NAME, input, move |input| {
+            Box::new(move |run: bool| {
+                if !run {
+                    promise.cancel();
+                } else if promise.set_running() {
+                    let outcome = crate::panic::catch(T::NAME, || task.run(input));
+                    promise.complete(outcome);
+                }
+            })
+        })?;
+        Ok(fut)
+    }
+
+    fn submit_chunk<T: Task>(
+        &self,
+        task: T,
+        inputs: Vec<T::Input>,
+    ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>> {
+        self.chunk_job(T::NAME, inputs, move |items| run_chunk_here(task, items))
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        {
+            let mut closed = self
+                .shared
+                .closed
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            if !*closed {
+                *closed = true;
+                if how.cancel_futures {
+                    // Cancel what is queued; every future still resolves.
+                    while let Ok(msg) = self.shared.rx.try_recv() {
+                        if let Msg::Run(job) = msg {
+                            job(false);
+                        }
+                    }
+                }
+                for _ in 0..self.workers {
+                    let _ = self.shared.tx.send(Msg::Stop);
+                }
+            }
+        }
+        if how.wait {
+            let me = std::thread::current().id();
+            let handles =
+                std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+            for h in handles {
+                // A task that shuts down its own pool must not join itself.
+                if h.thread().id() != me {
+                    let _ = h.join();
+                }
+            }
+        }
+    }
+
+    fn max_workers(&self) -> usize {
+        self.workers
+    }
+
+    fn spec(&self) -> String {
+        format!("threads:{}", self.workers)
+    }
+}
+
+impl RawExecutor for ThreadPool {
+    fn submit_raw(
+        &self,
+        entry: TaskEntry,
+        payload: Vec<u8>,
+    ) -> Result<TaskFuture<Vec<u8>>, SubmitError<Vec<u8>>> {
+        let name = entry.name;
+        let (fut, promise) = TaskFuture::pending(name);
+        self.send(name, payload, move |payload| {
+            Box::new(move |run: bool| {
+                if !run {
+                    promise.cancel();
+                } else if promise.set_running() {
+                    // The batch function catches each item's panic itself.
+                    promise.complete((entry.run)(&payload));
+                }
+            })
+        })?;
+        Ok(fut)
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.shutdown(Shutdown::default());
+    }
+}

@@ -1,0 +1,5 @@
+//! The integration test binary: one `mod` per area (ripgrep-style), so the
+//! whole suite links once.
+
+mod conformance;
+mod tasks;

@@ -205,3 +205,48 @@ pub trait RawExecutor: Send + Sync {
         payload: Vec<u8>,
     ) -> Result<TaskFuture<Vec<u8>>, SubmitError<Vec<u8>>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(
+            "serial".parse::<ExecutorSpec>().unwrap(),
+            ExecutorSpec::Serial
+        );
+        assert_eq!(
+            "threads".parse::<ExecutorSpec>().unwrap(),
+            ExecutorSpec::Threads(None)
+        );
+        assert_eq!(
+            "threads:8".parse::<ExecutorSpec>().unwrap(),
+            ExecutorSpec::Threads(Some(8))
+        );
+        assert_eq!(
+            " processes:2 ".parse::<ExecutorSpec>().unwrap(),
+            ExecutorSpec::Processes(Some(2))
+        );
+        let url = "redis://u:secret@host:6379/0?queue=q";
+        let spec: ExecutorSpec = url.parse().unwrap();
+        assert_eq!(spec, ExecutorSpec::Redis(url.to_string()));
+        assert_eq!(spec.to_string(), "redis://u:***@host:6379/0?queue=q");
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        for (spec, says) in [
+            ("threads:0", "at least 1"),
+            ("threads:x", "worker count"),
+            ("gpus", "unknown executor"),
+            ("", "empty spec"),
+            ("serial:3", "no worker count"),
+            ("redis://", "no host"),
+        ] {
+            let e = spec.parse::<ExecutorSpec>().unwrap_err().to_string();
+            assert!(e.contains(says), "{spec:?}: {e}");
+            assert!(e.starts_with("bad executor spec"), "{e}");
+        }
+    }
+}

@@ -66,3 +66,6 @@ pub mod __private {
     pub use crate::task::{entry, signature_hash, TaskEntry, TASKS};
     pub use linkme;
 }
+
+#[cfg(all(test, loom))]
+mod model;

@@ -58,9 +58,15 @@ pub(crate) fn panic_is_a_value_and_pool_goes_on<E: Executor>(ex: &E) {
 pub(crate) fn submit_after_shutdown_hands_input_back<E: Executor>(ex: &E) {
     ex.shutdown(Shutdown::default());
     let e = ex.submit(double, 99).expect_err("submit after shutdown");
-    assert!(matches!(e.error, TaskError::Shutdown { .. }), "{:?}", e.error);
+    assert!(
+        matches!(e.error, TaskError::Shutdown { .. }),
+        "{:?}",
+        e.error
+    );
     assert_eq!(e.into_input(), 99);
-    let e = ex.submit_chunk(double, vec![1, 2]).expect_err("chunk after shutdown");
+    let e = ex
+        .submit_chunk(double, vec![1, 2])
+        .expect_err("chunk after shutdown");
     assert_eq!(e.input, vec![1, 2]);
     // Idempotent.
     ex.shutdown(Shutdown::default());
@@ -77,7 +83,10 @@ fn occupy<E: Executor>(ex: &E, ms: u64) -> Vec<TaskFuture<u64>> {
 fn until_running(futs: &[TaskFuture<u64>]) {
     let deadline = Instant::now() + LIMIT;
     while !futs.iter().all(|f| f.running() || f.done()) {
-        assert!(Instant::now() < deadline, "workers never started the sleepers");
+        assert!(
+            Instant::now() < deadline,
+            "workers never started the sleepers"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -104,7 +113,11 @@ pub(crate) fn cancel_pending_is_done_at_once<E: Executor>(ex: &E, caps: Caps) {
         Some(LIMIT),
     );
     assert_eq!(done, vec![0]);
-    assert!(t.elapsed() < Duration::from_millis(200), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(matches!(get(&pending), Err(TaskError::Cancelled { .. })));
     // A running task can't be cancelled.
     assert!(!busy[0].cancel());
@@ -383,11 +396,7 @@ macro_rules! conformance {
     };
 }
 
-conformance!(
-    serial,
-    SerialExecutor::new(),
-    Caps { queues: false }
-);
+conformance!(serial, SerialExecutor::new(), Caps { queues: false });
 conformance!(
     threads,
     ThreadPool::builder().max_workers(3).build().unwrap(),

@@ -2,4 +2,5 @@
 //! whole suite links once.
 
 mod conformance;
+mod examples;
 mod tasks;

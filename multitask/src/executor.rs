@@ -10,13 +10,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::error::{Error, SubmitError, TaskError};
+use crate::chunk::Chunk;
+use crate::error::{Error, SubmitError};
 use crate::future::TaskFuture;
 use crate::map::Map;
 use crate::task::{Task, TaskEntry};
 
-/// The outcomes of a chunk, one per input, in input order.
-pub type ChunkFuture<O> = TaskFuture<Vec<Result<O, TaskError>>>;
+/// The future of a chunk's outcomes, one per input, in input order.
+pub type ChunkFuture<O> = TaskFuture<Chunk<O>>;
 
 /// How [`Executor::shutdown`] stops a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,7 @@ impl Default for Shutdown {
 /// Dropping a pool shuts it down and waits (`with Executor() as ex:`).
 pub trait Executor: Send + Sync {
     /// Schedules `task(input)`; the future resolves with its outcome. After
-    /// shutdown the input is handed back with [`TaskError::Shutdown`].
+    /// shutdown the input is handed back with [`crate::TaskError::Shutdown`].
     fn submit<T: Task>(
         &self,
         task: T,
@@ -186,17 +187,14 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Runs a chunk here, for executors that run tasks in this process.
-pub(crate) fn run_chunk_here<T: Task>(
-    task: T,
-    inputs: Vec<T::Input>,
-) -> Vec<Result<T::Output, TaskError>> {
+pub(crate) fn run_chunk_here<T: Task>(task: T, inputs: Vec<T::Input>) -> Chunk<T::Output> {
     crate::task::run_items(task, inputs)
 }
 
 /// Runs already-encoded batches of a registered task: how a cluster worker
 /// hands tasks it read from the broker to a local pool without knowing
 /// their types. The payload is an encoded `Vec<Input>`; the output an
-/// encoded `Vec<Result<Output, TaskError>>` (see [`crate::task::TaskEntry`]).
+/// encoded [`Chunk<Output>`](Chunk) (see [`crate::task::TaskEntry`]).
 pub trait RawExecutor: Send + Sync {
     /// Schedules `entry` over the encoded batch `payload`.
     fn submit_raw(

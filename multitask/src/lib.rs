@@ -32,6 +32,7 @@
 extern crate self as multitask;
 
 mod any;
+mod chunk;
 mod error;
 mod executor;
 mod future;
@@ -45,6 +46,7 @@ mod thread;
 mod wait;
 
 pub use any::AnyExecutor;
+pub use chunk::{Chunk, ChunkIter};
 pub use error::{Error, ExitCause, SubmitError, TaskError, WaitTimeout};
 pub use executor::{redact, ChunkFuture, Executor, ExecutorSpec, RawExecutor, Shutdown};
 pub use future::{Promise, TaskFuture, Terminate, Waitable};

@@ -22,6 +22,7 @@ use std::fmt;
 use std::iter::Fuse;
 use std::time::{Duration, Instant};
 
+use crate::chunk::{Chunk, ChunkIter};
 use crate::error::{SubmitError, TaskError};
 use crate::executor::ChunkFuture;
 use crate::future::Waitable;
@@ -83,8 +84,9 @@ pub struct Map<'a, I: Iterator, O> {
     signal: Arc<Signal>,
     /// Next chunk sequence number.
     seq: usize,
-    /// Outcomes of completed chunks, ready to yield.
-    ready: VecDeque<Result<O, TaskError>>,
+    /// Outcomes of completed chunks, ready to yield, chunk by chunk (no
+    /// copy per item).
+    ready: VecDeque<ChunkIter<O>>,
     /// The whole map's timeout and its deadline (set at the first `next`).
     timeout: Option<(Duration, Option<Instant>)>,
     /// Progress hook.
@@ -215,7 +217,7 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
                     // Each item of a refused chunk is its own error; the
                     // rest of the input is still tried.
                     self.ready
-                        .extend((0..len).map(|_| Err(rejected.error.clone())));
+                        .push_back(Chunk::all_failed(len, &rejected.error).into_iter());
                     return;
                 }
             }
@@ -224,14 +226,28 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
 
     /// Takes a completed chunk's outcomes into `ready`, and grows an
     /// automatic chunk size while chunks are quick.
-    fn absorb(&mut self, done: InFlight<O>, outcome: Result<Vec<Result<O, TaskError>>, TaskError>) {
-        match outcome {
-            Ok(items) => self.ready.extend(items),
-            Err(e) => self.ready.extend((0..done.len).map(|_| Err(e.clone()))),
-        }
+    fn absorb(&mut self, done: InFlight<O>, outcome: Result<Chunk<O>, TaskError>) {
+        let items = match outcome {
+            Ok(items) => items,
+            Err(e) => Chunk::all_failed(done.len, &e),
+        };
+        self.ready.push_back(items.into_iter());
         if let Chunking::Auto(n) = self.chunking {
             if done.len == n && done.submitted.elapsed() < TARGET_CHUNK_TIME {
                 self.chunking = Chunking::Auto((n * 2).min(MAX_AUTO_CHUNK));
+            }
+        }
+    }
+
+    /// The next ready outcome, dropping spent chunks.
+    fn pop_ready(&mut self) -> Option<Result<O, TaskError>> {
+        loop {
+            let front = self.ready.front_mut()?;
+            match front.next() {
+                Some(item) => return Some(item),
+                None => {
+                    self.ready.pop_front();
+                }
             }
         }
     }
@@ -302,7 +318,7 @@ impl<I: Iterator, O> Iterator for Map<'_, I, O> {
             self.timeout = Some((t, Some(Instant::now() + t)));
         }
         loop {
-            if let Some(item) = self.ready.pop_front() {
+            if let Some(item) = self.pop_ready() {
                 self.yielded += 1;
                 if let Some(p) = self.progress.as_mut() {
                     p(self.yielded, self.total);

@@ -56,3 +56,29 @@ pub(crate) fn catch<R>(task: &str, f: impl FnOnce() -> R) -> Result<R, TaskError
     IN_TASK.with(|t| t.set(was));
     result.map_err(|payload| TaskError::from_panic(task, &*payload))
 }
+
+/// Runs `f` on each item into a chunk, each item's panic becoming that
+/// item's error.
+///
+/// One `catch_unwind` covers the whole batch; after a panic the item that
+/// panicked gets its error and the rest go on under a new one, so a cheap
+/// item costs no more than its call.
+pub(crate) fn catch_each<X, R>(
+    task: &str,
+    items: Vec<X>,
+    f: impl Fn(X) -> R,
+) -> crate::chunk::Chunk<R> {
+    let mut out = crate::chunk::Chunk::with_capacity(items.len());
+    let mut rest = items.into_iter();
+    loop {
+        let ran = catch(task, || {
+            for x in rest.by_ref() {
+                out.push_ok(f(x));
+            }
+        });
+        match ran {
+            Ok(()) => return out,
+            Err(e) => out.push_err(e),
+        }
+    }
+}

@@ -56,7 +56,7 @@ pub trait Task: Copy + Default + Send + Sync + 'static {
 }
 
 /// Runs a batch: encoded `Vec<Input>` in, encoded
-/// `Vec<Result<Output, TaskError>>` out; each item's panic is caught.
+/// [`Chunk<Output>`](crate::Chunk) out; each item's panic is caught.
 pub type BatchFn = fn(&[u8]) -> Result<Vec<u8>, TaskError>;
 
 /// One registered task.
@@ -177,11 +177,8 @@ pub fn decode<V: DeserializeOwned>(task: &str, codec: Codec, bytes: &[u8]) -> Re
 
 /// Runs task `T` on each input of `inputs` here, catching each item's
 /// panic: the engine of a chunk on every executor.
-pub fn run_items<T: Task>(task: T, inputs: Vec<T::Input>) -> Vec<Result<T::Output, TaskError>> {
-    inputs
-        .into_iter()
-        .map(|input| crate::panic::catch(T::NAME, || task.run(input)))
-        .collect()
+pub fn run_items<T: Task>(task: T, inputs: Vec<T::Input>) -> crate::Chunk<T::Output> {
+    crate::panic::catch_each(T::NAME, inputs, |input| task.run(input))
 }
 
 /// The registry's batch function for `T`.

@@ -297,10 +297,7 @@ impl ThreadPool {
             Box::new(move |chunk: Vec<I::Item>| {
                 let f = f.clone();
                 self.chunk_job(name, chunk, move |items| {
-                    items
-                        .into_iter()
-                        .map(|x| crate::panic::catch(name, || f(x)))
-                        .collect()
+                    crate::panic::catch_each(name, items, |x| f(x))
                 })
             }),
         )
@@ -311,7 +308,7 @@ impl ThreadPool {
         &self,
         name: &'static str,
         chunk: Vec<X>,
-        run: impl FnOnce(Vec<X>) -> Vec<Result<O, TaskError>> + Send + 'static,
+        run: impl FnOnce(Vec<X>) -> crate::Chunk<O> + Send + 'static,
     ) -> Result<ChunkFuture<O>, SubmitError<Vec<X>>>
     where
         X: Send + 'static,

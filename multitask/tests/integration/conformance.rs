@@ -270,7 +270,7 @@ pub(crate) fn callbacks_run_in_order_and_panics_are_contained<E: Executor>(ex: &
 
 pub(crate) fn chunk_isolates_item_panics<E: Executor>(ex: &E) {
     let f = ex.submit_chunk(flaky, vec![1, 3, 5]).unwrap();
-    let out = get(&f).expect("the chunk ran");
+    let out = get(&f).expect("the chunk ran").into_vec();
     assert_eq!(out[0], Ok(2));
     assert!(out[1].as_ref().is_err_and(|e| e.is_panic()));
     assert_eq!(out[2], Ok(6));

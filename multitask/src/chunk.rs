@@ -119,9 +119,19 @@ pub struct ChunkIter<O> {
     /// The values left.
     values: std::vec::IntoIter<O>,
     /// The errors left.
-    errors: std::iter::Peekable<std::vec::IntoIter<(u32, TaskError)>>,
+    errors: std::vec::IntoIter<(u32, TaskError)>,
+    /// Position of the next error, or `u32::MAX` when none is left.
+    next_err: u32,
     /// Position of the next item.
     at: u32,
+}
+
+impl<O> ChunkIter<O> {
+    fn take_err(&mut self) -> Option<Result<O, TaskError>> {
+        let (_, e) = self.errors.next()?;
+        self.next_err = self.errors.as_slice().first().map_or(u32::MAX, |(i, _)| *i);
+        Some(Err(e))
+    }
 }
 
 impl<O> Iterator for ChunkIter<O> {
@@ -131,13 +141,13 @@ impl<O> Iterator for ChunkIter<O> {
     fn next(&mut self) -> Option<Self::Item> {
         let at = self.at;
         self.at = self.at.wrapping_add(1);
-        if self.errors.peek().is_some_and(|(i, _)| *i == at) {
-            return self.errors.next().map(|(_, e)| Err(e));
+        if at == self.next_err {
+            return self.take_err();
         }
         match self.values.next() {
             Some(v) => Some(Ok(v)),
             // A malformed chunk may leave errors past the values.
-            None => self.errors.next().map(|(_, e)| Err(e)),
+            None => self.take_err(),
         }
     }
 
@@ -152,9 +162,11 @@ impl<O> IntoIterator for Chunk<O> {
     type IntoIter = ChunkIter<O>;
 
     fn into_iter(self) -> ChunkIter<O> {
+        let next_err = self.errors.first().map_or(u32::MAX, |(i, _)| *i);
         ChunkIter {
             values: self.values.into_iter(),
-            errors: self.errors.into_iter().peekable(),
+            errors: self.errors.into_iter(),
+            next_err,
             at: 0,
         }
     }

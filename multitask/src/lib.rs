@@ -39,6 +39,8 @@ mod future;
 mod info;
 mod map;
 mod panic;
+#[cfg(feature = "progress")]
+pub mod progress;
 mod serial;
 mod sync;
 pub mod task;

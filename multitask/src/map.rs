@@ -84,8 +84,10 @@ pub struct Map<'a, I: Iterator, O> {
     signal: Arc<Signal>,
     /// Next chunk sequence number.
     seq: usize,
-    /// Outcomes of completed chunks, ready to yield, chunk by chunk (no
-    /// copy per item).
+    /// The chunk being yielded now.
+    current: Option<ChunkIter<O>>,
+    /// Outcomes of further completed chunks, ready to yield, chunk by chunk
+    /// (no copy per item).
     ready: VecDeque<ChunkIter<O>>,
     /// The whole map's timeout and its deadline (set at the first `next`).
     timeout: Option<(Duration, Option<Instant>)>,
@@ -127,6 +129,7 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
             slots: HashMap::new(),
             signal: Arc::new(Signal::default()),
             seq: 0,
+            current: None,
             ready: VecDeque::new(),
             timeout: None,
             progress: None,
@@ -169,6 +172,13 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
     pub fn progress(mut self, f: impl FnMut(usize, Option<usize>) + 'a) -> Self {
         self.progress = Some(Box::new(f));
         self
+    }
+
+    /// Draws a progress bar labelled `label` on stderr while the map runs,
+    /// when stderr is a terminal (see [`crate::progress`]).
+    #[cfg(feature = "progress")]
+    pub fn progress_bar(self, label: &str) -> Self {
+        self.progress(crate::progress::bar(label))
     }
 
     /// The input's length, when it knows it.
@@ -239,16 +249,14 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
         }
     }
 
-    /// The next ready outcome, dropping spent chunks.
+    /// The next ready outcome, moving on to the next chunk when one is spent.
+    #[inline]
     fn pop_ready(&mut self) -> Option<Result<O, TaskError>> {
         loop {
-            let front = self.ready.front_mut()?;
-            match front.next() {
-                Some(item) => return Some(item),
-                None => {
-                    self.ready.pop_front();
-                }
+            if let Some(item) = self.current.as_mut().and_then(Iterator::next) {
+                return Some(item);
             }
+            self.current = Some(self.ready.pop_front()?);
         }
     }
 
@@ -302,6 +310,7 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
             f.fut.cancel();
         }
         self.ready.clear();
+        self.current = None;
         Err(TaskError::TimedOut {
             task: self.task.to_string(),
             after: self.timeout.map(|(t, _)| t).unwrap_or_default(),
@@ -313,17 +322,33 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
 impl<I: Iterator, O> Iterator for Map<'_, I, O> {
     type Item = Result<O, TaskError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(item) = self.pop_ready() {
+            return Some(self.yield_item(item));
+        }
+        self.next_slow()
+    }
+}
+
+impl<I: Iterator, O> Map<'_, I, O> {
+    #[inline]
+    fn yield_item(&mut self, item: Result<O, TaskError>) -> Result<O, TaskError> {
+        self.yielded += 1;
+        if let Some(p) = self.progress.as_mut() {
+            p(self.yielded, self.total);
+        }
+        item
+    }
+
+    /// `next` when no outcome is ready: submit, wait, time out or end.
+    fn next_slow(&mut self) -> Option<Result<O, TaskError>> {
         if let Some((t, None)) = self.timeout {
             self.timeout = Some((t, Some(Instant::now() + t)));
         }
         loop {
             if let Some(item) = self.pop_ready() {
-                self.yielded += 1;
-                if let Some(p) = self.progress.as_mut() {
-                    p(self.yielded, self.total);
-                }
-                return Some(item);
+                return Some(self.yield_item(item));
             }
             if self.finished {
                 return None;

@@ -271,3 +271,28 @@ impl<T> std::fmt::Debug for AsCompleted<T> {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(all(test, feature = "stream", not(loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::ThreadPool;
+
+    #[test]
+    fn as_completed_is_a_stream() {
+        let pool = ThreadPool::new(2).unwrap();
+        let futs: Vec<_> = (0..10u64)
+            .map(|i| pool.spawn(move || i * 3).unwrap())
+            .collect();
+        let stream = as_completed(futs, Some(Duration::from_secs(20)));
+        let mut got: Vec<u64> = futures::executor::block_on(
+            StreamExt::map(stream, |f| f.expect("in time").result().expect("ran"))
+                .collect::<Vec<_>>(),
+        );
+        got.sort_unstable();
+        assert_eq!(got, (0..10u64).map(|i| i * 3).collect::<Vec<_>>());
+    }
+}

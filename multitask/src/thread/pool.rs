@@ -9,12 +9,41 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{run_chunk_here, ChunkFuture, Executor, RawExecutor, Shutdown};
-use crate::future::TaskFuture;
+use crate::future::{Promise, TaskFuture};
 use crate::map::Map;
 use crate::task::{Task, TaskEntry};
 
-/// A job: `run(true)` runs the task, `run(false)` cancels it.
-type Job = Box<dyn FnOnce(bool) + Send>;
+/// What a worker does with a job.
+enum Go {
+    /// Run the task.
+    Run,
+    /// Cancel it (shutdown with `cancel_futures`).
+    Cancel,
+    /// Fail it: the pool is broken for this reason.
+    Broken(String),
+}
+
+/// A job: runs, cancels or fails its task as told, and resolves its future.
+type Job = Box<dyn FnOnce(Go) + Send>;
+
+/// Applies `go` to a job's promise; `run` produces the outcome.
+fn settle<T>(promise: Promise<T>, go: Go, run: impl FnOnce() -> Result<T, TaskError>) {
+    match go {
+        Go::Run => {
+            if promise.set_running() {
+                let outcome = run();
+                promise.complete(outcome);
+            }
+        }
+        Go::Cancel => {
+            promise.cancel();
+        }
+        Go::Broken(reason) => {
+            let task = promise.task().to_string();
+            promise.complete(Err(TaskError::Broken { task, reason }));
+        }
+    }
+}
 
 /// What travels on the pool's channel.
 enum Msg {
@@ -136,10 +165,10 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                     .broken
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .is_some();
+                    .clone();
                 // Relaxed: `busy` is a gauge for observers; it orders nothing.
                 shared.busy.fetch_add(1, Ordering::Relaxed);
-                job(!broken);
+                job(broken.map_or(Go::Run, Go::Broken));
                 shared.busy.fetch_sub(1, Ordering::Relaxed);
             }
             Msg::Stop => break,
@@ -245,14 +274,7 @@ impl ThreadPool {
         let name = std::any::type_name::<F>();
         let (fut, promise) = TaskFuture::pending(name);
         self.send(name, f, move |f| {
-            Box::new(move |run: bool| {
-                if !run {
-                    promise.cancel();
-                } else if promise.set_running() {
-                    let outcome = crate::panic::catch(name, f);
-                    promise.complete(outcome);
-                }
-            })
+            Box::new(move |go| settle(promise, go, || crate::panic::catch(name, f)))
         })?;
         Ok(fut)
     }
@@ -316,13 +338,7 @@ impl ThreadPool {
     {
         let (fut, promise) = TaskFuture::pending(name);
         self.send(name, chunk, move |chunk| {
-            Box::new(move |go: bool| {
-                if !go {
-                    promise.cancel();
-                } else if promise.set_running() {
-                    promise.complete(Ok(run(chunk)));
-                }
-            })
+            Box::new(move |go| settle(promise, go, || Ok(run(chunk))))
         })?;
         Ok(fut)
     }
@@ -346,13 +362,10 @@ impl Executor for ThreadPool {
     ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
         self.send(T::NAME, input, move |input| {
-            Box::new(move |run: bool| {
-                if !run {
-                    promise.cancel();
-                } else if promise.set_running() {
-                    let outcome = crate::panic::catch(T::NAME, || task.run(input));
-                    promise.complete(outcome);
-                }
+            Box::new(move |go| {
+                settle(promise, go, || {
+                    crate::panic::catch(T::NAME, || task.run(input))
+                })
             })
         })?;
         Ok(fut)
@@ -379,7 +392,7 @@ impl Executor for ThreadPool {
                     // Cancel what is queued; every future still resolves.
                     while let Ok(msg) = self.shared.rx.try_recv() {
                         if let Msg::Run(job) = msg {
-                            job(false);
+                            job(Go::Cancel);
                         }
                     }
                 }
@@ -418,15 +431,9 @@ impl RawExecutor for ThreadPool {
     ) -> Result<TaskFuture<Vec<u8>>, SubmitError<Vec<u8>>> {
         let name = entry.name;
         let (fut, promise) = TaskFuture::pending(name);
+        // The batch function catches each item's panic itself.
         self.send(name, payload, move |payload| {
-            Box::new(move |run: bool| {
-                if !run {
-                    promise.cancel();
-                } else if promise.set_running() {
-                    // The batch function catches each item's panic itself.
-                    promise.complete((entry.run)(&payload));
-                }
-            })
+            Box::new(move |go| settle(promise, go, || (entry.run)(&payload)))
         })?;
         Ok(fut)
     }

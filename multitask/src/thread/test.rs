@@ -54,7 +54,7 @@ fn a_panicking_initializer_breaks_the_pool() {
     if let Ok(fut) = pool.spawn(|| 1) {
         let r = fut.result_timeout(LIMIT).expect("in time");
         assert!(
-            matches!(&r, Err(TaskError::Cancelled { .. })),
+            matches!(&r, Err(TaskError::Broken { .. })),
             "a task queued on a broken pool is not run: {r:?}"
         );
     }

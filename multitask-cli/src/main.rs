@@ -1,1 +1,3 @@
+//! The `multitask` command line (being built).
+
 fn main() {}

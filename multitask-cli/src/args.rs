@@ -42,7 +42,7 @@ pub(crate) enum Command {
 /// `multitask primes`.
 #[derive(Debug, Args)]
 pub(crate) struct PrimesArgs {
-    /// Executor spec: serial, threads[:N], processes[:N] or redis://host/db?queue=q.
+    /// Executor: serial, threads, threads:N, processes, processes:N or redis://HOST/DB?queue=Q.
     #[arg(short, long, value_name = "SPEC", default_value = "processes")]
     pub(crate) executor: ExecutorSpec,
     /// Print one JSON object instead of text.
@@ -80,7 +80,7 @@ pub(crate) struct RunArgs {
     /// processes or threads spec.
     #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) jobs: Option<u32>,
-    /// Executor spec: serial, threads[:N], processes[:N] or redis://host/db?queue=q.
+    /// Executor: serial, threads, threads:N, processes, processes:N or redis://HOST/DB?queue=Q.
     #[arg(short, long, value_name = "SPEC", default_value = "processes")]
     pub(crate) executor: ExecutorSpec,
     /// Kill a job (its whole process group) after this many seconds.
@@ -92,7 +92,7 @@ pub(crate) struct RunArgs {
     /// Print outputs in input order (default: as jobs complete).
     #[arg(short, long)]
     pub(crate) keep_order: bool,
-    /// Append a line per job to FILE, in GNU parallel's --joblog format.
+    /// Write a line per job to FILE (replacing it), in GNU parallel's --joblog format.
     #[arg(long, value_name = "FILE")]
     pub(crate) joblog: Option<PathBuf>,
     /// Stop on failures: never, now,fail=N (kill running jobs) or soon,fail=N
@@ -103,12 +103,7 @@ pub(crate) struct RunArgs {
     #[arg(long)]
     pub(crate) dry_run: bool,
     /// The command, then optionally ::: and the arguments.
-    #[arg(
-        value_name = "CMD",
-        required = true,
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true)]
     pub(crate) command: Vec<String>,
 }
 

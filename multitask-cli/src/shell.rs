@@ -108,10 +108,13 @@ pub(crate) fn run(cmd: &str, timeout: Option<Duration>) -> io::Result<Finished> 
             Err(_) => {
                 kill_group(pgid);
                 timed_out = true;
-                rx.recv().unwrap_or_else(|_| Err(io::Error::other("waiter lost")))
+                rx.recv()
+                    .unwrap_or_else(|_| Err(io::Error::other("waiter lost")))
             }
         },
-        None => rx.recv().unwrap_or_else(|_| Err(io::Error::other("waiter lost"))),
+        None => rx
+            .recv()
+            .unwrap_or_else(|_| Err(io::Error::other("waiter lost"))),
     }?;
     drop(registered);
 

@@ -192,6 +192,9 @@ mod tests {
         };
         let o = run_shell.call(job);
         assert_eq!((o.seq, o.code, o.signal, o.attempts), (7, Some(3), None, 2));
-        assert_eq!((&o.stdout[..], &o.stderr[..]), (&b"out\n"[..], &b"err\n"[..]));
+        assert_eq!(
+            (&o.stdout[..], &o.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
     }
 }

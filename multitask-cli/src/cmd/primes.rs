@@ -31,6 +31,9 @@ pub(crate) const SEED: [u64; 6] = [
     1099726899285419,
 ];
 
+/// Each number's verdict and, with `--show-worker`, the pid that computed it.
+type Verdicts<'a> = Box<dyn Iterator<Item = Result<(bool, Option<u32>), TaskError>> + 'a>;
+
 /// Tests the numbers and prints the verdicts and the timing.
 pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
     let numbers = if args.numbers.is_empty() {
@@ -44,14 +47,13 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
     let mut out = io::stdout().lock();
 
     let clock = Instant::now();
-    let verdicts: Box<dyn Iterator<Item = Result<(bool, Option<u32>), TaskError>>> =
-        if args.show_worker {
-            let map = ex.map(is_prime_with_pid, numbers.clone()).progress(tick);
-            Box::new(map.map(|r| r.map(|(prime, pid)| (prime, Some(pid)))))
-        } else {
-            let map = ex.map(is_prime, numbers.clone()).progress(tick);
-            Box::new(map.map(|r| r.map(|prime| (prime, None))))
-        };
+    let verdicts: Verdicts<'_> = if args.show_worker {
+        let map = ex.map(is_prime_with_pid, numbers.clone()).progress(tick);
+        Box::new(map.map(|r| r.map(|(prime, pid)| (prime, Some(pid)))))
+    } else {
+        let map = ex.map(is_prime, numbers.clone()).progress(tick);
+        Box::new(map.map(|r| r.map(|prime| (prime, None))))
+    };
     let mut results = Vec::with_capacity(numbers.len());
     for (&n, verdict) in numbers.iter().zip(verdicts) {
         let (prime, pid) = verdict.with_context(|| format!("testing {n}"))?;

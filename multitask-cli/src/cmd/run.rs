@@ -7,7 +7,7 @@
 //! the executor's lazy map (`map` with `-k`, `map_unordered` without) with
 //! one job per chunk and a window of one job per worker, so no more jobs
 //! are started than run. Each job is the named task
-//! [`run_shell`](crate::tasks::run_shell); its stdout and stderr are
+//! [`run_shell`]; its stdout and stderr are
 //! printed as one block each when it ends, so outputs never interleave.
 //!
 //! `--halt soon,fail=N` stops feeding jobs after N failures and lets the
@@ -490,7 +490,10 @@ mod tests {
     fn the_command_splits_at_the_separator() {
         let words = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
         let (t, a) = split_command(&words("echo {} ::: a b")).unwrap();
-        assert_eq!((t.as_str(), a), ("echo {}", Some(vec!["a".into(), "b".into()])));
+        assert_eq!(
+            (t.as_str(), a),
+            ("echo {}", Some(vec!["a".into(), "b".into()]))
+        );
         assert_eq!(split_command(&words("wc -l")).unwrap().1, None);
         assert!(split_command(&words("::: a")).is_err());
         assert!(split_command(&words("echo ::: a ::: b")).is_err());
@@ -502,6 +505,9 @@ mod tests {
         assert_eq!(j, ExecutorSpec::Threads(Some(2)));
         let d = with_jobs(&ExecutorSpec::Processes(None), None);
         assert_eq!(d, ExecutorSpec::Processes(Some(multitask::usable_cpus())));
-        assert_eq!(with_jobs(&ExecutorSpec::Serial, Some(4)), ExecutorSpec::Serial);
+        assert_eq!(
+            with_jobs(&ExecutorSpec::Serial, Some(4)),
+            ExecutorSpec::Serial
+        );
     }
 }

@@ -219,6 +219,6 @@ pub fn main(attr: TokenStream, item: TokenStream) -> TokenStream {
         ::multitask::init();
         #body
     });
-    func.block = Box::new(new_body);
+    *func.block = new_body;
     quote!(#func).into()
 }

@@ -1,0 +1,134 @@
+//! The command line, declared with clap's derive API: one struct per
+//! subcommand, parsed values typed (spec strings, durations, `--halt`).
+//!
+//! Parsing only: each `cmd/` module takes its struct and does the work.
+//! Usage errors become one `multitask: error: ...` line and exit 2 in
+//! `main.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use multitask::ExecutorSpec;
+
+use crate::cmd::run::Halt;
+
+/// multitask: run work in parallel on threads, worker processes or a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "multitask", version, propagate_version = true)]
+pub(crate) struct Cli {
+    /// No progress output on stderr.
+    #[arg(short, long, global = true)]
+    pub(crate) quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+// `worker`, `status` (the cluster) and `bench` join this enum as they land.
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Test numbers for primality in parallel and time it against a serial
+    /// run (the seed's example).
+    Primes(PrimesArgs),
+    /// Show this process and machine: ids, directory, host, CPUs, memory.
+    Info(InfoArgs),
+    /// Run a shell command for each argument, in parallel (like xargs -P or
+    /// GNU parallel).
+    Run(RunArgs),
+}
+
+/// `multitask primes`.
+#[derive(Debug, Args)]
+pub(crate) struct PrimesArgs {
+    /// Executor: serial, threads, threads:N, processes, processes:N or redis://HOST/DB?queue=Q.
+    #[arg(short, long, value_name = "SPEC", default_value = "processes")]
+    pub(crate) executor: ExecutorSpec,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Show the pid of the worker process that tested each number.
+    #[arg(long)]
+    pub(crate) show_worker: bool,
+    /// The numbers to test (default: the seed's six).
+    #[arg(value_name = "NUMBERS")]
+    pub(crate) numbers: Vec<u64>,
+}
+
+/// `multitask info`.
+#[derive(Debug, Args)]
+pub(crate) struct InfoArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `multitask run`.
+#[derive(Debug, Args)]
+#[command(after_help = "\
+Replacement strings in CMD: {} the argument, {.} without its extension, \
+{/} its basename, {//} its directory, {/.} basename without extension, \
+{#} the job number. With none of them the argument is appended. \
+Arguments are shell-quoted. Without ::: the arguments are read from \
+stdin, one per line.
+
+Exit status: the number of failed jobs (at most 101), 0 if all succeeded; \
+with --halt, the exit status of the job that stopped the run; 130 on Ctrl-C.")]
+pub(crate) struct RunArgs {
+    /// Jobs at once (default: usable CPUs); sets the worker count of a
+    /// processes or threads spec.
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) jobs: Option<u32>,
+    /// Executor: serial, threads, threads:N, processes, processes:N or redis://HOST/DB?queue=Q.
+    #[arg(short, long, value_name = "SPEC", default_value = "processes")]
+    pub(crate) executor: ExecutorSpec,
+    /// Kill a job (its whole process group) after this many seconds.
+    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+    pub(crate) timeout: Option<Duration>,
+    /// Run a failing job again up to N times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) retries: u32,
+    /// Print outputs in input order (default: as jobs complete).
+    #[arg(short, long)]
+    pub(crate) keep_order: bool,
+    /// Write a line per job to FILE (replacing it), in GNU parallel's --joblog format.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) joblog: Option<PathBuf>,
+    /// Stop on failures: never, now,fail=N (kill running jobs) or soon,fail=N
+    /// (start no new jobs).
+    #[arg(long, value_name = "WHEN", default_value = "never")]
+    pub(crate) halt: Halt,
+    /// Print the commands that would run, and run nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// The command, then optionally ::: and the arguments.
+    #[arg(value_name = "CMD", required = true, trailing_var_arg = true)]
+    pub(crate) command: Vec<String>,
+}
+
+/// Parses a positive number of seconds, fractions allowed (`0.5`).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
+        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn seconds_parse() {
+        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("soon").is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! The subcommands, one module each, and what they share: building the
+//! executor a spec names.
+//!
+//! `dispatch` hands each parsed subcommand to its module's `main`, which
+//! returns the process exit status or an error that `main.rs` prints as one
+//! line. `worker`, `status` and `bench` join as modules here.
+
+pub(crate) mod info;
+pub(crate) mod primes;
+pub(crate) mod run;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use multitask::{AnyExecutor, ExecutorSpec};
+
+use crate::args::{Cli, Command};
+
+/// Runs the subcommand `cli` names.
+pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Primes(args) => primes::main(args, cli.quiet),
+        Command::Info(args) => info::main(args),
+        Command::Run(args) => run::main(args, cli.quiet),
+    }
+}
+
+/// Builds the executor `spec` names, with a hint when this build lacks it.
+pub(crate) fn executor(spec: &ExecutorSpec) -> Result<AnyExecutor> {
+    AnyExecutor::build(spec).map_err(|e| match e {
+        multitask::Error::Unavailable(_) => {
+            anyhow::anyhow!("{e}; use --executor threads (or serial) for now")
+        }
+        e => anyhow::Error::new(e).context(format!("starting executor {spec}")),
+    })
+}

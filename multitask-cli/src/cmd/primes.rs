@@ -1,0 +1,105 @@
+//! `multitask primes`: the seed's example. Tests each number for primality
+//! with `executor.map(is_prime, numbers)`, prints the verdicts in input
+//! order, then times the same numbers serially on this thread and prints
+//! the speedup (serial time / parallel time).
+//!
+//! The parallel time covers the map only, not starting the pool. With
+//! `--show-worker` the task is `is_prime_with_pid`, and each verdict shows
+//! the pid of the process that computed it.
+
+use std::cell::RefCell;
+use std::hint::black_box;
+use std::io::{self, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use multitask::{Executor, TaskError};
+use serde_json::json;
+
+use crate::args::PrimesArgs;
+use crate::tasks::{is_prime, is_prime_with_pid};
+use crate::term::Progress;
+
+/// The seed's numbers (one repeated, as there).
+pub(crate) const SEED: [u64; 6] = [
+    112272535095293,
+    112582705942171,
+    112272535095293,
+    115280095190773,
+    115797848077099,
+    1099726899285419,
+];
+
+/// Each number's verdict and, with `--show-worker`, the pid that computed it.
+type Verdicts<'a> = Box<dyn Iterator<Item = Result<(bool, Option<u32>), TaskError>> + 'a>;
+
+/// Tests the numbers and prints the verdicts and the timing.
+pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
+    let numbers = if args.numbers.is_empty() {
+        SEED.to_vec()
+    } else {
+        args.numbers
+    };
+    let ex = super::executor(&args.executor)?;
+    let progress = RefCell::new(Progress::new("primes", quiet));
+    let tick = |done, total| progress.borrow_mut().tick(done, total);
+    let mut out = io::stdout().lock();
+
+    let clock = Instant::now();
+    let verdicts: Verdicts<'_> = if args.show_worker {
+        let map = ex.map(is_prime_with_pid, numbers.clone()).progress(tick);
+        Box::new(map.map(|r| r.map(|(prime, pid)| (prime, Some(pid)))))
+    } else {
+        let map = ex.map(is_prime, numbers.clone()).progress(tick);
+        Box::new(map.map(|r| r.map(|prime| (prime, None))))
+    };
+    let mut results = Vec::with_capacity(numbers.len());
+    for (&n, verdict) in numbers.iter().zip(verdicts) {
+        let (prime, pid) = verdict.with_context(|| format!("testing {n}"))?;
+        if !args.json {
+            progress.borrow_mut().suspend();
+            let by = pid.map(|p| format!("  (pid {p})")).unwrap_or_default();
+            writeln!(out, "{n} is prime: {prime}{by}")?;
+        }
+        results.push((n, prime, pid));
+    }
+    let parallel = clock.elapsed().as_secs_f64();
+    progress.borrow_mut().finish();
+
+    let clock = Instant::now();
+    for &n in &numbers {
+        black_box(is_prime.call(black_box(n)));
+    }
+    let serial = clock.elapsed().as_secs_f64();
+    let speedup = serial / parallel.max(1e-9);
+
+    if args.json {
+        let results: Vec<_> = results
+            .iter()
+            .map(|&(n, prime, pid)| match pid {
+                Some(pid) => json!({"n": n, "prime": prime, "pid": pid}),
+                None => json!({"n": n, "prime": prime}),
+            })
+            .collect();
+        let report = json!({
+            "executor": ex.spec(),
+            "workers": ex.max_workers(),
+            "results": results,
+            "serial_s": serial,
+            "parallel_s": parallel,
+            "speedup": speedup,
+        });
+        writeln!(out, "{report}")?;
+    } else {
+        writeln!(out, "serial    {serial:.3} s  (this thread)")?;
+        writeln!(
+            out,
+            "parallel  {parallel:.3} s  ({}, {} workers)",
+            ex.spec(),
+            ex.max_workers()
+        )?;
+        writeln!(out, "speedup   {speedup:.2}x")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,200 @@
+//! The named tasks the `multitask` binary runs: the seed's `is_prime`, its
+//! pid-reporting twin, and `run_shell`, one job of `multitask run`.
+//!
+//! They are `#[multitask::task]` functions compiled into the binary, so the
+//! binary's own worker processes (it re-executes itself) find them by name.
+//! The shell mechanics (process group, timeout, kill) live in
+//! [`crate::shell`]; this file only says what crosses the wire.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The seed's test: 2 is prime, other even numbers are not, odd numbers are
+/// tried against every odd divisor up to ⌊√n⌋. Numbers below 2 are not
+/// prime (the seed's Python says 1 is; it never asks).
+#[multitask::task]
+pub(crate) fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    if n % 2 == 0 {
+        return n == 2;
+    }
+    let root = isqrt(n);
+    let mut d = 3;
+    while d <= root {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+/// `is_prime` and the pid of the process that computed it: the seed's
+/// `getpid()` demonstration, showing which worker did the work.
+#[multitask::task]
+pub(crate) fn is_prime_with_pid(n: u64) -> (bool, u32) {
+    (is_prime.call(n), std::process::id())
+}
+
+/// ⌊√n⌋, exactly. `f64` has 53 bits of mantissa, so its square root of a
+/// large `u64` can be off by one either way; the estimate is corrected in
+/// integers.
+pub(crate) fn isqrt(n: u64) -> u64 {
+    let mut r = (n as f64).sqrt() as u64;
+    while r.checked_mul(r).map_or(true, |sq| sq > n) {
+        r -= 1;
+    }
+    while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= n) {
+        r += 1;
+    }
+    r
+}
+
+/// One job of `multitask run`: a command line for `sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ShellJob {
+    /// The job number (`{#}`), from 1; echoed in the outcome so outcomes
+    /// arriving out of order can be matched to their job.
+    pub(crate) seq: u64,
+    /// The command line, placeholders already replaced.
+    pub(crate) cmd: String,
+    /// Kill the job's process group after this many milliseconds.
+    pub(crate) timeout_ms: Option<u64>,
+    /// Run a failing job again up to this many times.
+    pub(crate) retries: u32,
+}
+
+/// How a job ended (its last attempt).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ShellOutcome {
+    /// The job number, as in [`ShellJob::seq`].
+    pub(crate) seq: u64,
+    /// The command line that ran.
+    pub(crate) cmd: String,
+    /// The exit code, if the shell exited.
+    pub(crate) code: Option<i32>,
+    /// The signal that killed the shell, if one did.
+    pub(crate) signal: Option<i32>,
+    /// True if the job was killed for running past its timeout.
+    pub(crate) timed_out: bool,
+    /// Everything the job wrote to stdout.
+    pub(crate) stdout: Vec<u8>,
+    /// Everything the job wrote to stderr (and why it could not start).
+    pub(crate) stderr: Vec<u8>,
+    /// When the last attempt started, in seconds since the Unix epoch.
+    pub(crate) start: f64,
+    /// How long the last attempt ran, in seconds.
+    pub(crate) seconds: f64,
+    /// How many times the job ran.
+    pub(crate) attempts: u32,
+    /// The host that ran it.
+    pub(crate) host: String,
+}
+
+impl ShellOutcome {
+    /// True if the job exited with status 0.
+    pub(crate) fn succeeded(&self) -> bool {
+        self.code == Some(0) && !self.timed_out
+    }
+}
+
+/// Runs one shell job here, retrying a failure up to `job.retries` times.
+#[multitask::task]
+pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
+    let timeout = job.timeout_ms.map(Duration::from_millis);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let clock = Instant::now();
+        let ran = crate::shell::run(&job.cmd, timeout);
+        let seconds = clock.elapsed().as_secs_f64();
+        let outcome = match ran {
+            Ok(done) => ShellOutcome {
+                seq: job.seq,
+                cmd: job.cmd.clone(),
+                code: done.code,
+                signal: done.signal,
+                timed_out: done.timed_out,
+                stdout: done.stdout,
+                stderr: done.stderr,
+                start,
+                seconds,
+                attempts,
+                host: multitask::host_name(),
+            },
+            Err(e) => ShellOutcome {
+                seq: job.seq,
+                cmd: job.cmd.clone(),
+                // The shell's own code for "command could not be run".
+                code: Some(127),
+                signal: None,
+                timed_out: false,
+                stdout: Vec::new(),
+                stderr: format!("multitask: could not start sh: {e}\n").into_bytes(),
+                start,
+                seconds,
+                attempts,
+                host: multitask::host_name(),
+            },
+        };
+        if outcome.succeeded() || attempts > job.retries {
+            return outcome;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primes_match_the_seed() {
+        let seed = [
+            (112272535095293, true),
+            (112582705942171, true),
+            (115280095190773, true),
+            (115797848077099, true),
+            (1099726899285419, false),
+        ];
+        for (n, prime) in seed {
+            assert_eq!(is_prime.call(n), prime, "{n}");
+        }
+        let small: Vec<u64> = (0..30).filter(|&n| is_prime.call(n)).collect();
+        assert_eq!(small, vec![2, 3, 5, 7, 11, 13, 17, 19, 23, 29]);
+    }
+
+    #[test]
+    fn isqrt_is_exact_where_f64_is_not() {
+        for n in [0, 1, 2, 3, 4, 15, 16, 17, u64::MAX, (1 << 53) + 1] {
+            let r = isqrt(n);
+            assert!(r * r <= n, "{n}");
+            assert!((r + 1).checked_mul(r + 1).map_or(true, |sq| sq > n), "{n}");
+        }
+        let p: u64 = 4_294_967_291; // the largest prime below 2^32
+        assert_eq!(isqrt(p * p), p);
+        assert_eq!(isqrt(p * p - 1), p - 1);
+        assert!(!is_prime.call(p * p));
+    }
+
+    #[test]
+    fn run_shell_reports_code_output_and_retries() {
+        let job = ShellJob {
+            seq: 7,
+            cmd: "echo out; echo err >&2; exit 3".to_string(),
+            timeout_ms: None,
+            retries: 1,
+        };
+        let o = run_shell.call(job);
+        assert_eq!((o.seq, o.code, o.signal, o.attempts), (7, Some(3), None, 2));
+        assert_eq!(
+            (&o.stdout[..], &o.stderr[..]),
+            (&b"out\n"[..], &b"err\n"[..])
+        );
+    }
+}

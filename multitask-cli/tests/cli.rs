@@ -1,0 +1,426 @@
+//! Drives the real `multitask` binary: primes, info and run, their output,
+//! JSON shapes, exit statuses and error lines.
+//!
+//! Every run goes through [`multitask`], which spawns the binary, feeds its
+//! stdin, reads its output on threads and polls it against a deadline: a
+//! hang kills the child and fails the test with a message, never a CI
+//! timeout.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// What a run of the binary did.
+#[derive(Debug)]
+struct Ran {
+    /// The exit code (`None` if killed by a signal).
+    code: Option<i32>,
+    /// Its stdout.
+    stdout: String,
+    /// Its stderr.
+    stderr: String,
+    /// How long it ran.
+    elapsed: Duration,
+}
+
+impl Ran {
+    fn lines(&self) -> Vec<&str> {
+        self.stdout.lines().collect()
+    }
+}
+
+/// Runs `multitask ARGS` with no stdin, allowing 60 s.
+fn multitask(args: &[&str]) -> Ran {
+    multitask_with(args, None, Duration::from_secs(60))
+}
+
+/// Runs `multitask ARGS` with `stdin`, failing the test after `limit`.
+fn multitask_with(args: &[&str], stdin: Option<&str>, limit: Duration) -> Ran {
+    let start = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+        .args(args)
+        .env_remove("NO_COLOR")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn multitask");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin piped");
+        let text = text.to_string();
+        thread::spawn(move || {
+            let _ = pipe.write_all(text.as_bytes());
+        });
+    }
+    let read = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            let _ = pipe.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().expect("stdout piped")));
+    let stderr = read(Box::new(child.stderr.take().expect("stderr piped")));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("multitask {args:?} still running after {limit:?}; killed it");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    Ran {
+        code: status.code(),
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+        elapsed: start.elapsed(),
+    }
+}
+
+const SEED_VERDICTS: [&str; 6] = [
+    "112272535095293 is prime: true",
+    "112582705942171 is prime: true",
+    "112272535095293 is prime: true",
+    "115280095190773 is prime: true",
+    "115797848077099 is prime: true",
+    "1099726899285419 is prime: false",
+];
+
+fn assert_primes_report(ran: &Ran) {
+    assert_eq!(ran.code, Some(0), "stderr: {}", ran.stderr);
+    let lines = ran.lines();
+    assert_eq!(lines.len(), 9, "{}", ran.stdout);
+    assert_eq!(lines[..6], SEED_VERDICTS);
+    assert!(lines[6].starts_with("serial "), "{}", lines[6]);
+    assert!(lines[7].starts_with("parallel "), "{}", lines[7]);
+    let speedup = lines[8]
+        .strip_prefix("speedup")
+        .expect("speedup line")
+        .trim();
+    let number = speedup.strip_suffix('x').expect("ends with x");
+    assert!(
+        number.parse::<f64>().is_ok() && number.split('.').nth(1).map(str::len) == Some(2),
+        "speedup not formatted as {{:.2}}x: {speedup}"
+    );
+}
+
+#[test]
+fn primes_on_threads_prints_the_seed_verdicts_in_order() {
+    assert_primes_report(&multitask(&["primes", "--executor", "threads"]));
+}
+
+// NOTE: the default executor is `processes`. This test fails until the
+// process pool merges (the binary then reports "not available" and exits
+// 1); it checks the real exit status on purpose and is made to pass at
+// that merge, not skipped.
+#[test]
+fn primes_on_the_default_executor_prints_the_seed_verdicts() {
+    assert_primes_report(&multitask(&["primes"]));
+}
+
+#[test]
+fn primes_takes_numbers_and_keeps_their_order() {
+    let ran = multitask(&["primes", "-e", "threads:2", "9", "2", "97", "1", "0"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(
+        ran.lines()[..5],
+        [
+            "9 is prime: false",
+            "2 is prime: true",
+            "97 is prime: true",
+            "1 is prime: false",
+            "0 is prime: false",
+        ]
+    );
+}
+
+#[test]
+fn primes_json_has_the_documented_shape() {
+    let ran = multitask(&["primes", "-e", "threads:2", "--json", "7", "8"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let v: Value = serde_json::from_str(&ran.stdout).expect("one JSON object");
+    assert_eq!(v["executor"], "threads:2");
+    assert_eq!(v["workers"], 2);
+    assert_eq!(
+        v["results"],
+        serde_json::json!([{"n": 7, "prime": true}, {"n": 8, "prime": false}])
+    );
+    for key in ["serial_s", "parallel_s", "speedup"] {
+        assert!(v[key].as_f64().is_some(), "{key} in {v}");
+    }
+}
+
+#[test]
+fn primes_show_worker_gives_each_verdict_a_pid() {
+    let ran = multitask(&["primes", "-e", "threads", "--show-worker", "5", "6"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    for (line, verdict) in ran
+        .lines()
+        .iter()
+        .zip(["5 is prime: true", "6 is prime: false"])
+    {
+        let pid = line
+            .strip_prefix(verdict)
+            .and_then(|rest| rest.trim().strip_prefix("(pid "))
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("no pid in {line:?}"));
+        assert!(pid.parse::<u32>().is_ok(), "{line}");
+    }
+    let ran = multitask(&["primes", "-e", "serial", "--show-worker", "--json", "5"]);
+    let v: Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    assert!(v["results"][0]["pid"].as_u64().is_some(), "{v}");
+}
+
+#[test]
+fn a_bad_spec_is_one_line_and_a_usage_error() {
+    let ran = multitask(&["primes", "--executor", "gpus:4"]);
+    assert_eq!(ran.code, Some(2));
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr.starts_with("multitask: error: "),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("gpus"), "{}", ran.stderr);
+    assert!(ran.stdout.is_empty());
+}
+
+#[test]
+fn a_bad_number_is_a_clear_error() {
+    let ran = multitask(&["primes", "-e", "threads", "12", "twelve"]);
+    assert_eq!(ran.code, Some(2));
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+    assert!(
+        ran.stderr.starts_with("multitask: error: "),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("'twelve'"), "{}", ran.stderr);
+}
+
+#[test]
+fn info_json_has_every_field() {
+    let ran = multitask(&["info", "--json"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let v: Value = serde_json::from_str(&ran.stdout).expect("JSON");
+    for key in [
+        "pid",
+        "uid",
+        "gid",
+        "cwd",
+        "host",
+        "cpus_online",
+        "cpus_usable",
+        "memory_total",
+        "memory_available",
+        "memory_limit",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing from {v}");
+    }
+    assert!(v["cpus_usable"].as_u64().unwrap() >= 1);
+    let text = multitask(&["info"]);
+    assert!(text.stdout.contains("GiB"), "{}", text.stdout);
+}
+
+fn sorted(ran: &Ran) -> Vec<&str> {
+    let mut lines = ran.lines();
+    lines.sort_unstable();
+    lines
+}
+
+#[test]
+fn run_takes_arguments_after_the_separator() {
+    let ran = multitask(&[
+        "run", "-e", "threads", "-j", "3", "echo", "got", ":::", "a", "b", "c",
+    ]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(sorted(&ran), ["got a", "got b", "got c"]);
+}
+
+#[test]
+fn run_reads_arguments_from_stdin() {
+    let ran = multitask_with(
+        &["run", "-e", "threads", "-k", "echo {#}={}"],
+        Some("x\ny y\nz\n"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(ran.lines(), ["1=x", "2=y y", "3=z"]);
+}
+
+#[test]
+fn run_replaces_the_placeholders() {
+    let ran = multitask(&[
+        "run",
+        "-e",
+        "threads",
+        "echo {} {.} {/} {//} {/.}",
+        ":::",
+        "dir/file.txt",
+    ]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(ran.lines(), ["dir/file.txt dir/file file.txt dir file"]);
+}
+
+#[test]
+fn run_keeps_order_with_k() {
+    // The first job is the slowest, so only -k keeps it first.
+    let cmd = "sleep 0.$(( (3 - {#}) * 3 )); echo {}";
+    let ran = multitask(&[
+        "run", "-e", "threads", "-j", "3", "-k", cmd, ":::", "a", "b", "c",
+    ]);
+    assert_eq!(ran.lines(), ["a", "b", "c"], "{}", ran.stderr);
+    let ran = multitask(&["run", "-e", "threads", "-j", "3", cmd, ":::", "a", "b", "c"]);
+    assert_eq!(ran.lines(), ["c", "b", "a"], "{}", ran.stderr);
+}
+
+#[test]
+fn run_exits_with_the_number_of_failed_jobs() {
+    let ran = multitask(&[
+        "run", "-e", "threads", "exit {}", ":::", "0", "1", "0", "7", "2",
+    ]);
+    assert_eq!(ran.code, Some(3), "{}", ran.stderr);
+    let ran = multitask(&["run", "-e", "threads", "true", ":::", "a", "b"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+}
+
+#[test]
+fn run_timeout_kills_a_long_job() {
+    let ran = multitask_with(
+        &[
+            "run",
+            "-e",
+            "threads",
+            "--timeout",
+            "0.5",
+            "sleep 10; echo {}",
+            ":::",
+            "late",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        ran.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        ran.elapsed
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    assert!(!ran.stdout.contains("late"), "{}", ran.stdout);
+    assert!(ran.stderr.contains("timed out"), "{}", ran.stderr);
+}
+
+#[test]
+fn run_writes_a_gnu_parallel_joblog() {
+    let path = std::env::temp_dir().join(format!("multitask-joblog-{}.tsv", std::process::id()));
+    let log = path.to_str().expect("utf-8 temp path");
+    let ran = multitask(&[
+        "run",
+        "-e",
+        "threads",
+        "-k",
+        "--joblog",
+        log,
+        "echo {}; exit {}",
+        ":::",
+        "0",
+        "3",
+    ]);
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+    let text = std::fs::read_to_string(&path).expect("joblog written");
+    let _ = std::fs::remove_file(&path);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand")
+    );
+    let mut rows: Vec<Vec<&str>> = lines.map(|l| l.split('\t').collect()).collect();
+    rows.sort_by_key(|r| r[0].to_string());
+    assert_eq!(rows.len(), 2, "{text}");
+    for (row, (seq, code)) in rows.iter().zip([("1", "0"), ("2", "3")]) {
+        assert_eq!(row.len(), 9, "{row:?}");
+        assert_eq!((row[0], row[1], row[6], row[7]), (seq, ":", code, "0"));
+        assert!(row[2].parse::<f64>().unwrap() > 1e9, "{row:?}");
+        assert!(row[3].trim().parse::<f64>().is_ok(), "{row:?}");
+        assert_eq!((row[4], row[5]), ("0", "2"));
+        assert_eq!(row[8], format!("echo {code}; exit {code}"));
+    }
+}
+
+#[test]
+fn run_halt_now_stops_at_the_first_failure() {
+    let cmd = "if [ {} = 2 ]; then exit 3; fi; echo {}";
+    let ran = multitask(&[
+        "run",
+        "-e",
+        "threads",
+        "-j",
+        "1",
+        "-k",
+        "--halt",
+        "now,fail=1",
+        cmd,
+        ":::",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]);
+    assert_eq!(ran.lines(), ["1"], "{}", ran.stderr);
+    assert_eq!(
+        ran.code,
+        Some(3),
+        "GNU parallel's rule: the failing job's status"
+    );
+    assert!(ran.stderr.contains("halting"), "{}", ran.stderr);
+
+    // A running job is killed, not waited for.
+    let cmd = "case {} in f) exit 1;; *) sleep 10;; esac";
+    let ran = multitask_with(
+        &[
+            "run",
+            "-e",
+            "threads",
+            "-j",
+            "2",
+            "--halt",
+            "now,fail=1",
+            cmd,
+            ":::",
+            "s",
+            "f",
+        ],
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        ran.elapsed < Duration::from_secs(5),
+        "took {:?}",
+        ran.elapsed
+    );
+    assert_eq!(ran.code, Some(1), "{}", ran.stderr);
+}
+
+#[test]
+fn run_dry_run_prints_quoted_commands() {
+    let ran = multitask(&["run", "--dry-run", "gzip", ":::", "a b.txt", "c"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert_eq!(ran.lines(), ["gzip 'a b.txt'", "gzip c"]);
+}
+
+#[test]
+fn run_rejects_a_bad_halt() {
+    let ran = multitask(&["run", "--halt", "sometimes", "true", ":::", "a"]);
+    assert_eq!(ran.code, Some(2));
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+}

@@ -7,8 +7,9 @@
 //!    there).
 //! 2. `map` of a no-op over 1M items with automatic chunking against rayon's
 //!    `par_iter().map().collect()`.
-//! 3. the seed's primes (its six numbers, four times over so that a run
-//!    takes about a second and divides evenly) serial against 2 threads.
+//! 3. the seed's prime check on eight primes near 4e16 (so that a serial run
+//!    takes over a second and the work divides evenly), serial against 2
+//!    threads.
 //!
 //! Run: `cargo bench -p multitask --bench threads`. Speedups and ratios are
 //! printed as `{:.2}x`; absolute times drift on shared machines, ratios
@@ -46,13 +47,16 @@ fn is_prime(n: u64) -> bool {
     true
 }
 
-const SEED: [u64; 6] = [
-    112_272_535_095_293,
-    112_582_705_942_171,
-    112_272_535_095_293,
-    115_280_095_190_773,
-    115_797_848_077_099,
-    1_099_726_899_285_419,
+/// Eight primes near 4e16: about 1e8 trial divisions each.
+const BIG_PRIMES: [u64; 8] = [
+    40_000_006_840_287_493,
+    40_000_015_593_449_207,
+    40_000_022_857_345_687,
+    40_000_038_468_001_141,
+    40_000_065_959_863_991,
+    40_000_078_677_563_317,
+    40_000_091_663_036_077,
+    40_000_093_047_662_549,
 ];
 
 /// The best of `reps` runs of `f`, which returns its own elapsed time.
@@ -207,11 +211,11 @@ fn main() {
     }
 
     // 3. primes: serial against 2 threads.
-    let numbers: Vec<u64> = SEED.iter().copied().cycle().take(24).collect();
+    let numbers = BIG_PRIMES.to_vec();
     let serial = best(2, || {
         let t = Instant::now();
         let c = numbers.iter().filter(|&&n| is_prime.call(n)).count();
-        assert_eq!(c, 20);
+        assert_eq!(c, 8);
         t.elapsed()
     });
     let two = ThreadPool::new(2).unwrap();
@@ -221,10 +225,10 @@ fn main() {
             .map(is_prime, numbers.iter().copied())
             .filter(|r| *r.as_ref().unwrap())
             .count();
-        assert_eq!(c, 20);
+        assert_eq!(c, 8);
         t.elapsed()
     });
-    println!("\n## primes, the seed's numbers x4, serial vs 2 threads\n");
+    println!("\n## primes, eight primes near 4e16, serial vs 2 threads\n");
     println!(
         "serial {:.3} s, 2 threads {:.3} s, speedup {:.2}x",
         serial.as_secs_f64(),

@@ -7,6 +7,7 @@
 use crate::error::{Error, SubmitError};
 use crate::executor::{ChunkFuture, Executor, ExecutorSpec, Shutdown};
 use crate::future::TaskFuture;
+use crate::process::ProcessPool;
 use crate::serial::SerialExecutor;
 use crate::task::Task;
 use crate::thread::ThreadPool;
@@ -19,6 +20,8 @@ pub enum AnyExecutor {
     Serial(SerialExecutor),
     /// A thread pool.
     Threads(ThreadPool),
+    /// A pool of worker processes.
+    Processes(ProcessPool),
 }
 
 impl AnyExecutor {
@@ -60,6 +63,7 @@ macro_rules! each {
         match $self {
             AnyExecutor::Serial($ex) => $e,
             AnyExecutor::Threads($ex) => $e,
+            AnyExecutor::Processes($ex) => $e,
         }
     };
 }

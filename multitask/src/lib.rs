@@ -39,6 +39,7 @@ mod future;
 mod info;
 mod map;
 mod panic;
+mod process;
 #[cfg(feature = "progress")]
 pub mod progress;
 mod serial;
@@ -55,15 +56,36 @@ pub use future::{Promise, TaskFuture, Terminate, Waitable};
 pub use info::{host_name, info, rss_of, usable_cpus, Info};
 pub use map::{Map, ProgressFn};
 pub use multitask_macros::{main, task};
+pub use process::{Process, ProcessPool, ProcessPoolBuilder};
 pub use serial::SerialExecutor;
 pub use task::{register, Codec, Task};
 pub use thread::{StopToken, Thread, ThreadPool, ThreadPoolBuilder};
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, Signal};
 
-/// Turns a start of this program as a worker process into a worker; returns
-/// at once in a normal start. Call it first thing in `main` (or use
-/// `#[multitask::main]`).
-pub fn init() {}
+/// Turns a start of this program as a worker process into a worker (which
+/// never returns); returns at once in a normal start. Call it first thing
+/// in `main`, or use `#[multitask::main]`.
+pub fn init() {
+    process::worker::maybe_run();
+}
+
+/// Lets a test, bench or example binary whose `main` it does not write (the
+/// test harness) start worker processes of its own: it runs
+/// [`init`] from a constructor, before the harness's `main`. Invoke it once
+/// at the top level of the binary's crate root.
+#[macro_export]
+macro_rules! enable_test_support {
+    () => {
+        #[used]
+        #[link_section = ".init_array"]
+        static __MULTITASK_TEST_SUPPORT: extern "C" fn() = {
+            extern "C" fn __multitask_test_support() {
+                $crate::init();
+            }
+            __multitask_test_support
+        };
+    };
+}
 
 #[doc(hidden)]
 pub mod __private {

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use multitask::{
-    as_completed, wait, Executor, ReturnWhen, SerialExecutor, Shutdown, TaskError, TaskFuture,
-    ThreadPool,
+    as_completed, wait, Executor, ProcessPool, ReturnWhen, SerialExecutor, Shutdown, TaskError,
+    TaskFuture, ThreadPool,
 };
 
 use crate::tasks::{add, boom, double, flaky, noop, sleep_ms};
@@ -405,5 +405,10 @@ conformance!(
 conformance!(
     threads_one,
     ThreadPool::builder().max_workers(1).build().unwrap(),
+    Caps { queues: true }
+);
+conformance!(
+    processes,
+    ProcessPool::builder().max_workers(2).build().unwrap(),
     Caps { queues: true }
 );

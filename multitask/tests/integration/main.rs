@@ -1,6 +1,9 @@
 //! The integration test binary: one `mod` per area (ripgrep-style), so the
 //! whole suite links once.
 
+// Worker processes of the pools under test are this binary started again.
+multitask::enable_test_support!();
+
 mod conformance;
 mod examples;
 mod tasks;

@@ -1,0 +1,413 @@
+//! The wire between a pool and its worker processes: framed, versioned
+//! messages over a Unix stream socket.
+//!
+//! A frame is a 4-byte little-endian body length, then the body: one
+//! protocol-version byte, then one postcard-encoded [`ToWorker`] or
+//! [`FromWorker`] message. postcard was chosen by measurement: a no-op call
+//! round-trips in a few hundred nanoseconds of codec time, several times
+//! less than JSON. A body longer than the cap (the pool's `max_payload`) is
+//! refused before it is read, so a corrupt length can't make anyone
+//! allocate gigabytes; a wrong version byte, a truncated body or an
+//! undecodable message is a typed [`WireError`], never a panic or a hang.
+//!
+//! Waiting for a frame spins for a short while before it parks in `poll`:
+//! on a machine whose idle CPUs halt, a blocking hand-off costs 20-25 µs
+//! each way, while a round trip of a small task should cost a few.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TaskError;
+
+/// The protocol version; both sides must agree.
+pub(crate) const VERSION: u8 = 1;
+
+/// Bytes of the length prefix.
+const HEADER: usize = 4;
+
+/// How long a reader spins before it parks in `poll`.
+pub(crate) const SPIN: Duration = Duration::from_micros(60);
+
+/// A message from the pool to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Run a batch of a registered task.
+    Call {
+        /// The call's id, echoed in the reply.
+        id: u64,
+        /// The task's registered name.
+        task: String,
+        /// The caller's signature hash of the task.
+        signature: u64,
+        /// The encoded `Vec<Input>`.
+        payload: Vec<u8>,
+    },
+}
+
+/// A message from a worker to the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The worker is up (its initializer, if any, has run).
+    Hello {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// The initializer failed; the worker exits.
+    InitFailed {
+        /// Why.
+        error: TaskError,
+    },
+    /// The outcome of a call.
+    Reply {
+        /// The call's id.
+        id: u64,
+        /// The encoded `Chunk<Output>`, or why the batch did not run.
+        outcome: Result<Vec<u8>, TaskError>,
+    },
+}
+
+/// What can go wrong on the wire.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    /// The peer closed the connection (a worker that died, or a pool gone).
+    #[error("the peer closed the connection")]
+    Eof,
+    /// Nothing arrived before the deadline.
+    #[error("timed out waiting for a frame")]
+    Timeout,
+    /// A frame announced a body over the cap.
+    #[error("frame of {size} bytes is over the {cap}-byte cap")]
+    TooLarge {
+        /// The announced size.
+        size: usize,
+        /// The cap.
+        cap: usize,
+    },
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got}, expected {VERSION}: both sides must be the same build")]
+    Version {
+        /// The version byte received.
+        got: u8,
+    },
+    /// The body did not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    /// The socket failed.
+    #[error("socket error: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Encodes `msg` as one frame (length, version, body).
+pub(crate) fn encode_frame<M: Serialize>(msg: &M) -> Result<Vec<u8>, WireError> {
+    let mut buf = vec![0u8; HEADER + 1];
+    buf[HEADER] = VERSION;
+    let buf = postcard::to_extend(msg, buf).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let body = u32::try_from(buf.len() - HEADER).map_err(|_| WireError::TooLarge {
+        size: buf.len() - HEADER,
+        cap: u32::MAX as usize,
+    })?;
+    let mut buf = buf;
+    buf[..HEADER].copy_from_slice(&body.to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes a frame body (version byte and message).
+pub(crate) fn decode_body<M: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<M, WireError> {
+    let (&version, rest) = body
+        .split_first()
+        .ok_or_else(|| WireError::Malformed("empty frame body".to_string()))?;
+    if version != VERSION {
+        return Err(WireError::Version { got: version });
+    }
+    let (msg, left) =
+        postcard::take_from_bytes(rest).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !left.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes after the message",
+            left.len()
+        )));
+    }
+    Ok(msg)
+}
+
+/// One end of a framed connection. The socket is non-blocking; reads spin,
+/// then park in `poll` until a deadline.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// The socket.
+    sock: UnixStream,
+    /// Bytes read and not yet consumed as frames.
+    buf: Vec<u8>,
+    /// Where the unconsumed bytes in `buf` start.
+    start: usize,
+    /// The body-size cap.
+    cap: usize,
+}
+
+impl Conn {
+    /// Wraps `sock`, refusing frames over `cap` bytes.
+    pub(crate) fn new(sock: UnixStream, cap: usize) -> io::Result<Conn> {
+        sock.set_nonblocking(true)?;
+        Ok(Conn {
+            sock,
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            cap,
+        })
+    }
+
+    /// Sends `msg` as one frame.
+    pub(crate) fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), WireError> {
+        let frame = encode_frame(msg)?;
+        if frame.len() - HEADER > self.cap {
+            return Err(WireError::TooLarge {
+                size: frame.len() - HEADER,
+                cap: self.cap,
+            });
+        }
+        self.write_all(&frame)
+    }
+
+    fn write_all(&mut self, mut data: &[u8]) -> Result<(), WireError> {
+        while !data.is_empty() {
+            match self.sock.write(data) {
+                Ok(0) => return Err(WireError::Eof),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.park(rustix::event::PollFlags::OUT, None)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(WireError::Eof),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives one message, waiting until `deadline` (forever if `None`).
+    pub(crate) fn recv<M: for<'de> Deserialize<'de>>(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<M, WireError> {
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            if let Some(body) = self.take_frame()? {
+                let msg = decode_body(&self.buf[body.clone()]);
+                self.start = body.end;
+                return msg;
+            }
+            match self.fill() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(WireError::Timeout);
+            }
+            if now < spin_until {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.park(rustix::event::PollFlags::IN, deadline)?;
+        }
+    }
+
+    /// The range of the next complete frame's body in `buf`, if one is there.
+    fn take_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, WireError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < HEADER {
+            return Ok(None);
+        }
+        let size = u32::from_le_bytes(avail[..HEADER].try_into().expect("4 bytes")) as usize;
+        if size > self.cap {
+            return Err(WireError::TooLarge {
+                size,
+                cap: self.cap,
+            });
+        }
+        if avail.len() < HEADER + size {
+            return Ok(None);
+        }
+        let body = self.start + HEADER..self.start + HEADER + size;
+        Ok(Some(body))
+    }
+
+    /// Reads what is there; true if anything was read.
+    fn fill(&mut self) -> Result<bool, WireError> {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        } else if self.start > self.buf.capacity() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        if self.buf.capacity() - len < 16 * 1024 {
+            self.buf.reserve(64 * 1024);
+        }
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
+        let r = self.sock.read(&mut self.buf[len..]);
+        match r {
+            Ok(0) => {
+                self.buf.truncate(len);
+                Err(WireError::Eof)
+            }
+            Ok(n) => {
+                self.buf.truncate(len + n);
+                Ok(true)
+            }
+            Err(e) => {
+                self.buf.truncate(len);
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+                    io::ErrorKind::ConnectionReset => Err(WireError::Eof),
+                    _ => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// Parks in `poll` until the socket is ready for `flags` or `deadline`.
+    fn park(
+        &self,
+        flags: rustix::event::PollFlags,
+        deadline: Option<Instant>,
+    ) -> Result<(), WireError> {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(WireError::Timeout);
+                }
+                Some(rustix::event::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                })
+            }
+        };
+        let mut fds = [rustix::event::PollFd::new(&self.sock, flags)];
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(e) => Err(WireError::Io(e.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pair(cap: usize) -> (Conn, Conn) {
+        let (a, b) = UnixStream::pair().unwrap();
+        (Conn::new(a, cap).unwrap(), Conn::new(b, cap).unwrap())
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let (mut a, mut b) = pair(1 << 20);
+        let call = ToWorker::Call {
+            id: 7,
+            task: "m::is_prime".into(),
+            signature: 42,
+            payload: vec![1, 2, 3],
+        };
+        a.send(&call).unwrap();
+        a.send(&call).unwrap();
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        assert_eq!(b.recv::<ToWorker>(deadline).unwrap(), call);
+        assert_eq!(b.recv::<ToWorker>(deadline).unwrap(), call);
+        let reply = FromWorker::Reply {
+            id: 7,
+            outcome: Err(TaskError::Cancelled { task: "t".into() }),
+        };
+        b.send(&reply).unwrap();
+        assert_eq!(a.recv::<FromWorker>(deadline).unwrap(), reply);
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_both_ways() {
+        let (mut a, mut b) = pair(16);
+        let big = ToWorker::Call {
+            id: 1,
+            task: "t".into(),
+            signature: 0,
+            payload: vec![0; 64],
+        };
+        assert!(matches!(a.send(&big), Err(WireError::TooLarge { .. })));
+        // A peer that lies about the size is refused before the body is read.
+        use std::io::Write;
+        a.sock.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        let r = b.recv::<ToWorker>(Some(Instant::now() + Duration::from_secs(5)));
+        assert!(
+            matches!(r, Err(WireError::TooLarge { size, cap: 16 }) if size == u32::MAX as usize)
+        );
+    }
+
+    #[test]
+    fn eof_timeout_and_version_are_typed() {
+        let (a, mut b) = pair(1024);
+        let r = b.recv::<ToWorker>(Some(Instant::now() + Duration::from_millis(20)));
+        assert!(matches!(r, Err(WireError::Timeout)));
+        drop(a);
+        let r = b.recv::<ToWorker>(Some(Instant::now() + Duration::from_secs(5)));
+        assert!(matches!(r, Err(WireError::Eof)));
+        let mut frame = encode_frame(&FromWorker::Hello { pid: 1 }).unwrap();
+        frame[HEADER] = 99;
+        let r = decode_body::<FromWorker>(&frame[HEADER..]);
+        assert!(matches!(r, Err(WireError::Version { got: 99 })));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// The decoder never panics: any body is a message or a typed error.
+        #[test]
+        fn decoder_survives_any_bytes(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_body::<ToWorker>(&body);
+            let _ = decode_body::<FromWorker>(&body);
+        }
+
+        /// Mutating one byte of a valid frame gives a message or a typed
+        /// error, never a panic.
+        #[test]
+        fn decoder_survives_bit_flips(
+            id in any::<u64>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+        ) {
+            let frame = encode_frame(&ToWorker::Call { id, task: "t".into(), signature: 1, payload }).unwrap();
+            let mut body = frame[HEADER..].to_vec();
+            let i = at.index(body.len());
+            body[i] ^= flip;
+            let _ = decode_body::<ToWorker>(&body);
+        }
+
+        /// A stream of valid frames cut at any points decodes to the same
+        /// messages.
+        #[test]
+        fn frames_survive_any_chunking(ids in proptest::collection::vec(any::<u64>(), 1..8), cut in 1usize..7) {
+            let (a, mut b) = pair(1 << 16);
+            let mut bytes = Vec::new();
+            for &id in &ids {
+                bytes.extend(encode_frame(&FromWorker::Reply { id, outcome: Ok(vec![id as u8; 3]) }).unwrap());
+            }
+            let mut s = a.sock.try_clone().unwrap();
+            s.set_nonblocking(false).unwrap();
+            for piece in bytes.chunks(cut) {
+                std::io::Write::write_all(&mut s, piece).unwrap();
+            }
+            for &id in &ids {
+                let m: FromWorker = b.recv(Some(Instant::now() + Duration::from_secs(5))).unwrap();
+                prop_assert_eq!(m, FromWorker::Reply { id, outcome: Ok(vec![id as u8; 3]) });
+            }
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The worker side: what a start of the program as a worker process runs.
+//!
+//! [`crate::init`] checks the environment the pool set; in a normal start
+//! it returns at once. In a worker it adopts the control socket, runs the
+//! pool's initializer, says hello, then serves calls until the socket
+//! closes: read a call, find the task by name and signature, run the batch
+//! under `catch_unwind`, write the reply. A panic costs the item, not the
+//! worker; a crash costs the worker, and the pool sees it on the socket.
+
+use crate::error::TaskError;
+use crate::process::sys;
+use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
+use crate::task;
+
+/// Set (to the protocol version) in a worker's environment by its pool.
+pub(crate) const ENV_WORKER: &str = "MULTITASK_WORKER";
+/// The worker's name, for errors.
+pub(crate) const ENV_NAME: &str = "MULTITASK_WORKER_NAME";
+/// The frame-size cap in bytes.
+pub(crate) const ENV_CAP: &str = "MULTITASK_WORKER_CAP";
+/// The initializer task: `name` TAB `signature`.
+pub(crate) const ENV_INIT: &str = "MULTITASK_WORKER_INIT";
+
+/// Runs a worker if this process was started as one, and exits; returns at
+/// once otherwise.
+pub(crate) fn maybe_run() {
+    let Some(version) = std::env::var_os(ENV_WORKER) else {
+        return;
+    };
+    if version.to_str() != Some(&crate::process::wire::VERSION.to_string()) {
+        eprintln!(
+            "multitask: worker protocol version {version:?} does not match this build's {}",
+            crate::process::wire::VERSION
+        );
+        std::process::exit(70);
+    }
+    let code = serve();
+    std::process::exit(code);
+}
+
+fn take_env(key: &str) -> Option<String> {
+    let v = std::env::var(key).ok();
+    // The task's own child processes must not think they are workers.
+    std::env::remove_var(key);
+    v
+}
+
+/// Serves calls until the pool closes the socket; the exit code.
+fn serve() -> i32 {
+    take_env(ENV_WORKER);
+    let name = take_env(ENV_NAME).unwrap_or_else(|| "worker".to_string());
+    let cap = take_env(ENV_CAP)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(crate::process::DEFAULT_MAX_PAYLOAD);
+    let init = take_env(ENV_INIT);
+    let pid = std::process::id();
+    let me = format!("{name} (pid {pid})");
+    let mut conn = match Conn::new(sys::inherited_socket(), cap) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("multitask: worker {me}: {e}");
+            return 71;
+        }
+    };
+
+    if let Some(spec) = init {
+        if let Err(error) = run_initializer(&spec, &me) {
+            let _ = conn.send(&FromWorker::InitFailed { error });
+            return 1;
+        }
+    }
+    if conn.send(&FromWorker::Hello { pid }).is_err() {
+        return 0;
+    }
+    loop {
+        let msg: ToWorker = match conn.recv(None) {
+            Ok(m) => m,
+            Err(WireError::Eof) => return 0,
+            Err(e) => {
+                eprintln!("multitask: worker {me}: {e}");
+                return 72;
+            }
+        };
+        let ToWorker::Call {
+            id,
+            task: name,
+            signature,
+            payload,
+        } = msg;
+        let outcome = run_call(&name, signature, &payload, &me);
+        let reply = FromWorker::Reply { id, outcome };
+        match conn.send(&reply) {
+            Ok(()) => {}
+            Err(WireError::TooLarge { size, cap }) => {
+                let too_large = FromWorker::Reply {
+                    id,
+                    outcome: Err(TaskError::TooLarge {
+                        task: name,
+                        size,
+                        limit: cap,
+                    }),
+                };
+                if conn.send(&too_large).is_err() {
+                    return 0;
+                }
+            }
+            Err(_) => return 0,
+        }
+    }
+}
+
+/// Runs one batch call: find the task, run it, catch what escapes.
+fn run_call(name: &str, signature: u64, payload: &[u8], me: &str) -> Result<Vec<u8>, TaskError> {
+    let entry = task::resolve(name, signature, me)?;
+    // The batch function catches each item's panic; this catches panics of
+    // the codec itself (a Deserialize impl that panics).
+    crate::panic::catch(name, || (entry.run)(payload)).and_then(|r| r)
+}
+
+/// Runs the initializer task named by `spec` (`name` TAB `signature`).
+fn run_initializer(spec: &str, me: &str) -> Result<(), TaskError> {
+    let (name, sig) = spec.split_once('\t').unwrap_or((spec, "0"));
+    let signature = sig.parse().unwrap_or(0);
+    let entry = task::resolve(name, signature, me)?;
+    let unit = task::encode(name, entry.codec, &vec![()])?;
+    let out = run_call(name, signature, &unit, me)?;
+    let chunk: crate::Chunk<()> = task::decode(name, entry.codec, &out)?;
+    match chunk.into_iter().next() {
+        Some(Err(e)) => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -550,6 +550,11 @@ fn supervise(index: usize, shared: &PoolShared, ready: Sender<Result<(), Error>>
         let w = worker.take().expect("a worker was just started");
         set_live(Some(&w));
         worker = run_job(w, job, shared);
+        // A worker that died or retired is replaced at once, so the next
+        // task does not wait for a start (unless the pool is closing).
+        if worker.is_none() && !*shared.closed.read().unwrap_or_else(|p| p.into_inner()) {
+            worker = spawn_worker(index, config).ok();
+        }
         set_live(worker.as_ref());
     }
     set_live(None);

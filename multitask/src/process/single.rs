@@ -48,7 +48,7 @@ impl<T: Task> Process<T> {
         let config = Config::single();
         let worker = spawn_worker(0, &config)?;
         let (child, mut conn, pid) = worker.into_parts();
-        let payload = task::encode(T::NAME, T::CODEC, &[input])
+        let payload = task::encode(T::NAME, T::CODEC, &vec![input])
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let call = ToWorker::Call {
             id: 1,

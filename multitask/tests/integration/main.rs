@@ -6,4 +6,6 @@ multitask::enable_test_support!();
 
 mod conformance;
 mod examples;
+mod failure;
+mod process;
 mod tasks;

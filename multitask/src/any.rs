@@ -48,9 +48,13 @@ impl AnyExecutor {
                 }
                 Ok(AnyExecutor::Threads(b.build()?))
             }
-            ExecutorSpec::Processes(_) => Err(Error::Unavailable(
-                "the process pool (processes[:N])".to_string(),
-            )),
+            ExecutorSpec::Processes(n) => {
+                let mut b = ProcessPool::builder();
+                if let Some(n) = n {
+                    b = b.max_workers(*n);
+                }
+                Ok(AnyExecutor::Processes(b.build()?))
+            }
             ExecutorSpec::Redis(_) => Err(Error::Unavailable(
                 "the cluster pool (redis://)".to_string(),
             )),

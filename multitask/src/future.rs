@@ -19,7 +19,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::TaskError;
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::{lock, spin_for, Arc, AtomicBool, Condvar, Mutex};
+
+/// How long a waiter spins for the outcome before it parks.
+const SPIN: Duration = Duration::from_micros(50);
 use crate::wait::Signal;
 
 /// A done callback: runs once with the outcome.
@@ -75,6 +78,9 @@ struct Shared<T> {
     inner: Mutex<Inner<T>>,
     /// Signalled on every transition to done.
     cond: Condvar,
+    /// Set (under the lock) when the future becomes done; read without the
+    /// lock by spinning waiters.
+    done: AtomicBool,
     /// The task's name, for errors.
     task: &'static str,
 }
@@ -88,6 +94,9 @@ impl<T> Shared<T> {
             return false;
         }
         inner.state = outcome;
+        // Release: pairs with the Acquire in `spin`; the state written above
+        // is published by the unlock anyway, this only ends the spin early.
+        self.done.store(true, std::sync::atomic::Ordering::Release);
         let callbacks = std::mem::take(&mut inner.callbacks);
         if !callbacks.is_empty() {
             let view = outcome_view(&inner.state, self.task);
@@ -204,6 +213,7 @@ impl<T> TaskFuture<T> {
                 control: None,
             }),
             cond: Condvar::new(),
+            done: AtomicBool::new(false),
             task,
         });
         (
@@ -278,8 +288,16 @@ impl<T> TaskFuture<T> {
         control.terminate()
     }
 
+    /// Spins briefly for the outcome; true if it is known.
+    fn spin(&self) -> bool {
+        spin_for(SPIN, || {
+            self.shared.done.load(std::sync::atomic::Ordering::Acquire)
+        })
+    }
+
     /// Blocks until the outcome is known and returns it.
     pub fn result(self) -> Result<T, TaskError> {
+        self.spin();
         let mut inner = lock(&self.shared.inner);
         while !inner.state.is_done() {
             inner = match self.shared.cond.wait(inner) {
@@ -294,6 +312,7 @@ impl<T> TaskFuture<T> {
     /// then (the task goes on: on a thread pool nothing can stop it), else
     /// the outcome, taken out of the future.
     pub fn result_timeout(&self, timeout: Duration) -> Option<Result<T, TaskError>> {
+        self.spin();
         let deadline = Instant::now() + timeout;
         let mut inner = lock(&self.shared.inner);
         while !inner.state.is_done() {
@@ -321,6 +340,7 @@ impl<T> TaskFuture<T> {
 
     /// Blocks until done.
     pub fn wait(&self) {
+        self.spin();
         let mut inner = lock(&self.shared.inner);
         while !inner.state.is_done() {
             inner = match self.shared.cond.wait(inner) {

@@ -500,7 +500,7 @@ fn next_msg(rx: &Receiver<Msg>) -> Option<Msg> {
         match rx.try_recv() {
             Ok(m) => return Some(m),
             Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if Instant::now() < spin_until => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
             Err(TryRecvError::Empty) => return rx.recv().ok(),
         }
     }

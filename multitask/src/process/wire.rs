@@ -209,7 +209,7 @@ impl Conn {
                 return Err(WireError::Timeout);
             }
             if now < spin_until {
-                std::hint::spin_loop();
+                std::thread::yield_now();
                 continue;
             }
             self.park(rustix::event::PollFlags::IN, deadline)?;

@@ -46,6 +46,8 @@ mod serial;
 mod sync;
 pub mod task;
 mod thread;
+pub mod timeit;
+pub mod trace;
 mod wait;
 
 pub use any::AnyExecutor;

@@ -21,6 +21,7 @@ use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
 use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::task::{self, Task, TaskEntry};
+use crate::trace::Tracer;
 
 /// How often a busy worker's memory is checked against its limit.
 const MEMORY_POLL: Duration = Duration::from_millis(20);
@@ -48,6 +49,8 @@ pub(crate) struct Config {
     pub(crate) max_retries: u32,
     /// How long a new worker has to say hello.
     pub(crate) start_timeout: Duration,
+    /// Records each task.
+    pub(crate) tracer: Tracer,
 }
 
 /// Builds a [`ProcessPool`].
@@ -112,6 +115,13 @@ impl ProcessPoolBuilder {
     /// retried task may repeat side effects. Default: 0.
     pub fn max_retries(mut self, n: u32) -> Self {
         self.config.max_retries = n;
+        self
+    }
+
+    /// Records every task in `tracer`, with the worker's pid and peak RSS
+    /// (see [`crate::trace`]). Default: a disabled tracer.
+    pub fn tracer(mut self, tracer: Tracer) -> Self {
+        self.config.tracer = tracer;
         self
     }
 
@@ -204,6 +214,8 @@ struct Job {
     deliver: Box<dyn Deliver>,
     /// Runs so far (retries after a worker died).
     attempts: u32,
+    /// When it was submitted, when tracing.
+    submitted: Option<Instant>,
 }
 
 /// Resolves a job's future from the worker's reply, whatever its type.
@@ -354,6 +366,7 @@ impl Config {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_retries: 0,
             start_timeout: Duration::from_secs(10),
+            tracer: Tracer::disabled(),
         }
     }
 }
@@ -593,6 +606,19 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
     }
     let started = Instant::now();
     let timeout_at = config.task_timeout.map(|t| started + t);
+    let pid = w.switch.pid;
+    let trace = |job: &Job, ok: bool| {
+        if let Some(submitted) = job.submitted {
+            config.tracer.record_span(
+                job.task,
+                format!("pid {pid}"),
+                pid,
+                (submitted, started, Instant::now()),
+                ok,
+                crate::info::rss_of(pid).map(|(_, peak)| peak),
+            );
+        }
+    };
     loop {
         let wake = match (timeout_at, config.memory_limit) {
             (t, Some(_)) => {
@@ -603,6 +629,7 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
         };
         match w.conn.recv::<FromWorker>(wake) {
             Ok(FromWorker::Reply { id: got, outcome }) if got == id => {
+                trace(&job, outcome.is_ok());
                 job.deliver.finish(outcome);
                 w.tasks += 1;
                 if config.max_tasks_per_child.is_some_and(|max| w.tasks >= max) {
@@ -630,6 +657,7 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
                     let after = config.task_timeout.unwrap_or_default();
                     w.switch
                         .kill(KillReason::Timeout(after), rustix::process::Signal::KILL);
+                    trace(&job, false);
                     return died(w, job, shared);
                 }
                 if let Some(limit) = config.memory_limit {
@@ -639,12 +667,16 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
                                 KillReason::Memory { limit, peak: rss },
                                 rustix::process::Signal::KILL,
                             );
+                            trace(&job, false);
                             return died(w, job, shared);
                         }
                     }
                 }
             }
-            Err(WireError::Eof) | Err(WireError::Io(_)) => return died(w, job, shared),
+            Err(WireError::Eof) | Err(WireError::Io(_)) => {
+                trace(&job, false);
+                return died(w, job, shared);
+            }
             Err(e) => {
                 let message = format!("worker pid {}: {e}", w.switch.pid);
                 w.switch
@@ -710,6 +742,7 @@ impl ProcessPool {
                 max_payload: DEFAULT_MAX_PAYLOAD,
                 max_retries: 0,
                 start_timeout: Duration::from_secs(10),
+                tracer: Tracer::disabled(),
             },
         }
     }
@@ -823,6 +856,7 @@ impl Executor for ProcessPool {
                     chunk.into_iter().next().expect("one outcome")
                 }),
                 attempts: 0,
+                submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
             })
         })?;
         Ok(fut)
@@ -843,6 +877,7 @@ impl Executor for ProcessPool {
                 payload,
                 deliver: deliver(promise, move |bytes: Vec<u8>| decode_chunk::<T>(&bytes, n)),
                 attempts: 0,
+                submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
             })
         })?;
         Ok(fut)
@@ -909,6 +944,7 @@ impl RawExecutor for ProcessPool {
                 payload: payload.clone(),
                 deliver: deliver(promise, Ok),
                 attempts: 0,
+                submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
             })
         })?;
         Ok(fut)

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -12,6 +13,7 @@ use crate::executor::{run_chunk_here, ChunkFuture, Executor, RawExecutor, Shutdo
 use crate::future::{Promise, TaskFuture};
 use crate::map::Map;
 use crate::task::{Task, TaskEntry};
+use crate::trace::Tracer;
 
 /// What a worker does with a job.
 enum Go {
@@ -24,23 +26,36 @@ enum Go {
 }
 
 /// A job: runs, cancels or fails its task as told, and resolves its future.
-type Job = Box<dyn FnOnce(Go) + Send>;
+struct Job {
+    /// The task's name, for the trace.
+    task: &'static str,
+    /// When it was submitted, when tracing.
+    submitted: Option<Instant>,
+    /// Does it; true unless the task failed.
+    run: Box<dyn FnOnce(Go) -> bool + Send>,
+}
 
-/// Applies `go` to a job's promise; `run` produces the outcome.
-fn settle<T>(promise: Promise<T>, go: Go, run: impl FnOnce() -> Result<T, TaskError>) {
+/// Applies `go` to a job's promise; `run` produces the outcome. True
+/// unless the task ran and failed.
+fn settle<T>(promise: Promise<T>, go: Go, run: impl FnOnce() -> Result<T, TaskError>) -> bool {
     match go {
         Go::Run => {
             if promise.set_running() {
                 let outcome = run();
+                let ok = outcome.is_ok();
                 promise.complete(outcome);
+                return ok;
             }
+            true
         }
         Go::Cancel => {
             promise.cancel();
+            true
         }
         Go::Broken(reason) => {
             let task = promise.task().to_string();
             promise.complete(Err(TaskError::Broken { task, reason }));
+            false
         }
     }
 }
@@ -64,6 +79,8 @@ pub struct ThreadPoolBuilder {
     prefix: String,
     /// Runs in each worker before its first task.
     initializer: Option<Initializer>,
+    /// Records each task.
+    tracer: Tracer,
 }
 
 impl fmt::Debug for ThreadPoolBuilder {
@@ -97,6 +114,13 @@ impl ThreadPoolBuilder {
         self
     }
 
+    /// Records every task in `tracer` (see [`crate::trace`]). Default: a
+    /// disabled tracer, which costs one branch per task.
+    pub fn tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
     /// Starts the worker threads.
     pub fn build(self) -> Result<ThreadPool, Error> {
         let workers = match self.max_workers {
@@ -111,6 +135,7 @@ impl ThreadPoolBuilder {
             tx,
             rx,
             busy: AtomicUsize::new(0),
+            tracer: self.tracer,
         });
         let mut handles = Vec::with_capacity(workers);
         for i in 0..workers {
@@ -149,6 +174,8 @@ struct PoolShared {
     rx: Receiver<Msg>,
     /// Tasks running now.
     busy: AtomicUsize,
+    /// Records each task.
+    tracer: Tracer,
 }
 
 fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
@@ -168,7 +195,25 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                     .clone();
                 // Relaxed: `busy` is a gauge for observers; it orders nothing.
                 shared.busy.fetch_add(1, Ordering::Relaxed);
-                job(broken.map_or(Go::Run, Go::Broken));
+                let go = broken.map_or(Go::Run, Go::Broken);
+                match job.submitted {
+                    None => {
+                        (job.run)(go);
+                    }
+                    Some(submitted) => {
+                        let started = Instant::now();
+                        let ok = (job.run)(go);
+                        let me = std::thread::current();
+                        shared.tracer.record_span(
+                            job.task,
+                            me.name().unwrap_or("worker").to_string(),
+                            std::process::id(),
+                            (submitted, started, Instant::now()),
+                            ok,
+                            None,
+                        );
+                    }
+                }
                 shared.busy.fetch_sub(1, Ordering::Relaxed);
             }
             Msg::Stop => break,
@@ -220,6 +265,7 @@ impl ThreadPool {
             max_workers: None,
             prefix: "multitask".to_string(),
             initializer: None,
+            tracer: Tracer::disabled(),
         }
     }
 
@@ -232,9 +278,9 @@ impl ThreadPool {
     /// pool is closed or broken.
     fn send<I>(
         &self,
-        task: &str,
+        task: &'static str,
         input: I,
-        job: impl FnOnce(I) -> Job,
+        job: impl FnOnce(I) -> Box<dyn FnOnce(Go) -> bool + Send>,
     ) -> Result<(), SubmitError<I>> {
         let closed = self.shared.closed.read().unwrap_or_else(|p| p.into_inner());
         if *closed {
@@ -261,7 +307,12 @@ impl ThreadPool {
             });
         }
         // The receiver lives in `shared`, so the send can't fail.
-        let _ = self.shared.tx.send(Msg::Run(job(input)));
+        let submitted = self.shared.tracer.is_enabled().then(Instant::now);
+        let _ = self.shared.tx.send(Msg::Run(Job {
+            task,
+            submitted,
+            run: job(input),
+        }));
         Ok(())
     }
 
@@ -392,7 +443,7 @@ impl Executor for ThreadPool {
                     // Cancel what is queued; every future still resolves.
                     while let Ok(msg) = self.shared.rx.try_recv() {
                         if let Msg::Run(job) = msg {
-                            job(Go::Cancel);
+                            (job.run)(Go::Cancel);
                         }
                     }
                 }

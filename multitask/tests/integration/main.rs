@@ -9,3 +9,4 @@ mod examples;
 mod failure;
 mod process;
 mod tasks;
+mod trace;

@@ -1,0 +1,252 @@
+//! Tracing every executor: when, where and for how long each task ran.
+//!
+//! A [`Tracer`] is handed to a pool's builder (`.tracer(t)`); the pool then
+//! records one [`TaskEvent`] per task: when it was submitted, started and
+//! finished (as offsets from the tracer's epoch), on which worker (a thread
+//! name or a pid) on which host, and the worker's peak RSS for process
+//! workers. A disabled tracer (the default) costs one branch per task and
+//! reads no clock.
+//!
+//! [`Tracer::snapshot`] gives a [`Trace`], which the exporters turn into a
+//! Chrome trace for Perfetto ([`chrome`]), an SVG timeline and a speedup
+//! chart ([`svg`]), and a speedup / efficiency / Amdahl report ([`report`]).
+
+pub mod chrome;
+pub mod report;
+pub mod svg;
+#[cfg(test)]
+mod test;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// One task's life, as a tracer saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// The task's name.
+    pub task: String,
+    /// A number unique within the tracer.
+    pub id: u64,
+    /// The worker that ran it: a thread name, or `pid N`.
+    pub worker: String,
+    /// The process that ran it.
+    pub pid: u32,
+    /// The host that ran it.
+    pub host: String,
+    /// When it was submitted, since the epoch.
+    pub submitted: Duration,
+    /// When a worker started it, since the epoch.
+    pub started: Duration,
+    /// When it finished, since the epoch.
+    pub finished: Duration,
+    /// False if it failed.
+    pub ok: bool,
+    /// The worker's peak resident set at the end, in bytes, when known.
+    pub peak_rss: Option<u64>,
+}
+
+impl TaskEvent {
+    /// Time between submit and start.
+    pub fn queue_wait(&self) -> Duration {
+        self.started.saturating_sub(self.submitted)
+    }
+
+    /// Time between start and finish.
+    pub fn run_time(&self) -> Duration {
+        self.finished.saturating_sub(self.started)
+    }
+}
+
+/// What a tracer shares between its clones.
+#[derive(Debug)]
+struct Collector {
+    /// Offsets are measured from here.
+    epoch: Instant,
+    /// The recorded events.
+    events: Mutex<Vec<TaskEvent>>,
+    /// Next event id.
+    next_id: AtomicU64,
+    /// This host's name, read once.
+    host: String,
+}
+
+/// Collects [`TaskEvent`]s from one or more pools. Cheap to clone; a
+/// disabled tracer (the [`Default`]) records nothing.
+#[derive(Debug, Clone, Default)]
+pub struct Tracer {
+    /// `None` when disabled.
+    inner: Option<Arc<Collector>>,
+}
+
+impl Tracer {
+    /// An enabled tracer whose epoch is now.
+    pub fn new() -> Tracer {
+        Tracer {
+            inner: Some(Arc::new(Collector {
+                epoch: Instant::now(),
+                events: Mutex::new(Vec::new()),
+                next_id: AtomicU64::new(0),
+                host: crate::info::host_name(),
+            })),
+        }
+    }
+
+    /// A tracer that records nothing (the default).
+    pub fn disabled() -> Tracer {
+        Tracer { inner: None }
+    }
+
+    /// True if it records.
+    #[inline]
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The instant offsets are measured from (now, for a disabled tracer).
+    pub fn epoch(&self) -> Instant {
+        self.inner.as_ref().map_or_else(Instant::now, |c| c.epoch)
+    }
+
+    /// `t` as an offset from the epoch.
+    pub fn since_epoch(&self, t: Instant) -> Duration {
+        t.saturating_duration_since(self.epoch())
+    }
+
+    /// This host's name as the tracer records it.
+    pub fn host(&self) -> String {
+        self.inner
+            .as_ref()
+            .map_or_else(crate::info::host_name, |c| c.host.clone())
+    }
+
+    /// Records `event`, giving it the next id; a no-op when disabled.
+    pub fn record(&self, mut event: TaskEvent) {
+        if let Some(c) = &self.inner {
+            // Relaxed: ids only need to be unique, not ordered with anything.
+            event.id = c.next_id.fetch_add(1, Ordering::Relaxed);
+            c.events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(event);
+        }
+    }
+
+    /// Records a task that ran between `started` and `finished` on this
+    /// process's thread `worker`.
+    pub(crate) fn record_span(
+        &self,
+        task: &str,
+        worker: String,
+        pid: u32,
+        times: (Instant, Instant, Instant),
+        ok: bool,
+        peak_rss: Option<u64>,
+    ) {
+        if let Some(c) = &self.inner {
+            let (submitted, started, finished) = times;
+            self.record(TaskEvent {
+                task: task.to_string(),
+                id: 0,
+                worker,
+                pid,
+                host: c.host.clone(),
+                submitted: submitted.saturating_duration_since(c.epoch),
+                started: started.saturating_duration_since(c.epoch),
+                finished: finished.saturating_duration_since(c.epoch),
+                ok,
+                peak_rss,
+            });
+        }
+    }
+
+    /// The events so far, with the wall time from the epoch to now.
+    pub fn snapshot(&self) -> Trace {
+        match &self.inner {
+            None => Trace::default(),
+            Some(c) => Trace {
+                events: c.events.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                wall: c.epoch.elapsed(),
+            },
+        }
+    }
+
+    /// Forgets the events recorded so far.
+    pub fn clear(&self) {
+        if let Some(c) = &self.inner {
+            c.events.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+/// The events of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Trace {
+    /// One per task, in the order they were recorded.
+    pub events: Vec<TaskEvent>,
+    /// Wall time the trace covers.
+    pub wall: Duration,
+}
+
+impl Trace {
+    /// The trace of exactly the span its events cover: from the first
+    /// submit to the last finish, with offsets shifted to start at zero.
+    pub fn trimmed(&self) -> Trace {
+        let Some(start) = self.events.iter().map(|e| e.submitted).min() else {
+            return Trace::default();
+        };
+        let end = self
+            .events
+            .iter()
+            .map(|e| e.finished)
+            .max()
+            .unwrap_or(start);
+        Trace {
+            events: self
+                .events
+                .iter()
+                .map(|e| TaskEvent {
+                    submitted: e.submitted - start,
+                    started: e.started.saturating_sub(start),
+                    finished: e.finished.saturating_sub(start),
+                    ..e.clone()
+                })
+                .collect(),
+            wall: end - start,
+        }
+    }
+
+    /// The workers, sorted by name.
+    pub fn workers(&self) -> Vec<String> {
+        self.busy_by_worker().into_keys().collect()
+    }
+
+    /// Busy time per worker.
+    pub fn busy_by_worker(&self) -> BTreeMap<String, Duration> {
+        let mut m = BTreeMap::new();
+        for e in &self.events {
+            *m.entry(e.worker.clone()).or_insert(Duration::ZERO) += e.run_time();
+        }
+        m
+    }
+
+    /// Total busy time over all workers: the CPU time of the tasks.
+    pub fn busy(&self) -> Duration {
+        self.events.iter().map(TaskEvent::run_time).sum()
+    }
+
+    /// Peak RSS per worker, where known.
+    pub fn peak_rss_by_worker(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for e in &self.events {
+            if let Some(rss) = e.peak_rss {
+                let v = m.entry(e.worker.clone()).or_insert(0);
+                *v = rss.max(*v);
+            }
+        }
+        m
+    }
+}

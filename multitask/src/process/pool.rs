@@ -351,6 +351,25 @@ pub(crate) struct Worker {
     switch: Arc<KillSwitch>,
     /// Tasks it ran.
     tasks: u64,
+    /// Its peak RSS as last read, and when: `/proc` is read at most every
+    /// `RSS_EVERY` for traces.
+    rss: Option<(Instant, u64)>,
+}
+
+/// How often a traced worker's peak RSS is read.
+const RSS_EVERY: Duration = Duration::from_millis(10);
+
+impl Worker {
+    /// The worker's peak RSS, read again if the last reading is stale.
+    fn peak_rss(&mut self) -> Option<u64> {
+        let stale = self.rss.is_none_or(|(at, _)| at.elapsed() >= RSS_EVERY);
+        if stale {
+            if let Some((_, peak)) = crate::info::rss_of(self.switch.pid) {
+                self.rss = Some((Instant::now(), peak));
+            }
+        }
+        self.rss.map(|(_, peak)| peak)
+    }
 }
 
 impl Config {
@@ -415,6 +434,7 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
                 reason: Mutex::new(None),
             }),
             tasks: 0,
+            rss: None,
         }),
         Ok(FromWorker::InitFailed { error }) => {
             failed(&mut child, format!("the worker initializer failed: {error}"))
@@ -607,15 +627,16 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
     let started = Instant::now();
     let timeout_at = config.task_timeout.map(|t| started + t);
     let pid = w.switch.pid;
-    let trace = |job: &Job, ok: bool| {
+    let trace = |job: &Job, ok: bool, w: &mut Worker| {
         if let Some(submitted) = job.submitted {
+            let finished = Instant::now();
             config.tracer.record_span(
                 job.task,
                 format!("pid {pid}"),
                 pid,
-                (submitted, started, Instant::now()),
+                (submitted, started, finished),
                 ok,
-                crate::info::rss_of(pid).map(|(_, peak)| peak),
+                w.peak_rss(),
             );
         }
     };
@@ -629,7 +650,7 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
         };
         match w.conn.recv::<FromWorker>(wake) {
             Ok(FromWorker::Reply { id: got, outcome }) if got == id => {
-                trace(&job, outcome.is_ok());
+                trace(&job, outcome.is_ok(), &mut w);
                 job.deliver.finish(outcome);
                 w.tasks += 1;
                 if config.max_tasks_per_child.is_some_and(|max| w.tasks >= max) {
@@ -657,7 +678,7 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
                     let after = config.task_timeout.unwrap_or_default();
                     w.switch
                         .kill(KillReason::Timeout(after), rustix::process::Signal::KILL);
-                    trace(&job, false);
+                    trace(&job, false, &mut w);
                     return died(w, job, shared);
                 }
                 if let Some(limit) = config.memory_limit {
@@ -667,14 +688,14 @@ fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
                                 KillReason::Memory { limit, peak: rss },
                                 rustix::process::Signal::KILL,
                             );
-                            trace(&job, false);
+                            trace(&job, false, &mut w);
                             return died(w, job, shared);
                         }
                     }
                 }
             }
             Err(WireError::Eof) | Err(WireError::Io(_)) => {
-                trace(&job, false);
+                trace(&job, false, &mut w);
                 return died(w, job, shared);
             }
             Err(e) => {

@@ -25,7 +25,6 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
-// `worker`, `status` (the cluster) and `bench` join this enum as they land.
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -37,6 +36,44 @@ pub(crate) enum Command {
     /// Run a shell command for each argument, in parallel (like xargs -P or
     /// GNU parallel).
     Run(RunArgs),
+    /// Run CPU-bound and I/O-bound workloads on each executor at each worker
+    /// count, and report speedups (the benchmark lab).
+    Bench(BenchArgs),
+}
+
+/// `multitask bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Workloads, comma-separated: cpu (primes), io (blocking waits), mixed.
+    #[arg(
+        long = "workloads",
+        alias = "workload",
+        value_delimiter = ',',
+        default_value = "cpu,io"
+    )]
+    pub(crate) workloads: Vec<String>,
+    /// Executors, comma-separated: serial, threads, processes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "serial,threads,processes"
+    )]
+    pub(crate) executors: Vec<ExecutorSpec>,
+    /// Worker counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub(crate) workers: Vec<u16>,
+    /// Tasks per workload.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) tasks: u32,
+    /// Print one JSON object (`{"rows": [...]}`) instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Write chart.svg, timeline.svg, trace.json and report.md here.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) out: Option<PathBuf>,
+    /// Write a flamegraph (SVG) of this process, sampled while the lab ran.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) profile: Option<PathBuf>,
 }
 
 /// `multitask primes`.

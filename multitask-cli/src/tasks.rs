@@ -44,7 +44,7 @@ pub(crate) fn is_prime_with_pid(n: u64) -> (bool, u32) {
 /// integers.
 pub(crate) fn isqrt(n: u64) -> u64 {
     let mut r = (n as f64).sqrt() as u64;
-    while r.checked_mul(r).map_or(true, |sq| sq > n) {
+    while r.checked_mul(r).is_none_or(|sq| sq > n) {
         r -= 1;
     }
     while (r + 1).checked_mul(r + 1).is_some_and(|sq| sq <= n) {
@@ -174,7 +174,7 @@ mod tests {
         for n in [0, 1, 2, 3, 4, 15, 16, 17, u64::MAX, (1 << 53) + 1] {
             let r = isqrt(n);
             assert!(r * r <= n, "{n}");
-            assert!((r + 1).checked_mul(r + 1).map_or(true, |sq| sq > n), "{n}");
+            assert!((r + 1).checked_mul(r + 1).is_none_or(|sq| sq > n), "{n}");
         }
         let p: u64 = 4_294_967_291; // the largest prime below 2^32
         assert_eq!(isqrt(p * p), p);
@@ -196,5 +196,26 @@ mod tests {
             (&o.stdout[..], &o.stderr[..]),
             (&b"out\n"[..], &b"err\n"[..])
         );
+    }
+}
+
+/// One unit of `multitask bench` work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Work {
+    /// CPU-bound: the seed's prime test of this number.
+    Cpu(u64),
+    /// I/O-bound: a blocking wait of this many milliseconds.
+    Io(u64),
+}
+
+/// Does one unit of bench work; the prime verdict (I/O work is "prime").
+#[multitask::task]
+pub(crate) fn bench_work(work: Work) -> bool {
+    match work {
+        Work::Cpu(n) => is_prime.call(n),
+        Work::Io(ms) => {
+            std::thread::sleep(Duration::from_millis(ms));
+            true
+        }
     }
 }

@@ -424,3 +424,96 @@ fn run_rejects_a_bad_halt() {
     assert_eq!(ran.code, Some(2));
     assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
 }
+
+/// A small lab run: every executor, two worker counts, both workloads.
+const SMALL_BENCH: [&str; 9] = [
+    "bench",
+    "--tasks",
+    "4",
+    "--workers",
+    "1,2",
+    "--executors",
+    "serial,threads,processes",
+    "--workloads",
+    "cpu,io",
+];
+
+#[test]
+fn bench_json_has_a_row_per_run() {
+    let mut args = SMALL_BENCH.to_vec();
+    args.push("--json");
+    let ran = multitask(&args);
+    assert_eq!(ran.code, Some(0), "stderr: {}", ran.stderr);
+    let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).expect("one JSON object");
+    let rows = v["rows"].as_array().expect("rows");
+    // Per workload: serial once, threads and processes at 1 and 2 workers.
+    assert_eq!(rows.len(), 2 * (1 + 2 + 2));
+    for r in rows {
+        for key in [
+            "workload",
+            "executor",
+            "workers",
+            "wall_s",
+            "speedup",
+            "efficiency",
+            "utilisation",
+        ] {
+            assert!(!r[key].is_null(), "row lacks {key}: {r}");
+        }
+        let (serial, wall, speedup) = (
+            r["serial_s"].as_f64().unwrap(),
+            r["wall_s"].as_f64().unwrap(),
+            r["speedup"].as_f64().unwrap(),
+        );
+        assert!(
+            (speedup - serial / wall).abs() < 1e-9,
+            "speedup = serial / parallel: {r}"
+        );
+        assert!(r["utilisation"].as_f64().unwrap() <= 1.0 + 1e-9, "{r}");
+    }
+    assert!(v["amdahl"].is_object());
+}
+
+#[test]
+fn bench_out_writes_four_well_formed_files_and_a_profile() {
+    let dir = std::env::temp_dir().join(format!("multitask-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let profile = dir.join("flame.svg");
+    let mut args = SMALL_BENCH.to_vec();
+    let out = dir.display().to_string();
+    let prof = profile.display().to_string();
+    args.extend(["--out", &out, "--profile", &prof]);
+    let ran = multitask(&args);
+    assert_eq!(ran.code, Some(0), "stderr: {}", ran.stderr);
+    assert!(ran.stdout.contains("speedup"), "{}", ran.stdout);
+    for svg in ["chart.svg", "timeline.svg"] {
+        let text = std::fs::read_to_string(dir.join(svg)).expect(svg);
+        roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{svg}: {e}"));
+    }
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trace.json")).unwrap()).unwrap();
+    assert!(!trace["traceEvents"]
+        .as_array()
+        .expect("traceEvents")
+        .is_empty());
+    let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Amdahl's law") && report.contains("| io |"),
+        "{report}"
+    );
+    let flame = std::fs::read_to_string(&profile).expect("flamegraph written");
+    assert!(flame.contains("<svg"), "the profile is an SVG");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_refuses_an_unknown_workload() {
+    let ran = multitask(&["bench", "--workloads", "gpu"]);
+    assert_eq!(ran.code, Some(1));
+    assert!(
+        ran.stderr.contains("unknown workload \"gpu\""),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
+}

@@ -5,6 +5,7 @@
 //! returns the process exit status or an error that `main.rs` prints as one
 //! line. `worker`, `status` and `bench` join as modules here.
 
+pub(crate) mod bench;
 pub(crate) mod info;
 pub(crate) mod primes;
 pub(crate) mod run;
@@ -22,6 +23,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Primes(args) => primes::main(args, cli.quiet),
         Command::Info(args) => info::main(args),
         Command::Run(args) => run::main(args, cli.quiet),
+        Command::Bench(args) => bench::main(args, cli.quiet),
     }
 }
 

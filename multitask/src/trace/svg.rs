@@ -99,7 +99,7 @@ pub fn timeline_svg(trace: &Trace) -> String {
         };
         let _ = writeln!(
             s,
-            r#"<rect class="task" x="{x0:.2}" y="{y}" width="{w:.2}" height="{}" fill="{fill}"><title>{} #{}: {:.3} ms, waited {:.3} ms{}</title></rect>"#,
+            r#"<rect class="task" x="{x0:.2}" y="{y}" width="{w:.2}" height="{}" fill="{fill}" stroke="white" stroke-width="0.5"><title>{} #{}: {:.3} ms, waited {:.3} ms{}</title></rect>"#,
             lane - 8.0,
             escape(&e.task),
             e.id,

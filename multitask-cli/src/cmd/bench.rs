@@ -1,0 +1,393 @@
+//! `multitask bench`: the benchmark lab. The same workloads run serially
+//! and on each executor at each worker count, traced; the lab prints a
+//! table (or JSON) and can write a speedup chart, a timeline, a Chrome
+//! trace and a report that puts the seed's lessons in measured numbers:
+//! I/O-bound work keeps scaling past the core count on threads, CPU-bound
+//! work stops at it.
+//!
+//! Workloads: `cpu` (the seed's prime test on its numbers), `io` (blocking
+//! waits of 20 ms) and `mixed` (alternating). Each run maps the workload's
+//! tasks with chunk size 1 and a tracer on; speedup is the serial time of
+//! the same tasks on this thread divided by the run's wall time.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use multitask::trace::report::{fit_amdahl, Report};
+use multitask::trace::svg::{speedup_chart_svg, timeline_svg, Series};
+use multitask::trace::{chrome, Trace, Tracer};
+use multitask::{Executor, ExecutorSpec, ProcessPool, SerialExecutor, ThreadPool};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::args::BenchArgs;
+use crate::cmd::primes::SEED;
+use crate::tasks::{bench_work, Work};
+use crate::term::Progress;
+
+/// Milliseconds of each I/O task.
+const IO_MS: u64 = 20;
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+struct Row {
+    /// `cpu`, `io` or `mixed`.
+    workload: String,
+    /// The executor's spec (`threads:4`).
+    executor: String,
+    /// The kind (`threads`), for grouping.
+    kind: String,
+    /// Workers.
+    workers: usize,
+    /// Tasks run.
+    tasks: usize,
+    /// Wall time of the run.
+    wall_s: f64,
+    /// The same tasks serially on this thread.
+    serial_s: f64,
+    /// serial / wall.
+    speedup: f64,
+    /// speedup / workers.
+    efficiency: f64,
+    /// busy / (workers x wall).
+    utilisation: f64,
+    /// Median queue wait.
+    queue_wait_p50_ms: f64,
+    /// 99th-percentile queue wait.
+    queue_wait_p99_ms: f64,
+}
+
+/// The tasks of a workload.
+fn workload(name: &str, tasks: usize) -> Result<Vec<Work>> {
+    let cpu = |i: usize| Work::Cpu(SEED[i % 5]);
+    Ok(match name {
+        "cpu" => (0..tasks).map(cpu).collect(),
+        "io" => vec![Work::Io(IO_MS); tasks],
+        "mixed" => (0..tasks)
+            .map(|i| {
+                if i % 2 == 0 {
+                    cpu(i / 2)
+                } else {
+                    Work::Io(IO_MS)
+                }
+            })
+            .collect(),
+        other => bail!("unknown workload {other:?}: expected cpu, io or mixed"),
+    })
+}
+
+/// Runs `work` on `ex` with a tracer; the wall time and the trace.
+fn measure<E: Executor>(ex: &E, tracer: &Tracer, work: &[Work]) -> Result<(Duration, Trace)> {
+    tracer.clear();
+    let t = Instant::now();
+    for r in ex.map(bench_work, work.to_vec()).chunksize(1) {
+        r.context("a bench task failed")?;
+    }
+    Ok((t.elapsed(), tracer.snapshot()))
+}
+
+/// Builds the executor of `kind` with `workers` and the tracer, runs, and
+/// drops it (pool start-up is not timed).
+fn run_one(
+    kind: &str,
+    workers: usize,
+    tracer: &Tracer,
+    work: &[Work],
+) -> Result<(Duration, Trace, String)> {
+    match kind {
+        "serial" => {
+            let ex = SerialExecutor::new();
+            // The serial executor has no workers to trace: time it whole.
+            let t = Instant::now();
+            for r in ex.map(bench_work, work.to_vec()) {
+                r.context("a bench task failed")?;
+            }
+            Ok((t.elapsed(), Trace::default(), ex.spec()))
+        }
+        "threads" => {
+            let ex = ThreadPool::builder()
+                .max_workers(workers)
+                .tracer(tracer.clone())
+                .build()?;
+            let (d, t) = measure(&ex, tracer, work)?;
+            Ok((d, t, ex.spec()))
+        }
+        "processes" => {
+            let ex = ProcessPool::builder()
+                .max_workers(workers)
+                .tracer(tracer.clone())
+                .build()?;
+            let (d, t) = measure(&ex, tracer, work)?;
+            Ok((d, t, ex.spec()))
+        }
+        other => {
+            bail!("executor {other:?} can't be benchmarked: expected serial, threads or processes")
+        }
+    }
+}
+
+/// Runs the lab.
+pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
+    let kinds: Vec<String> = args
+        .executors
+        .iter()
+        .map(|spec| match spec {
+            ExecutorSpec::Serial => Ok("serial".to_string()),
+            ExecutorSpec::Threads(_) => Ok("threads".to_string()),
+            ExecutorSpec::Processes(_) => Ok("processes".to_string()),
+            ExecutorSpec::Redis(_) => bail!(
+                "the bench lab does not run on a cluster yet; use serial, threads or processes"
+            ),
+        })
+        .collect::<Result<_>>()?;
+    let guard = match &args.profile {
+        Some(_) => Some(
+            pprof::ProfilerGuardBuilder::default()
+                .frequency(997)
+                .blocklist(&["libc", "libgcc", "pthread", "vdso"])
+                .build()
+                .context("starting the profiler")?,
+        ),
+        None => None,
+    };
+
+    let workers_list: Vec<usize> = args.workers.iter().map(|&w| usize::from(w)).collect();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut showcase: Option<(String, Trace)> = None;
+    let total = args.workloads.len()
+        * kinds
+            .iter()
+            .map(|k| if k == "serial" { 1 } else { workers_list.len() })
+            .sum::<usize>();
+    let mut progress = Progress::new("bench", quiet || args.json);
+    let mut done = 0;
+    for name in &args.workloads {
+        let work = workload(name, args.tasks as usize)?;
+        let t = Instant::now();
+        for w in &work {
+            std::hint::black_box(bench_work.call(*w));
+        }
+        let serial = t.elapsed();
+        for kind in &kinds {
+            let counts: Vec<usize> = if kind == "serial" {
+                vec![1]
+            } else {
+                workers_list.clone()
+            };
+            for &workers in &counts {
+                let tracer = Tracer::new();
+                let (wall, trace, spec) = run_one(kind, workers, &tracer, &work)?;
+                let report = Report::from_trace(&trace, Some(serial), workers);
+                let speedup = serial.as_secs_f64() / wall.as_secs_f64();
+                rows.push(Row {
+                    workload: name.clone(),
+                    executor: spec.clone(),
+                    kind: kind.clone(),
+                    workers,
+                    tasks: work.len(),
+                    wall_s: wall.as_secs_f64(),
+                    serial_s: serial.as_secs_f64(),
+                    speedup,
+                    efficiency: speedup / workers as f64,
+                    utilisation: if trace.events.is_empty() {
+                        1.0
+                    } else {
+                        report.utilisation
+                    },
+                    queue_wait_p50_ms: report.queue_wait_p50_ms,
+                    queue_wait_p99_ms: report.queue_wait_p99_ms,
+                });
+                if !trace.events.is_empty() {
+                    showcase = Some((format!("{name} on {spec}"), trace));
+                }
+                done += 1;
+                progress.tick(done, Some(total));
+            }
+        }
+    }
+    progress.finish();
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        writeln!(out, "{}", json!({ "rows": rows, "amdahl": amdahl(&rows) }))?;
+    } else {
+        write!(out, "{}", table(&rows))?;
+    }
+    if let Some(dir) = &args.out {
+        write_files(dir, &rows, showcase.as_ref())?;
+        if !args.json {
+            writeln!(
+                out,
+                "wrote chart.svg, timeline.svg, trace.json and report.md to {}",
+                dir.display()
+            )?;
+        }
+    }
+    if let (Some(guard), Some(path)) = (guard, &args.profile) {
+        let report = guard.report().build().context("building the profile")?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        report.flamegraph(file).context("writing the flamegraph")?;
+        if !args.json {
+            writeln!(
+                out,
+                "wrote a flamegraph of this process to {}",
+                path.display()
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serial fractions fitted per workload and executor kind.
+fn amdahl(rows: &[Row]) -> serde_json::Value {
+    let mut fits = serde_json::Map::new();
+    for (workload, kind) in groups(rows) {
+        let pts: Vec<(usize, f64)> = rows
+            .iter()
+            .filter(|r| r.workload == workload && r.kind == kind)
+            .map(|r| (r.workers, r.speedup))
+            .collect();
+        if let Some(s) = fit_amdahl(&pts) {
+            fits.insert(format!("{workload}/{kind}"), json!(s));
+        }
+    }
+    serde_json::Value::Object(fits)
+}
+
+/// The (workload, kind) pairs in first-seen order, serial excluded.
+fn groups(rows: &[Row]) -> Vec<(String, String)> {
+    let mut g: Vec<(String, String)> = Vec::new();
+    for r in rows.iter().filter(|r| r.kind != "serial") {
+        let key = (r.workload.clone(), r.kind.clone());
+        if !g.contains(&key) {
+            g.push(key);
+        }
+    }
+    g
+}
+
+/// The rows as an aligned text table.
+fn table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<8} {:<14} {:>7} {:>9} {:>8} {:>10} {:>11} {:>13}\n",
+        "workload",
+        "executor",
+        "workers",
+        "wall s",
+        "speedup",
+        "efficiency",
+        "utilisation",
+        "queue p50 ms"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<8} {:<14} {:>7} {:>9.3} {:>7.2}x {:>9.0}% {:>10.0}% {:>13.3}",
+            r.workload,
+            r.executor,
+            r.workers,
+            r.wall_s,
+            r.speedup,
+            r.efficiency * 100.0,
+            r.utilisation * 100.0,
+            r.queue_wait_p50_ms
+        );
+    }
+    s
+}
+
+/// Writes chart.svg, timeline.svg, trace.json and report.md into `dir`.
+fn write_files(dir: &Path, rows: &[Row], showcase: Option<&(String, Trace)>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let series: Vec<Series> = groups(rows)
+        .into_iter()
+        .map(|(workload, kind)| Series {
+            name: format!("{workload} on {kind}"),
+            points: rows
+                .iter()
+                .filter(|r| r.workload == workload && r.kind == kind)
+                .map(|r| (r.workers, r.speedup))
+                .collect(),
+        })
+        .collect();
+    let cpus = multitask::usable_cpus();
+    let title = format!("speedup against workers ({cpus} usable CPUs)");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
+    };
+    write("chart.svg", &speedup_chart_svg(&title, &series))?;
+    let empty = (String::from("no traced run"), Trace::default());
+    let (label, trace) = showcase.unwrap_or(&empty);
+    write("timeline.svg", &timeline_svg(trace))?;
+    write("trace.json", &chrome::to_chrome_json(trace))?;
+    write("report.md", &report_md(rows, label, cpus))?;
+    Ok(())
+}
+
+/// The lab's report: the table, the Amdahl fits, and the lessons the
+/// numbers show.
+fn report_md(rows: &[Row], timeline: &str, cpus: usize) -> String {
+    let mut s = String::from("# multitask bench report\n\n");
+    let _ = writeln!(
+        s,
+        "{cpus} usable CPUs. Speedup = serial time of the same tasks on one thread / wall time of the run.\n"
+    );
+    s.push_str("| workload | executor | workers | wall s | speedup | efficiency | utilisation | queue p50 ms | queue p99 ms |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {:.2}x | {:.0}% | {:.0}% | {:.3} | {:.3} |",
+            r.workload,
+            r.executor,
+            r.workers,
+            r.wall_s,
+            r.speedup,
+            r.efficiency * 100.0,
+            r.utilisation * 100.0,
+            r.queue_wait_p50_ms,
+            r.queue_wait_p99_ms
+        );
+    }
+    s.push_str("\n## Amdahl's law\n\nThe serial fraction s of speedup(n) = 1 / (s + (1 - s) / n), fitted by least squares:\n\n");
+    for (k, v) in amdahl(rows).as_object().into_iter().flatten() {
+        let _ = writeln!(s, "- {k}: s = {:.3}", v.as_f64().unwrap_or(f64::NAN));
+    }
+    s.push_str("\n## What the numbers show\n\n");
+    for (workload, kind) in groups(rows) {
+        let pts: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.workload == workload && r.kind == kind)
+            .collect();
+        let at_cores = pts
+            .iter()
+            .filter(|r| r.workers <= cpus)
+            .max_by_key(|r| r.workers);
+        let most = pts.iter().max_by_key(|r| r.workers);
+        if let (Some(a), Some(b)) = (at_cores, most) {
+            if b.workers > a.workers {
+                let verb = if b.speedup > a.speedup * 1.25 {
+                    "keeps scaling past"
+                } else {
+                    "stops scaling at"
+                };
+                let _ = writeln!(
+                    s,
+                    "- {workload} on {kind} {verb} the core count: {:.2}x with {} workers, {:.2}x with {}.",
+                    a.speedup, a.workers, b.speedup, b.workers
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nThe timeline (timeline.svg, trace.json) is of the last traced run: {timeline}."
+    );
+    s
+}

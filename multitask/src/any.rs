@@ -22,6 +22,9 @@ pub enum AnyExecutor {
     Threads(ThreadPool),
     /// A pool of worker processes.
     Processes(ProcessPool),
+    /// A queue on Redis, served by workers anywhere.
+    #[cfg(feature = "cluster")]
+    Cluster(crate::cluster::ClusterPool),
 }
 
 impl AnyExecutor {
@@ -55,8 +58,13 @@ impl AnyExecutor {
                 }
                 Ok(AnyExecutor::Processes(b.build()?))
             }
+            #[cfg(feature = "cluster")]
+            ExecutorSpec::Redis(url) => Ok(AnyExecutor::Cluster(
+                crate::cluster::ClusterPool::connect(url)?,
+            )),
+            #[cfg(not(feature = "cluster"))]
             ExecutorSpec::Redis(_) => Err(Error::Unavailable(
-                "the cluster pool (redis://)".to_string(),
+                "the cluster pool (redis://; the `cluster` feature)".to_string(),
             )),
         }
     }
@@ -68,6 +76,8 @@ macro_rules! each {
             AnyExecutor::Serial($ex) => $e,
             AnyExecutor::Threads($ex) => $e,
             AnyExecutor::Processes($ex) => $e,
+            #[cfg(feature = "cluster")]
+            AnyExecutor::Cluster($ex) => $e,
         }
     };
 }

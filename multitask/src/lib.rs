@@ -33,6 +33,8 @@ extern crate self as multitask;
 
 mod any;
 mod chunk;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod error;
 mod executor;
 mod future;
@@ -42,6 +44,7 @@ mod panic;
 mod process;
 #[cfg(feature = "progress")]
 pub mod progress;
+mod remote;
 mod serial;
 mod sync;
 pub mod task;
@@ -52,6 +55,8 @@ mod wait;
 
 pub use any::AnyExecutor;
 pub use chunk::{Chunk, ChunkIter};
+#[cfg(feature = "cluster")]
+pub use cluster::ClusterPool;
 pub use error::{Error, ExitCause, SubmitError, TaskError, WaitTimeout};
 pub use executor::{redact, ChunkFuture, Executor, ExecutorSpec, RawExecutor, Shutdown};
 pub use future::{Promise, TaskFuture, Terminate, Waitable};

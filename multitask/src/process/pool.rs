@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
-use crate::chunk::Chunk;
 use crate::error::{Error, ExitCause, SubmitError, TaskError};
 use crate::executor::{ChunkFuture, Executor, RawExecutor, Shutdown};
-use crate::future::{Promise, TaskFuture, Terminate};
+use crate::future::{TaskFuture, Terminate};
 use crate::process::sys;
 use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
 use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
 use crate::process::DEFAULT_MAX_PAYLOAD;
+use crate::remote::{deliver, deliver_chunk, deliver_one, Deliver};
 use crate::task::{self, Task, TaskEntry};
 use crate::trace::Tracer;
 
@@ -216,81 +216,6 @@ struct Job {
     attempts: u32,
     /// When it was submitted, when tracing.
     submitted: Option<Instant>,
-}
-
-/// Resolves a job's future from the worker's reply, whatever its type.
-trait Deliver: Send {
-    /// Moves the future to running; false if it was cancelled.
-    fn start(&mut self, control: Arc<dyn Terminate>) -> bool;
-    /// Decodes the reply and resolves the future.
-    fn finish(self: Box<Self>, outcome: Result<Vec<u8>, TaskError>);
-    /// Cancels the future (shutdown with `cancel_futures`).
-    fn cancel(self: Box<Self>);
-}
-
-/// A [`Deliver`] for output `O`, decoded by `decode`.
-struct Typed<O, F> {
-    /// The caller's promise.
-    promise: Promise<O>,
-    /// Bytes to output.
-    decode: F,
-    /// Set once the promise moved to running (a retry starts it again).
-    started: bool,
-}
-
-impl<O, F> Deliver for Typed<O, F>
-where
-    O: Send + 'static,
-    F: FnOnce(Vec<u8>) -> Result<O, TaskError> + Send + 'static,
-{
-    fn start(&mut self, control: Arc<dyn Terminate>) -> bool {
-        if !self.started {
-            if !self.promise.set_running() {
-                return false;
-            }
-            self.started = true;
-        }
-        self.promise.set_terminate(control);
-        true
-    }
-
-    fn finish(self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {
-        let task = self.promise.task();
-        let decode = self.decode;
-        let value = outcome.and_then(|bytes| crate::panic::catch(task, || decode(bytes))?);
-        self.promise.complete(value);
-    }
-
-    fn cancel(self: Box<Self>) {
-        self.promise.cancel();
-    }
-}
-
-fn deliver<O, F>(promise: Promise<O>, decode: F) -> Box<dyn Deliver>
-where
-    O: Send + 'static,
-    F: FnOnce(Vec<u8>) -> Result<O, TaskError> + Send + 'static,
-{
-    Box::new(Typed {
-        promise,
-        decode,
-        started: false,
-    })
-}
-
-/// Decodes a worker's reply as a chunk of `n` outcomes of `T`.
-fn decode_chunk<T: Task>(bytes: &[u8], n: usize) -> Result<Chunk<T::Output>, TaskError> {
-    let chunk: Chunk<T::Output> = task::decode(T::NAME, T::CODEC, bytes)?;
-    if !chunk.validate() || chunk.len() != n {
-        return Err(TaskError::Codec {
-            task: T::NAME.to_string(),
-            message: format!(
-                "the worker returned a malformed chunk: {} outcomes for {n} inputs",
-                chunk.len()
-            ),
-        });
-    }
-    Ok(chunk)
 }
 
 /// Why a worker was killed on purpose.
@@ -599,7 +524,7 @@ fn supervise(index: usize, shared: &PoolShared, ready: Sender<Result<(), Error>>
 /// Runs one job on worker `w`; the worker, if it is still alive.
 fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
     let config = &shared.config;
-    if !job.deliver.start(w.switch.clone()) {
+    if !job.deliver.start(Some(w.switch.clone())) {
         return Some(w);
     }
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
@@ -872,10 +797,7 @@ impl Executor for ProcessPool {
                 task: T::NAME,
                 signature: T::SIGNATURE,
                 payload,
-                deliver: deliver(promise, |bytes: Vec<u8>| {
-                    let chunk = decode_chunk::<T>(&bytes, 1)?;
-                    chunk.into_iter().next().expect("one outcome")
-                }),
+                deliver: deliver_one::<T>(promise),
                 attempts: 0,
                 submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
             })
@@ -896,7 +818,7 @@ impl Executor for ProcessPool {
                 task: T::NAME,
                 signature: T::SIGNATURE,
                 payload,
-                deliver: deliver(promise, move |bytes: Vec<u8>| decode_chunk::<T>(&bytes, n)),
+                deliver: deliver_chunk::<T>(promise, n),
                 attempts: 0,
                 submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
             })

@@ -4,6 +4,7 @@
 // Worker processes of the pools under test are this binary started again.
 multitask::enable_test_support!();
 
+mod cluster;
 mod conformance;
 mod examples;
 mod failure;

@@ -1,0 +1,462 @@
+//! `ClusterPool`: the client side of a queue on Redis.
+//!
+//! `submit` encodes the batch, registers the call as pending, and XADDs it
+//! to the queue's task stream. A reader thread with its own connection
+//! blocks on the client's result stream and resolves futures as results
+//! arrive, dropping any result whose call is no longer pending (a task that
+//! ran twice after its worker died: at-least-once delivery, exactly-once
+//! completion as the client sees it). Futures the caller cancels are swept:
+//! a Lua script deletes the task from the stream if no worker has it yet.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::cluster::broker::{stream_reply, Broker, Link};
+use crate::cluster::keys::{Keys, GROUP};
+use crate::error::{Error, SubmitError, TaskError};
+use crate::executor::{redact, ChunkFuture, Executor, Shutdown};
+use crate::future::TaskFuture;
+use crate::remote::{deliver_chunk, deliver_one, Deliver};
+use crate::task::{self, Task};
+
+/// The default cap on an encoded call: 64 MiB.
+const DEFAULT_MAX_PAYLOAD: usize = 64 << 20;
+/// How long the reader blocks in one XREAD.
+const READ_BLOCK: Duration = Duration::from_millis(500);
+/// How often cancelled calls are swept from the task stream.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+
+/// Deletes a task entry if no worker has claimed it: KEYS[1] the task
+/// stream, ARGV[1] the group, ARGV[2] the entry id. Returns 1 if deleted.
+const CANCEL_LUA: &str = r"
+local claimed = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #claimed > 0 then return 0 end
+return redis.call('XDEL', KEYS[1], ARGV[2])
+";
+
+/// A call waiting for its result.
+struct Pending {
+    /// Resolves the caller's future.
+    deliver: Box<dyn Deliver>,
+    /// The task stream entry, for cancelling it.
+    entry: String,
+}
+
+/// What the pool handle and its reader share.
+struct ClientShared {
+    /// The broker.
+    broker: Broker,
+    /// The queue's keys.
+    keys: Keys,
+    /// This client's result stream.
+    results: String,
+    /// This client's id, the prefix of its call ids.
+    client: String,
+    /// The connection submits write on.
+    writer: Mutex<Link>,
+    /// Calls in flight by call id.
+    pending: Mutex<HashMap<String, Pending>>,
+    /// Signalled when `pending` empties.
+    drained: Condvar,
+    /// Set by `shutdown`; submits fail after it.
+    closed: AtomicBool,
+    /// Set when the reader is to exit once nothing is pending.
+    stop: AtomicBool,
+    /// Next call number.
+    seq: AtomicU64,
+    /// Cap on an encoded call.
+    max_payload: usize,
+    /// Workers the pool reports (for the map engine's window).
+    workers: usize,
+    /// Results dropped because their call was already resolved.
+    duplicates: AtomicU64,
+}
+
+/// An executor whose workers are other processes, on this machine or
+/// others, reached through a queue on Redis.
+///
+/// ```no_run
+/// use multitask::{ClusterPool, Executor};
+/// #[multitask::task]
+/// fn double(x: u64) -> u64 { x * 2 }
+///
+/// let pool = ClusterPool::connect("redis://127.0.0.1:6379/0?queue=demo").unwrap();
+/// // Workers: `multitask worker --broker redis://127.0.0.1:6379/0 --queue demo`,
+/// // or `multitask::cluster::Worker::builder(url).build()?.run()` in your program.
+/// assert_eq!(pool.submit(double, 21).unwrap().result().unwrap(), 42);
+/// ```
+pub struct ClusterPool {
+    /// Shared with the reader.
+    shared: Arc<ClientShared>,
+    /// The reader thread, until joined.
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for ClusterPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterPool")
+            .field("queue", &self.shared.keys.queue)
+            .field("client", &self.shared.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterPool {
+    /// Connects to the queue `url` names: `redis://[user:password@]host:port/db?queue=name`
+    /// (`rediss://` for TLS; default queue `default`). Fails at once with a
+    /// clear error if the broker can't be reached or refuses the password.
+    pub fn connect(url: &str) -> Result<ClusterPool, Error> {
+        ClusterPool::connect_with(url, 0)
+    }
+
+    /// As [`ClusterPool::connect`], telling the map engine to keep windows
+    /// for `workers` remote workers (default: the usable CPUs here).
+    pub fn connect_with(url: &str, workers: usize) -> Result<ClusterPool, Error> {
+        let broker = Broker::open(url)?;
+        // Fail now, not at the first submit: ping on a fresh connection.
+        let mut first = broker.connect(Duration::from_secs(5))?;
+        redis::cmd("PING")
+            .query::<String>(&mut first)
+            .map_err(|e| broker.error(&e))?;
+        let keys = Keys::new(&broker.url.queue);
+        let client = format!(
+            "{}-{}-{:x}",
+            crate::info::host_name(),
+            std::process::id(),
+            random()
+        );
+        let shared = Arc::new(ClientShared {
+            results: keys.results(&client),
+            writer: Mutex::new(Link::new(&broker, Duration::from_secs(5))),
+            broker,
+            keys,
+            client,
+            pending: Mutex::new(HashMap::new()),
+            drained: Condvar::new(),
+            closed: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            workers: if workers == 0 {
+                crate::info::usable_cpus()
+            } else {
+                workers
+            },
+            duplicates: AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let reader = std::thread::Builder::new()
+            .name("multitask-cluster-reader".to_string())
+            .spawn(move || read_results(&s))
+            .map_err(|e| Error::io("starting the result reader", e))?;
+        Ok(ClusterPool {
+            shared,
+            reader: Mutex::new(Some(reader)),
+        })
+    }
+
+    /// The queue this pool submits to.
+    pub fn queue(&self) -> &str {
+        &self.shared.keys.queue
+    }
+
+    /// Results dropped because their call had already been resolved: tasks
+    /// that ran more than once after a worker died.
+    pub fn duplicates_dropped(&self) -> u64 {
+        self.shared.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Calls in flight.
+    pub fn pending(&self) -> usize {
+        lock(&self.shared.pending).len()
+    }
+
+    fn send<I>(
+        &self,
+        name: &'static str,
+        signature: u64,
+        input: I,
+        build: impl FnOnce(&I) -> Result<(Vec<u8>, Box<dyn Deliver>), TaskError>,
+    ) -> Result<(), SubmitError<I>> {
+        let refuse = |input: I, error: TaskError| Err(SubmitError { input, error });
+        if self.shared.closed.load(Ordering::SeqCst) {
+            return refuse(
+                input,
+                TaskError::Shutdown {
+                    task: name.to_string(),
+                },
+            );
+        }
+        let (payload, deliver) = match crate::panic::catch(name, || build(&input)) {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) | Err(e) => return refuse(input, e),
+        };
+        if payload.len() > self.shared.max_payload {
+            return refuse(
+                input,
+                TaskError::TooLarge {
+                    task: name.to_string(),
+                    size: payload.len(),
+                    limit: self.shared.max_payload,
+                },
+            );
+        }
+        let id = format!(
+            "{}:{}",
+            self.shared.client,
+            self.shared.seq.fetch_add(1, Ordering::Relaxed)
+        );
+        // Registered before the XADD: the result may arrive before XADD
+        // returns.
+        lock(&self.shared.pending).insert(
+            id.clone(),
+            Pending {
+                deliver,
+                entry: String::new(),
+            },
+        );
+        let added = lock(&self.shared.writer).run(|con| {
+            redis::cmd("XADD")
+                .arg(self.shared.keys.tasks())
+                .arg("*")
+                .arg("id")
+                .arg(&id)
+                .arg("task")
+                .arg(name)
+                .arg("sig")
+                .arg(signature.to_string())
+                .arg("reply")
+                .arg(&self.shared.results)
+                .arg("payload")
+                .arg(&payload[..])
+                .query::<String>(con)
+        });
+        match added {
+            Ok(entry) => {
+                if let Some(p) = lock(&self.shared.pending).get_mut(&id) {
+                    p.entry = entry;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                lock(&self.shared.pending).remove(&id);
+                refuse(
+                    input,
+                    TaskError::Broker {
+                        task: name.to_string(),
+                        message: e.to_string(),
+                    },
+                )
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A random 64-bit number, from the std hasher's per-process keys.
+pub(crate) fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// The reader: resolves futures from the result stream until stopped and
+/// nothing is pending.
+fn read_results(shared: &ClientShared) {
+    let mut link = Link::new(&shared.broker, READ_BLOCK + Duration::from_secs(2));
+    let mut last = "0-0".to_string();
+    let mut swept = Instant::now();
+    loop {
+        if shared.stop.load(Ordering::SeqCst) && lock(&shared.pending).is_empty() {
+            break;
+        }
+        let reply = link.run(|con| {
+            redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(512)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&shared.results)
+                .arg(&last)
+                .query::<redis::Value>(con)
+        });
+        let Ok(reply) = reply else { continue };
+        let entries = stream_reply(&reply);
+        let mut seen = Vec::with_capacity(entries.len());
+        for e in entries {
+            last = e.id.clone();
+            seen.push(e.id.clone());
+            let Some(id) = e.text("id").map(str::to_string) else {
+                continue;
+            };
+            if e.fields.contains_key("started") {
+                if let Some(p) = lock(&shared.pending).get_mut(&id) {
+                    p.deliver.start(None);
+                }
+                continue;
+            }
+            let Some(p) = lock(&shared.pending).remove(&id) else {
+                shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let outcome = match (e.fields.get("payload"), e.fields.get("error")) {
+                (Some(bytes), _) => Ok(bytes.clone()),
+                (None, Some(err)) => Err(serde_json::from_slice::<TaskError>(err).unwrap_or_else(
+                    |_| TaskError::Broker {
+                        task: e.text("task").unwrap_or("?").to_string(),
+                        message: String::from_utf8_lossy(err).into_owned(),
+                    },
+                )),
+                (None, None) => Err(TaskError::Broker {
+                    task: e.text("task").unwrap_or("?").to_string(),
+                    message: "a result entry with neither payload nor error".to_string(),
+                }),
+            };
+            p.deliver.finish(outcome);
+        }
+        if !seen.is_empty() {
+            let _ = link.run(|con| {
+                redis::cmd("XDEL")
+                    .arg(&shared.results)
+                    .arg(&seen)
+                    .query::<i64>(con)
+            });
+        }
+        if swept.elapsed() >= SWEEP_EVERY {
+            sweep(shared, &mut link);
+            swept = Instant::now();
+        }
+        if lock(&shared.pending).is_empty() {
+            shared.drained.notify_all();
+        }
+    }
+    let _ = link.run(|con| redis::cmd("DEL").arg(&shared.results).query::<i64>(con));
+    shared.drained.notify_all();
+}
+
+/// Forgets cancelled calls, deleting their tasks if no worker has them.
+fn sweep(shared: &ClientShared, link: &mut Link) {
+    let cancelled: Vec<(String, String)> = lock(&shared.pending)
+        .iter()
+        .filter(|(_, p)| p.deliver.is_cancelled())
+        .map(|(id, p)| (id.clone(), p.entry.clone()))
+        .collect();
+    for (id, entry) in cancelled {
+        if !entry.is_empty() {
+            let _ = link.run(|con| {
+                redis::Script::new(CANCEL_LUA)
+                    .key(shared.keys.tasks())
+                    .arg(GROUP)
+                    .arg(&entry)
+                    .invoke::<i64>(con)
+            });
+        }
+        lock(&shared.pending).remove(&id);
+    }
+}
+
+impl Executor for ClusterPool {
+    fn submit<T: Task>(
+        &self,
+        _task: T,
+        input: T::Input,
+    ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
+        let (fut, promise) = TaskFuture::pending(T::NAME);
+        self.send(T::NAME, T::SIGNATURE, input, |input| {
+            let payload = task::encode(T::NAME, T::CODEC, std::slice::from_ref(input))?;
+            Ok((payload, deliver_one::<T>(promise)))
+        })?;
+        Ok(fut)
+    }
+
+    fn submit_chunk<T: Task>(
+        &self,
+        _task: T,
+        inputs: Vec<T::Input>,
+    ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>> {
+        let (fut, promise) = TaskFuture::pending(T::NAME);
+        let n = inputs.len();
+        self.send(T::NAME, T::SIGNATURE, inputs, |inputs| {
+            let payload = task::encode(T::NAME, T::CODEC, inputs)?;
+            Ok((payload, deliver_chunk::<T>(promise, n)))
+        })?;
+        Ok(fut)
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+        if how.cancel_futures {
+            // Cancel what no worker has started; started calls resolve as
+            // usual.
+            let queued: Vec<Pending> = {
+                let mut pending = lock(&self.shared.pending);
+                let ids: Vec<String> = pending
+                    .iter()
+                    .filter(|(_, p)| !p.deliver.is_started())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.iter().filter_map(|id| pending.remove(id)).collect()
+            };
+            let mut link = Link::new(&self.shared.broker, Duration::from_secs(5));
+            for p in queued {
+                if !p.entry.is_empty() {
+                    let _ = link.run(|con| {
+                        redis::Script::new(CANCEL_LUA)
+                            .key(self.shared.keys.tasks())
+                            .arg(GROUP)
+                            .arg(&p.entry)
+                            .invoke::<i64>(con)
+                    });
+                }
+                p.deliver.cancel();
+            }
+        }
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if how.wait {
+            let mut pending = lock(&self.shared.pending);
+            while !pending.is_empty() {
+                pending = self
+                    .shared
+                    .drained
+                    .wait_timeout(pending, Duration::from_millis(100))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            drop(pending);
+            if let Some(h) = lock(&self.reader).take() {
+                let _ = h.join();
+            }
+        }
+    }
+
+    fn max_workers(&self) -> usize {
+        self.shared.workers
+    }
+
+    fn spec(&self) -> String {
+        format!(
+            "{}?queue={}",
+            redact(&self.shared.broker.url.redis),
+            self.shared.keys.queue
+        )
+    }
+}
+
+impl Drop for ClusterPool {
+    fn drop(&mut self) {
+        self.shutdown(Shutdown::default());
+    }
+}

@@ -1,0 +1,130 @@
+//! The Redis key layout of a queue, and the parsing of broker URLs.
+//!
+//! Every key of queue `q` carries the hash tag `{q}`, so that Redis Cluster
+//! keeps a queue's keys on one shard while different queues spread out.
+
+use crate::error::Error;
+
+/// The consumer group every worker of a queue joins.
+pub(crate) const GROUP: &str = "workers";
+
+/// The keys of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Keys {
+    /// The queue's name.
+    pub(crate) queue: String,
+}
+
+impl Keys {
+    /// The keys of queue `queue`.
+    pub(crate) fn new(queue: &str) -> Keys {
+        Keys {
+            queue: queue.to_string(),
+        }
+    }
+
+    /// The task stream (consumer group [`GROUP`]).
+    pub(crate) fn tasks(&self) -> String {
+        format!("mt:{{{}}}:tasks", self.queue)
+    }
+
+    /// The result stream of client `client`.
+    pub(crate) fn results(&self, client: &str) -> String {
+        format!("mt:{{{}}}:results:{client}", self.queue)
+    }
+
+    /// The dead-letter stream.
+    pub(crate) fn dead(&self) -> String {
+        format!("mt:{{{}}}:dead", self.queue)
+    }
+
+    /// The heartbeat key of worker `consumer` (expires when it stops).
+    pub(crate) fn heartbeat(&self, consumer: &str) -> String {
+        format!("mt:{{{}}}:worker:{consumer}", self.queue)
+    }
+
+    /// The set of workers that have joined the queue.
+    pub(crate) fn workers(&self) -> String {
+        format!("mt:{{{}}}:workers", self.queue)
+    }
+}
+
+/// A broker URL split into what the redis crate takes and our options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BrokerUrl {
+    /// The URL without our query parameters.
+    pub(crate) redis: String,
+    /// The queue (`?queue=`; default `default`).
+    pub(crate) queue: String,
+}
+
+/// Parses `redis://[user:password@]host:port/db?queue=name` (or
+/// `rediss://` for TLS).
+pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
+    let bad = |reason: &str| Error::Spec {
+        spec: crate::executor::redact(url),
+        reason: reason.to_string(),
+    };
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(bad("a broker URL starts with redis:// or rediss://"));
+    }
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut queue = "default".to_string();
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("queue", q)) => {
+                if q.is_empty() || q.contains(['{', '}', ' ']) {
+                    return Err(bad(
+                        "the queue name must be non-empty, without braces or spaces",
+                    ));
+                }
+                queue = q.to_string();
+            }
+            _ => rest.push(pair),
+        }
+    }
+    let redis = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok(BrokerUrl { redis, queue })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_queue_hash_tag() {
+        let k = Keys::new("q1");
+        for key in [
+            k.tasks(),
+            k.results("c"),
+            k.dead(),
+            k.heartbeat("w"),
+            k.workers(),
+        ] {
+            assert!(key.contains("{q1}"), "{key}");
+        }
+    }
+
+    #[test]
+    fn urls_split_into_redis_and_queue() {
+        let u = parse_url("redis://u:p@h:6379/2?queue=jobs").unwrap();
+        assert_eq!(u.redis, "redis://u:p@h:6379/2");
+        assert_eq!(u.queue, "jobs");
+        let u = parse_url("rediss://h/0?protocol=resp2&queue=x").unwrap();
+        assert_eq!(u.redis, "rediss://h/0?protocol=resp2");
+        assert_eq!(parse_url("redis://h").unwrap().queue, "default");
+        let e = parse_url("redis://u:secret@h/0?queue=")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("queue name") && !e.contains("secret"), "{e}");
+        assert!(parse_url("http://h").is_err());
+    }
+}

@@ -1,0 +1,52 @@
+//! The cluster: the same executor API over a queue on Redis Streams, with
+//! workers on any number of machines.
+//!
+//! Redis carries the work; we write the client ([`ClusterPool`]) and the
+//! worker ([`Worker`]), not a cluster protocol.
+//!
+//! ## Key layout (queue `q`; every key has the hash tag `{q}`)
+//!
+//! ```text
+//!   mt:{q}:tasks            stream   tasks; consumer group "workers"
+//!                                    fields: id task sig reply payload
+//!   mt:{q}:results:<client> stream   one per client; fields: id, then
+//!                                    started | payload | error
+//!   mt:{q}:dead             stream   dead letters: entry id task reason
+//!                                    deliveries worker
+//!   mt:{q}:worker:<consumer> string  heartbeat (JSON), expires after 10 s
+//!   mt:{q}:workers          set      consumers that joined
+//! ```
+//!
+//! ## A task's life
+//!
+//! ```text
+//!  client                        Redis                          worker
+//!  submit: encode, pending[id]
+//!    XADD tasks * id task sig ──> tasks ──XREADGROUP COUNT free──> resolve(name, sig)
+//!         reply payload                                             │ unknown/mismatch:
+//!                                                                   │  MULTI XADD dead, XADD
+//!                                                                   │  reply error, XACK, XDEL
+//!  reader: XREAD BLOCK results <── results <── XADD started ────────┤
+//!    started -> running                                             │ run in local pool
+//!    result  -> pending.remove(id)                                  │ (XCLAIM JUSTID renews
+//!      gone? a duplicate: drop      <── MULTI XADD results payload, │  the lease meanwhile)
+//!      else decode, complete             XACK tasks, XDEL tasks EXEC┘
+//! ```
+//!
+//! A worker that dies leaves its tasks pending in the group. Other workers
+//! look for entries idle past the visibility timeout (`XPENDING ... IDLE`),
+//! take them over with `XCLAIM` and run them again; past `max_deliveries`
+//! the task goes to the dead-letter stream with the reason and its client
+//! gets an error. A task may so run twice, but its client resolves it once:
+//! results are deduplicated by call id. A cancelled future's task is
+//! deleted by a Lua script if no worker has claimed it yet.
+
+mod broker;
+mod client;
+mod keys;
+mod status;
+mod worker;
+
+pub use client::ClusterPool;
+pub use status::{status, ClusterStatus, WorkerStatus};
+pub use worker::{serve, StopHandle, Worker, WorkerBuilder};

@@ -36,6 +36,10 @@ pub(crate) enum Command {
     /// Run a shell command for each argument, in parallel (like xargs -P or
     /// GNU parallel).
     Run(RunArgs),
+    /// Join a cluster queue on Redis and run its tasks until SIGINT/SIGTERM.
+    Worker(WorkerArgs),
+    /// Show a cluster queue: workers, depth, in flight, dead letters.
+    Status(StatusArgs),
     /// Run CPU-bound and I/O-bound workloads on each executor at each worker
     /// count, and report speedups (the benchmark lab).
     Bench(BenchArgs),
@@ -52,7 +56,8 @@ pub(crate) struct BenchArgs {
         default_value = "cpu,io"
     )]
     pub(crate) workloads: Vec<String>,
-    /// Executors, comma-separated: serial, threads, processes.
+    /// Executors, comma-separated: serial, threads, processes, redis://HOST/DB?queue=Q
+    /// (a cluster runs once, on the slots of its live workers).
     #[arg(
         long,
         value_delimiter = ',',
@@ -168,4 +173,35 @@ mod tests {
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("soon").is_err());
     }
+}
+
+/// `multitask worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// The broker: redis://[user:password@]host:port/db[?queue=name] (rediss:// for TLS).
+    #[arg(long, value_name = "URL")]
+    pub(crate) broker: String,
+    /// The queue to serve (default: the URL's ?queue=, else "default").
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// Tasks at once, each in a worker process (default: usable CPUs).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub(crate) concurrency: Option<u16>,
+    /// Seconds a task may sit idle with a dead worker before another takes it over.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) visibility: Option<f64>,
+}
+
+/// `multitask status`.
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    /// The broker: redis://[user:password@]host:port/db[?queue=name].
+    #[arg(long, value_name = "URL")]
+    pub(crate) broker: String,
+    /// The queue (default: the URL's ?queue=, else "default").
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// Print one JSON object (with a `workers` array) instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

@@ -1,5 +1,5 @@
-//! `multitask`: the command line of the multitask toolkit (primes, info,
-//! run; worker, status and bench to come).
+//! `multitask`: the command line of the multitask toolkit (primes, bench,
+//! run, worker, status, info).
 //!
 //! `main` first calls `multitask::init()`, because the binary is also its
 //! own worker process: the process pool starts this executable again, and
@@ -48,9 +48,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// The first Ctrl-C: kill the jobs this process started, and exit. Pending
-/// work dies with the process; worker processes die with their parent.
+/// The first Ctrl-C (or SIGTERM): a cluster worker drains (a second one
+/// exits at once); any other command kills the jobs this process started
+/// and exits. Pending work dies with the process; worker processes die
+/// with their parent.
 fn interrupted() {
+    if let Some(drain) = cmd::worker::DRAIN.get() {
+        if !drain.is_stopped() {
+            drain.stop();
+            term::note("draining: running tasks finish, no new ones are fetched");
+            return;
+        }
+    }
     shell::kill_all();
     term::note("interrupted");
     std::process::exit(INTERRUPTED);

@@ -517,3 +517,87 @@ fn bench_refuses_an_unknown_workload() {
     );
     assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
 }
+
+/// The test Redis, or `None` outside CI (a note is printed).
+fn test_redis() -> Option<String> {
+    match std::env::var("MULTITASK_TEST_REDIS") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("MULTITASK_TEST_REDIS is not set: run bash scripts/test.sh")
+        }
+        _ => {
+            eprintln!("note: MULTITASK_TEST_REDIS is not set; cluster CLI test skipped");
+            None
+        }
+    }
+}
+
+#[test]
+fn two_workers_and_a_client_behave_as_a_cluster() {
+    let Some(base) = test_redis() else { return };
+    let base = base
+        .split_once('?')
+        .map_or(base.as_str(), |(b, _)| b)
+        .to_string();
+    let url = format!("{base}?queue=cli-{}", std::process::id());
+    let start_worker = || {
+        Command::new(env!("CARGO_BIN_EXE_multitask"))
+            .args(["worker", "--broker", &url, "--concurrency", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a worker")
+    };
+    let mut workers = [start_worker(), start_worker()];
+    // Both workers report alive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ran = multitask(&["status", "--broker", &url, "--json"]);
+        assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+        let v: serde_json::Value = serde_json::from_str(&ran.stdout).unwrap();
+        let alive = v["workers"]
+            .as_array()
+            .expect("a workers array")
+            .iter()
+            .filter(|w| w["alive"] == true)
+            .count();
+        if alive == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "workers never came up: {}",
+            ran.stdout
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    let ran = multitask(&["primes", "--executor", &url, "--json", "--show-worker"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let v: serde_json::Value = serde_json::from_str(ran.stdout.trim()).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    assert_eq!(results[5]["prime"], false);
+    assert!(results.iter().all(|r| r["pid"].as_u64().is_some()));
+    // SIGTERM drains and exits 0.
+    for w in &mut workers {
+        let pid = rustix::process::Pid::from_raw(w.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    }
+    for w in &mut workers {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(s) = w.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = w.kill();
+                panic!("a worker did not drain within 20 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "{status}: {err}");
+        assert!(err.contains("drained"), "{err}");
+    }
+}

@@ -124,10 +124,40 @@ fn run_one(
             let (d, t) = measure(&ex, tracer, work)?;
             Ok((d, t, ex.spec()))
         }
-        other => {
-            bail!("executor {other:?} can't be benchmarked: expected serial, threads or processes")
+        url if is_cluster(url) => {
+            let ex = multitask::ClusterPool::connect_with(url, workers)?;
+            let t = Instant::now();
+            for r in ex.map(bench_work, work.to_vec()).chunksize(1) {
+                r.context("a bench task failed")?;
+            }
+            Ok((t.elapsed(), Trace::default(), ex.spec()))
         }
+        other => bail!(
+            "executor {other:?} can't be benchmarked: expected serial, threads, processes or redis://"
+        ),
     }
+}
+
+fn is_cluster(kind: &str) -> bool {
+    kind.starts_with("redis://") || kind.starts_with("rediss://")
+}
+
+/// The slots of the live workers on the queue at `url`.
+fn cluster_slots(url: &str) -> Result<usize> {
+    let st = multitask::cluster::status(url)?;
+    let slots: u64 = st
+        .workers
+        .iter()
+        .filter(|w| w.alive)
+        .map(|w| w.concurrency.unwrap_or(1))
+        .sum();
+    if slots == 0 {
+        bail!(
+            "no worker is alive on queue {}: start one with multitask worker --broker URL",
+            st.queue
+        );
+    }
+    Ok(slots as usize)
 }
 
 /// Runs the lab.
@@ -136,14 +166,12 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
         .executors
         .iter()
         .map(|spec| match spec {
-            ExecutorSpec::Serial => Ok("serial".to_string()),
-            ExecutorSpec::Threads(_) => Ok("threads".to_string()),
-            ExecutorSpec::Processes(_) => Ok("processes".to_string()),
-            ExecutorSpec::Redis(_) => bail!(
-                "the bench lab does not run on a cluster yet; use serial, threads or processes"
-            ),
+            ExecutorSpec::Serial => "serial".to_string(),
+            ExecutorSpec::Threads(_) => "threads".to_string(),
+            ExecutorSpec::Processes(_) => "processes".to_string(),
+            ExecutorSpec::Redis(url) => url.clone(),
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let guard = match &args.profile {
         Some(_) => Some(
             pprof::ProfilerGuardBuilder::default()
@@ -161,7 +189,13 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
     let total = args.workloads.len()
         * kinds
             .iter()
-            .map(|k| if k == "serial" { 1 } else { workers_list.len() })
+            .map(|k| {
+                if k == "serial" || is_cluster(k) {
+                    1
+                } else {
+                    workers_list.len()
+                }
+            })
             .sum::<usize>();
     let mut progress = Progress::new("bench", quiet || args.json);
     let mut done = 0;
@@ -175,28 +209,37 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
         for kind in &kinds {
             let counts: Vec<usize> = if kind == "serial" {
                 vec![1]
+            } else if is_cluster(kind) {
+                vec![cluster_slots(kind)?]
             } else {
                 workers_list.clone()
             };
             for &workers in &counts {
                 let tracer = Tracer::new();
                 let (wall, trace, spec) = run_one(kind, workers, &tracer, &work)?;
+                let kind = if is_cluster(kind) {
+                    "cluster"
+                } else {
+                    kind.as_str()
+                };
                 let report = Report::from_trace(&trace, Some(serial), workers);
                 let speedup = serial.as_secs_f64() / wall.as_secs_f64();
                 rows.push(Row {
                     workload: name.clone(),
                     executor: spec.clone(),
-                    kind: kind.clone(),
+                    kind: kind.to_string(),
                     workers,
                     tasks: work.len(),
                     wall_s: wall.as_secs_f64(),
                     serial_s: serial.as_secs_f64(),
                     speedup,
                     efficiency: speedup / workers as f64,
-                    utilisation: if trace.events.is_empty() {
-                        1.0
-                    } else {
-                        report.utilisation
+                    // Serial runs are busy throughout; cluster runs are not
+                    // traced (their workers are elsewhere): unknown.
+                    utilisation: match kind {
+                        "serial" => 1.0,
+                        "cluster" => f64::NAN,
+                        _ => report.utilisation,
                     },
                     queue_wait_p50_ms: report.queue_wait_p50_ms,
                     queue_wait_p99_ms: report.queue_wait_p99_ms,
@@ -287,18 +330,27 @@ fn table(rows: &[Row]) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "{:<8} {:<14} {:>7} {:>9.3} {:>7.2}x {:>9.0}% {:>10.0}% {:>13.3}",
+            "{:<8} {:<14} {:>7} {:>9.3} {:>7.2}x {:>9.0}% {:>11} {:>13.3}",
             r.workload,
             r.executor,
             r.workers,
             r.wall_s,
             r.speedup,
             r.efficiency * 100.0,
-            r.utilisation * 100.0,
+            percent(r.utilisation),
             r.queue_wait_p50_ms
         );
     }
     s
+}
+
+/// A fraction as a percentage, `-` when unknown.
+fn percent(v: f64) -> String {
+    if v.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{:.0}%", v * 100.0)
+    }
 }
 
 /// Writes chart.svg, timeline.svg, trace.json and report.md into `dir`.
@@ -343,14 +395,14 @@ fn report_md(rows: &[Row], timeline: &str, cpus: usize) -> String {
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.2}x | {:.0}% | {:.0}% | {:.3} | {:.3} |",
+            "| {} | {} | {} | {:.3} | {:.2}x | {:.0}% | {} | {:.3} | {:.3} |",
             r.workload,
             r.executor,
             r.workers,
             r.wall_s,
             r.speedup,
             r.efficiency * 100.0,
-            r.utilisation * 100.0,
+            percent(r.utilisation),
             r.queue_wait_p50_ms,
             r.queue_wait_p99_ms
         );

@@ -9,6 +9,8 @@ pub(crate) mod bench;
 pub(crate) mod info;
 pub(crate) mod primes;
 pub(crate) mod run;
+pub(crate) mod status;
+pub(crate) mod worker;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,8 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Info(args) => info::main(args),
         Command::Run(args) => run::main(args, cli.quiet),
         Command::Bench(args) => bench::main(args, cli.quiet),
+        Command::Worker(args) => worker::main(args),
+        Command::Status(args) => status::main(args),
     }
 }
 

@@ -1,0 +1,41 @@
+//! `multitask worker`: join a cluster queue and run its tasks in worker
+//! processes of this binary until SIGINT or SIGTERM, which drain: running
+//! tasks finish and are written back, no new ones are fetched.
+
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+use multitask::cluster::{StopHandle, Worker};
+
+use crate::args::WorkerArgs;
+use crate::term;
+
+/// The running worker's stop handle, for the signal handler.
+pub(crate) static DRAIN: OnceLock<StopHandle> = OnceLock::new();
+
+/// Serves the queue until a signal drains it.
+pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
+    let mut b = Worker::builder(&args.broker);
+    if let Some(q) = &args.queue {
+        b = b.queue(q.clone());
+    }
+    if let Some(n) = args.concurrency {
+        b = b.concurrency(usize::from(n));
+    }
+    if let Some(s) = args.visibility {
+        b = b.visibility_timeout(std::time::Duration::from_secs_f64(s));
+    }
+    let worker = b
+        .build()
+        .with_context(|| format!("joining {}", multitask::redact(&args.broker)))?;
+    let _ = DRAIN.set(worker.stop_handle());
+    term::note(format!(
+        "worker {} serving {} (Ctrl-C or SIGTERM drains)",
+        worker.consumer(),
+        multitask::redact(&args.broker)
+    ));
+    worker.run()?;
+    term::note("drained: every running task finished");
+    Ok(ExitCode::SUCCESS)
+}

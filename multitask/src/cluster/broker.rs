@@ -34,6 +34,11 @@ impl Broker {
     /// Parses `url` (no connection yet).
     pub(crate) fn open(url: &str) -> Result<Broker, Error> {
         let parsed = parse_url(url)?;
+        if parsed.redis.starts_with("rediss://") {
+            // rustls needs a process-wide crypto provider; another part of
+            // the program may have installed one already, which is fine.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let client = redis::Client::open(parsed.redis.as_str())
             .map_err(|e| Error::Broker(format!("{}: {e}", redact(url))))?;
         Ok(Broker {

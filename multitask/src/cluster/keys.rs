@@ -68,7 +68,12 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(bad("a broker URL starts with redis:// or rediss://"));
     }
-    let (base, query) = match url.split_once('?') {
+    // `#insecure` (accept any TLS certificate) goes back on the redis URL.
+    let (url_only, fragment) = match url.split_once('#') {
+        Some((u, f)) => (u, Some(f)),
+        None => (url, None),
+    };
+    let (base, query) = match url_only.split_once('?') {
         Some((b, q)) => (b, q),
         None => (url, ""),
     };
@@ -87,11 +92,14 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
             _ => rest.push(pair),
         }
     }
-    let redis = if rest.is_empty() {
+    let mut redis = if rest.is_empty() {
         base.to_string()
     } else {
         format!("{base}?{}", rest.join("&"))
     };
+    if let Some(f) = fragment {
+        redis = format!("{redis}#{f}");
+    }
     Ok(BrokerUrl { redis, queue })
 }
 
@@ -121,6 +129,11 @@ mod tests {
         let u = parse_url("rediss://h/0?protocol=resp2&queue=x").unwrap();
         assert_eq!(u.redis, "rediss://h/0?protocol=resp2");
         assert_eq!(parse_url("redis://h").unwrap().queue, "default");
+        let u = parse_url("rediss://h:6380/0?queue=q#insecure").unwrap();
+        assert_eq!(
+            (u.redis.as_str(), u.queue.as_str()),
+            ("rediss://h:6380/0#insecure", "q")
+        );
         let e = parse_url("redis://u:secret@h/0?queue=")
             .unwrap_err()
             .to_string();

@@ -301,15 +301,15 @@ impl OwnRedis {
     }
 
     fn up(&mut self) {
+        let port = self.port.to_string();
+        let ports: [&str; 4] = if self.args.iter().any(|a| a == "--tls-cert-file") {
+            ["--port", "0", "--tls-port", &port]
+        } else {
+            ["--port", &port, "--save", ""]
+        };
         let child = Command::new(&self.bin)
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &self.port.to_string(),
-                "--save",
-                "",
-            ])
+            .args(["--bind", "127.0.0.1"])
+            .args(ports)
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.args)
@@ -477,4 +477,63 @@ fn a_wrong_password_is_a_clear_error() {
         redis.port
     ));
     assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn tls_brokers_work_with_rediss_urls() {
+    let dir = std::env::temp_dir().join(format!("mt-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("note: openssl is missing; TLS test skipped");
+        return;
+    }
+    let (c, k) = (cert.display().to_string(), key.display().to_string());
+    let Some(redis) = OwnRedis::start(&[
+        "--tls-cert-file",
+        &c,
+        "--tls-key-file",
+        &k,
+        "--tls-ca-cert-file",
+        &c,
+        "--tls-auth-clients",
+        "no",
+    ]) else {
+        return;
+    };
+    // The certificate is self-signed: `#insecure` accepts it.
+    let url = format!("rediss://127.0.0.1:{}/0?queue=tls#insecure", redis.port);
+    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10));
+    drop(pool);
+    drop(worker);
+    // Without `#insecure` the unknown certificate is refused, clearly.
+    let e = ClusterPool::connect(&format!("rediss://127.0.0.1:{}/0?queue=tls", redis.port))
+        .expect_err("an untrusted certificate is refused");
+    assert!(
+        e.to_string().contains("certificate") || e.to_string().contains("Certificate"),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -88,12 +88,15 @@ else
   echo "warning: no redis-server; the cluster tests will skip (they fail under CI=true)" >&2
 fi
 
+# Every test target, plus the examples (the suite runs them); not the
+# benches, which are harness-less programs that measure (cargo bench).
+TARGETS=(--workspace --lib --bins --tests --examples)
 if cargo nextest --version >/dev/null 2>&1; then
-  say "cargo nextest run --workspace --all-targets"
-  cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+  say "cargo nextest run ${TARGETS[*]}"
+  cargo nextest run "${TARGETS[@]}" --no-fail-fast "$@"
 else
-  say "cargo test --workspace --all-targets (cargo-nextest not found)"
-  cargo test --workspace --all-targets --no-fail-fast "$@"
+  say "cargo test ${TARGETS[*]} (cargo-nextest not found)"
+  cargo test "${TARGETS[@]}" --no-fail-fast "$@"
 fi
 
 say "doctests"

@@ -15,7 +15,7 @@ fn example(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "example {name} is not built at {}: run the tests with `cargo test` or `cargo nextest run --all-targets`",
+        "example {name} is not built at {}: run the tests with `bash scripts/test.sh` (or `cargo test`, which builds examples)",
         path.display()
     );
     path

@@ -10,6 +10,8 @@ use crate::error::{SubmitError, TaskError};
 use crate::executor::{run_chunk_here, ChunkFuture, Executor, Shutdown};
 use crate::future::TaskFuture;
 use crate::task::Task;
+use crate::trace::Tracer;
+use std::time::Instant;
 
 /// Runs each task inline when it is submitted.
 ///
@@ -26,12 +28,38 @@ use crate::task::Task;
 pub struct SerialExecutor {
     /// Set by `shutdown`; submits fail after it.
     closed: AtomicBool,
+    /// Records each task.
+    tracer: Tracer,
 }
 
 impl SerialExecutor {
     /// A new serial executor.
     pub fn new() -> Self {
         SerialExecutor::default()
+    }
+
+    /// Records every task (and chunk) in `tracer`, on the worker `serial`.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// Runs `f` for task `name`, traced when a tracer is on.
+    fn traced<R>(&self, name: &str, ok: impl Fn(&R) -> bool, f: impl FnOnce() -> R) -> R {
+        if !self.tracer.is_enabled() {
+            return f();
+        }
+        let start = Instant::now();
+        let r = f();
+        self.tracer.record_span(
+            name,
+            "serial".to_string(),
+            std::process::id(),
+            (start, start, Instant::now()),
+            ok(&r),
+            None,
+        );
+        r
     }
 
     /// Runs the closure `f` now and returns its finished future.
@@ -76,7 +104,9 @@ impl Executor for SerialExecutor {
         if self.is_closed() {
             return Err(self.refuse(T::NAME, input));
         }
-        let outcome = crate::panic::catch(T::NAME, || task.run(input));
+        let outcome = self.traced(T::NAME, Result::is_ok, || {
+            crate::panic::catch(T::NAME, || task.run(input))
+        });
         Ok(TaskFuture::ready(T::NAME, outcome))
     }
 
@@ -88,7 +118,8 @@ impl Executor for SerialExecutor {
         if self.is_closed() {
             return Err(self.refuse(T::NAME, inputs));
         }
-        Ok(TaskFuture::ready(T::NAME, Ok(run_chunk_here(task, inputs))))
+        let chunk = self.traced(T::NAME, |_| true, || run_chunk_here(task, inputs));
+        Ok(TaskFuture::ready(T::NAME, Ok(chunk)))
     }
 
     fn shutdown(&self, _how: Shutdown) {

@@ -22,6 +22,7 @@ use crate::executor::{redact, ChunkFuture, Executor, Shutdown};
 use crate::future::TaskFuture;
 use crate::remote::{deliver_chunk, deliver_one, Deliver};
 use crate::task::{self, Task};
+use crate::trace::{TaskEvent, Tracer};
 
 /// The default cap on an encoded call: 64 MiB.
 const DEFAULT_MAX_PAYLOAD: usize = 64 << 20;
@@ -44,6 +45,12 @@ struct Pending {
     deliver: Box<dyn Deliver>,
     /// The task stream entry, for cancelling it.
     entry: String,
+    /// The task's name, for the trace.
+    task: &'static str,
+    /// When it was submitted, when tracing.
+    submitted: Option<Instant>,
+    /// When a worker said it started, and which (worker, host, pid).
+    started: Option<(Instant, String, String, u32)>,
 }
 
 /// What the pool handle and its reader share.
@@ -74,6 +81,8 @@ struct ClientShared {
     workers: usize,
     /// Results dropped because their call was already resolved.
     duplicates: AtomicU64,
+    /// Records each task, once set.
+    tracer: std::sync::OnceLock<Tracer>,
 }
 
 /// An executor whose workers are other processes, on this machine or
@@ -147,6 +156,7 @@ impl ClusterPool {
                 workers
             },
             duplicates: AtomicU64::new(0),
+            tracer: std::sync::OnceLock::new(),
         });
         let s = shared.clone();
         let reader = std::thread::Builder::new()
@@ -157,6 +167,14 @@ impl ClusterPool {
             shared,
             reader: Mutex::new(Some(reader)),
         })
+    }
+
+    /// Records every task in `tracer`: submitted and finished as this
+    /// client saw them, started when the worker said so, on which worker,
+    /// host and pid. Set once; later calls are ignored.
+    pub fn with_tracer(self, tracer: Tracer) -> Self {
+        let _ = self.shared.tracer.set(tracer);
+        self
     }
 
     /// The queue this pool submits to.
@@ -217,6 +235,14 @@ impl ClusterPool {
             Pending {
                 deliver,
                 entry: String::new(),
+                task: name,
+                submitted: self
+                    .shared
+                    .tracer
+                    .get()
+                    .filter(|t| t.is_enabled())
+                    .map(|_| Instant::now()),
+                started: None,
             },
         );
         let added = lock(&self.shared.writer).run(|con| {
@@ -305,6 +331,14 @@ fn read_results(shared: &ClientShared) {
             if e.fields.contains_key("started") {
                 if let Some(p) = lock(&shared.pending).get_mut(&id) {
                     p.deliver.start(None);
+                    if p.submitted.is_some() {
+                        p.started = Some((
+                            Instant::now(),
+                            e.text("started").unwrap_or("?").to_string(),
+                            e.text("host").unwrap_or("?").to_string(),
+                            e.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+                        ));
+                    }
                 }
                 continue;
             }
@@ -325,6 +359,9 @@ fn read_results(shared: &ClientShared) {
                     message: "a result entry with neither payload nor error".to_string(),
                 }),
             };
+            if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
+                trace(tracer, &p, submitted, outcome.is_ok());
+            }
             p.deliver.finish(outcome);
         }
         if !seen.is_empty() {
@@ -345,6 +382,27 @@ fn read_results(shared: &ClientShared) {
     }
     let _ = link.run(|con| redis::cmd("DEL").arg(&shared.results).query::<i64>(con));
     shared.drained.notify_all();
+}
+
+/// Records a finished call.
+fn trace(tracer: &Tracer, p: &Pending, submitted: Instant, ok: bool) {
+    let now = Instant::now();
+    let (started, worker, host, pid) = match &p.started {
+        Some((at, w, h, pid)) => (*at, w.clone(), h.clone(), *pid),
+        None => (submitted, "?".to_string(), "?".to_string(), 0),
+    };
+    tracer.record(TaskEvent {
+        task: p.task.to_string(),
+        id: 0,
+        worker,
+        pid,
+        host,
+        submitted: tracer.since_epoch(submitted),
+        started: tracer.since_epoch(started),
+        finished: tracer.since_epoch(now),
+        ok,
+        peak_rss: None,
+    });
 }
 
 /// Forgets cancelled calls, deleting their tasks if no worker has them.

@@ -392,6 +392,10 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Done>) {
             .arg(&lease.id)
             .arg("started")
             .arg(&core.me)
+            .arg("host")
+            .arg(crate::info::host_name())
+            .arg("pid")
+            .arg(std::process::id())
             .query::<String>(con)
     });
     let entry_id = e.id.clone();

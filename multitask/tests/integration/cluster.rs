@@ -537,3 +537,24 @@ fn tls_brokers_work_with_rediss_urls() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_cluster_pool_traces_each_task_on_its_worker() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("trace"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let tracer = multitask::trace::Tracer::new();
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_tracer(tracer.clone());
+    let out: Vec<_> = pool.map(sleep_ms, vec![20u64; 6]).chunksize(1).collect();
+    assert!(out.iter().all(Result::is_ok));
+    let trace = tracer.snapshot();
+    assert_eq!(trace.events.len(), 6);
+    for e in &trace.events {
+        assert!(e.worker.contains("pid"), "{e:?}");
+        assert!(e.pid > 0 && !e.host.is_empty() && e.ok, "{e:?}");
+        assert!(e.submitted <= e.started && e.started <= e.finished, "{e:?}");
+        assert!(e.run_time() >= Duration::from_millis(15), "{e:?}");
+    }
+}

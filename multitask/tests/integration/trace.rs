@@ -77,3 +77,14 @@ fn a_process_pool_traces_pids_rss_and_failures() {
     // error is in the map's output.
     assert!(trace.events.iter().all(|e| e.ok));
 }
+
+#[test]
+fn a_serial_executor_traces_on_one_worker() {
+    let tracer = Tracer::new();
+    let ex = multitask::SerialExecutor::new().with_tracer(tracer.clone());
+    let out: Vec<_> = ex.map(flaky, 0..5u64).chunksize(1).collect();
+    assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1);
+    let trace = tracer.snapshot();
+    check(&trace, 5, 1);
+    assert_eq!(trace.workers(), vec!["serial".to_string()]);
+}

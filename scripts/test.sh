@@ -88,9 +88,13 @@ else
   echo "warning: no redis-server; the cluster tests will skip (they fail under CI=true)" >&2
 fi
 
-# Every test target, plus the examples (the suite runs them); not the
-# benches, which are harness-less programs that measure (cargo bench).
-TARGETS=(--workspace --lib --bins --tests --examples)
+# The integration suite runs the example programs: build them first.
+say "cargo build --workspace --examples"
+cargo build --workspace --examples
+
+# Every test target; not the benches, which are harness-less programs that
+# measure (cargo bench).
+TARGETS=(--workspace --lib --bins --tests)
 if cargo nextest --version >/dev/null 2>&1; then
   say "cargo nextest run ${TARGETS[*]}"
   cargo nextest run "${TARGETS[@]}" --no-fail-fast "$@"

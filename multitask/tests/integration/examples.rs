@@ -15,7 +15,7 @@ fn example(name: &str) -> PathBuf {
     let path = dir.join("examples").join(name);
     assert!(
         path.exists(),
-        "example {name} is not built at {}: run the tests with `bash scripts/test.sh` (or `cargo test`, which builds examples)",
+        "example {name} is not built at {}: build them first: `cargo build --examples` (bash scripts/test.sh does)",
         path.display()
     );
     path

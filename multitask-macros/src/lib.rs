@@ -61,7 +61,7 @@ impl Parse for TaskArgs {
 /// Registers a function as a named task that any executor can run, in
 /// this process, in a worker process or on another machine.
 ///
-/// ```ignore
+/// ```text
 /// #[multitask::task]
 /// fn is_prime(n: u64) -> bool { /* ... */ }
 ///

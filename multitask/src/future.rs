@@ -68,8 +68,9 @@ struct Inner<T> {
     waker: Option<Waker>,
     /// `wait` / `as_completed` calls to tell, with this future's index there.
     listeners: Vec<(Arc<Signal>, usize)>,
-    /// The executor's handle to kill the worker running this task.
-    control: Option<Arc<dyn Terminate>>,
+    /// The executor's handle to kill the worker running this task (a
+    /// std `Arc` even under loom: it is not part of the model).
+    control: Option<std::sync::Arc<dyn Terminate>>,
 }
 
 /// The allocation a future and its promise share.
@@ -499,7 +500,7 @@ impl<T> Promise<T> {
     }
 
     /// Gives the future a way to kill the worker that runs it.
-    pub fn set_terminate(&self, control: Arc<dyn Terminate>) {
+    pub fn set_terminate(&self, control: std::sync::Arc<dyn Terminate>) {
         lock(&self.shared.inner).control = Some(control);
     }
 

@@ -1,7 +1,8 @@
 //! Cluster costs on loopback, side by side in one run, on a redis-server
 //! this bench starts on a free port:
 //!
-//! 1. end-to-end no-op tasks per second with 2 workers: a `map` of 200k
+//! 1. end-to-end no-op tasks per second with 2 workers (16 slots, 2 worker
+//!    processes each): a `map` of 200k
 //!    items (automatic chunking: batched submit and fetch), and 5k single
 //!    submits;
 //! 2. single-task round trip (submit, result, repeat): p50 and p99;
@@ -107,17 +108,24 @@ fn main() {
     let mut stops: Vec<StopHandle> = Vec::new();
     let mut threads = Vec::new();
     for _ in 0..2 {
-        let w = Worker::builder(&url).concurrency(2).build().unwrap();
+        // 16 fetch slots feeding 2 worker processes: a worker holds more
+        // tasks than it runs at once so that fetches, started notices and
+        // results travel in batches.
+        let w = Worker::builder(&url)
+            .concurrency(16)
+            .pool(multitask::ProcessPool::new(2).unwrap())
+            .build()
+            .unwrap();
         stops.push(w.stop_handle());
         threads.push(std::thread::spawn(move || w.run()));
     }
-    let pool = ClusterPool::connect_with(&url, 4).unwrap();
+    let pool = ClusterPool::connect_with(&url, 32).unwrap();
     // Warm up: every worker process started.
     for r in pool.map(noop, 0..1000u64) {
         r.unwrap();
     }
 
-    println!("# cluster on loopback Redis, 2 workers x 2 worker processes\n");
+    println!("# cluster on loopback Redis, 2 workers x (16 slots, 2 worker processes)\n");
     println!("| measure | value |");
     println!("| --- | ---: |");
     let items = 200_000u64;

@@ -1,7 +1,8 @@
 //! `ClusterPool`: the client side of a queue on Redis.
 //!
-//! `submit` encodes the batch, registers the call as pending, and XADDs it
-//! to the queue's task stream. A reader thread with its own connection
+//! `submit` encodes the batch, registers the call as pending, and queues
+//! it for a writer thread, which XADDs every queued call to the task
+//! stream in one pipelined round trip (and waits out a broker restart). A reader thread with its own connection
 //! blocks on the client's result stream and resolves futures as results
 //! arrive, dropping any result whose call is no longer pending (a task that
 //! ran twice after its worker died: at-least-once delivery, exactly-once
@@ -14,6 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::cluster::broker::{stream_reply, Broker, Link};
 use crate::cluster::keys::{Keys, GROUP};
@@ -63,8 +66,8 @@ struct ClientShared {
     results: String,
     /// This client's id, the prefix of its call ids.
     client: String,
-    /// The connection submits write on.
-    writer: Mutex<Link>,
+    /// Calls waiting for the writer thread, which XADDs them in batches.
+    outbox: Sender<Outgoing>,
     /// Calls in flight by call id.
     pending: Mutex<HashMap<String, Pending>>,
     /// Signalled when `pending` empties.
@@ -103,6 +106,8 @@ pub struct ClusterPool {
     shared: Arc<ClientShared>,
     /// The reader thread, until joined.
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// The writer thread, until joined.
+    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl fmt::Debug for ClusterPool {
@@ -132,6 +137,7 @@ impl ClusterPool {
             .query::<String>(&mut first)
             .map_err(|e| broker.error(&e))?;
         let keys = Keys::new(&broker.url.queue);
+        let (out_tx, out_rx) = crossbeam_channel::unbounded();
         let client = format!(
             "{}-{}-{:x}",
             crate::info::host_name(),
@@ -140,7 +146,7 @@ impl ClusterPool {
         );
         let shared = Arc::new(ClientShared {
             results: keys.results(&client),
-            writer: Mutex::new(Link::new(&broker, Duration::from_secs(5))),
+            outbox: out_tx,
             broker,
             keys,
             client,
@@ -163,9 +169,15 @@ impl ClusterPool {
             .name("multitask-cluster-reader".to_string())
             .spawn(move || read_results(&s))
             .map_err(|e| Error::io("starting the result reader", e))?;
+        let s = shared.clone();
+        let writer = std::thread::Builder::new()
+            .name("multitask-cluster-writer".to_string())
+            .spawn(move || write_calls(&s, &out_rx))
+            .map_err(|e| Error::io("starting the writer", e))?;
         Ok(ClusterPool {
             shared,
             reader: Mutex::new(Some(reader)),
+            writer: Mutex::new(Some(writer)),
         })
     }
 
@@ -245,38 +257,103 @@ impl ClusterPool {
                 started: None,
             },
         );
-        let added = lock(&self.shared.writer).run(|con| {
-            redis::cmd("XADD")
-                .arg(self.shared.keys.tasks())
-                .arg("*")
-                .arg("id")
-                .arg(&id)
-                .arg("task")
-                .arg(name)
-                .arg("sig")
-                .arg(signature.to_string())
-                .arg("reply")
-                .arg(&self.shared.results)
-                .arg("payload")
-                .arg(&payload[..])
-                .query::<String>(con)
+        let _ = self.shared.outbox.send(Outgoing {
+            id,
+            task: name,
+            signature,
+            payload,
         });
-        match added {
-            Ok(entry) => {
-                if let Some(p) = lock(&self.shared.pending).get_mut(&id) {
-                    p.entry = entry;
+        Ok(())
+    }
+}
+
+/// A call on its way to the task stream.
+struct Outgoing {
+    /// The call id.
+    id: String,
+    /// The task's name.
+    task: &'static str,
+    /// Its signature hash.
+    signature: u64,
+    /// The encoded batch.
+    payload: Vec<u8>,
+}
+
+/// How long the writer keeps trying to reach an absent broker before it
+/// fails the calls it holds.
+const WRITE_PATIENCE: Duration = Duration::from_secs(30);
+/// Most calls written in one pipeline.
+const WRITE_BATCH: usize = 512;
+
+/// The writer: XADDs queued calls, as many as are waiting, in one
+/// pipelined round trip; waits out a broker restart (up to
+/// `WRITE_PATIENCE`) and then fails the calls it holds with a broker error.
+fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
+    let mut link = Link::new(&shared.broker, Duration::from_secs(5));
+    let tasks = shared.keys.tasks();
+    loop {
+        let first = match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(c) => c,
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.stop.load(Ordering::SeqCst) && rx.is_empty() {
+                    return;
                 }
-                Ok(())
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let began = Instant::now();
+        let written = loop {
+            let r = link.run(|con| {
+                let mut p = redis::pipe();
+                for c in &batch {
+                    p.cmd("XADD")
+                        .arg(&tasks)
+                        .arg("*")
+                        .arg("id")
+                        .arg(&c.id)
+                        .arg("task")
+                        .arg(c.task)
+                        .arg("sig")
+                        .arg(c.signature.to_string())
+                        .arg("reply")
+                        .arg(&shared.results)
+                        .arg("payload")
+                        .arg(&c.payload[..]);
+                }
+                p.query::<Vec<String>>(con)
+            });
+            match r {
+                Ok(entries) => break Ok(entries),
+                Err(e) if began.elapsed() >= WRITE_PATIENCE => break Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        match written {
+            Ok(entries) => {
+                let mut pending = lock(&shared.pending);
+                for (c, entry) in batch.iter().zip(entries) {
+                    if let Some(p) = pending.get_mut(&c.id) {
+                        p.entry = entry;
+                    }
+                }
             }
             Err(e) => {
-                lock(&self.shared.pending).remove(&id);
-                refuse(
-                    input,
-                    TaskError::Broker {
-                        task: name.to_string(),
-                        message: e.to_string(),
-                    },
-                )
+                for c in batch {
+                    if let Some(p) = lock(&shared.pending).remove(&c.id) {
+                        p.deliver.finish(Err(TaskError::Broker {
+                            task: c.task.to_string(),
+                            message: format!("the task could not be queued: {e}"),
+                        }));
+                    }
+                }
             }
         }
     }
@@ -494,7 +571,10 @@ impl Executor for ClusterPool {
                     .0;
             }
             drop(pending);
-            if let Some(h) = lock(&self.reader).take() {
+            for h in [lock(&self.writer).take(), lock(&self.reader).take()]
+                .into_iter()
+                .flatten()
+            {
                 let _ = h.join();
             }
         }

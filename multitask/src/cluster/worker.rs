@@ -309,9 +309,11 @@ impl Worker {
             });
             match reply {
                 Ok(v) => {
-                    for e in stream_reply(&v) {
-                        start(&core, &mut link, e, &tx);
-                    }
+                    let started: Vec<Lease> = stream_reply(&v)
+                        .into_iter()
+                        .filter_map(|e| start(&core, &mut link, e, &tx))
+                        .collect();
+                    announce_started(&core, &mut link, &started);
                 }
                 // After a Redis restart the group may be gone (apalis #492).
                 Err(e) if e.to_string().contains("NOGROUP") => {
@@ -348,8 +350,9 @@ impl Worker {
     }
 }
 
-/// Checks a fetched task and hands it to the pool, or dead-letters it.
-fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Done>) {
+/// Checks a fetched task and hands it to the pool, or dead-letters it; the
+/// lease to announce as started, if it started.
+fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Done>) -> Option<Lease> {
     let fields = (
         e.text("id"),
         e.text("task"),
@@ -369,7 +372,7 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Done>) {
             message: "malformed task entry: it needs id, task, sig, reply and payload".to_string(),
         };
         dead_letter(core, link, &e.id, &lease, &error, 1);
-        return;
+        return None;
     };
     let lease = Lease {
         id: id.to_string(),
@@ -380,24 +383,11 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Done>) {
         Ok(entry) => entry,
         Err(error) => {
             dead_letter(core, link, &e.id, &lease, &error, 1);
-            return;
+            return None;
         }
     };
     lock(&core.inflight).insert(e.id.clone(), lease.clone());
-    let _ = link.run(|con| {
-        redis::cmd("XADD")
-            .arg(&lease.reply)
-            .arg("*")
-            .arg("id")
-            .arg(&lease.id)
-            .arg("started")
-            .arg(&core.me)
-            .arg("host")
-            .arg(crate::info::host_name())
-            .arg("pid")
-            .arg(std::process::id())
-            .query::<String>(con)
-    });
+    let announce = lease.clone();
     let entry_id = e.id.clone();
     match core.pool.submit_raw(entry, payload.clone()) {
         Ok(fut) => {
@@ -418,6 +408,34 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Done>) {
             });
         }
     }
+    Some(announce)
+}
+
+/// Tells the clients of `leases` that their tasks started, in one round
+/// trip.
+fn announce_started(core: &Core, link: &mut Link, leases: &[Lease]) {
+    if leases.is_empty() {
+        return;
+    }
+    let host = crate::info::host_name();
+    let _ = link.run(|con| {
+        let mut p = redis::pipe();
+        for l in leases {
+            p.cmd("XADD")
+                .arg(&l.reply)
+                .arg("*")
+                .arg("id")
+                .arg(&l.id)
+                .arg("started")
+                .arg(&core.me)
+                .arg("host")
+                .arg(&host)
+                .arg("pid")
+                .arg(std::process::id())
+                .ignore();
+        }
+        p.query::<()>(con)
+    });
 }
 
 /// Moves a task to the dead-letter stream with `error` as the reason, fails
@@ -474,39 +492,52 @@ fn dead_letter(
     });
 }
 
-/// Writes finished tasks: result, XACK and XDEL in one transaction.
+/// Most finished tasks written in one transaction.
+const COMPLETE_BATCH: usize = 256;
+
+/// Writes finished tasks: for each, the result, XACK and XDEL, all the
+/// tasks that are ready in one transaction (one round trip).
 fn complete_loop(core: &Core, rx: &Receiver<Done>) {
     let mut link = Link::new(&core.broker, Duration::from_secs(5));
-    while let Ok(done) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < COMPLETE_BATCH {
+            match rx.try_recv() {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
         let mut tries = 0u32;
         loop {
             let r = link.run(|con| {
                 let mut p = redis::pipe();
                 p.atomic();
-                let add = p
-                    .cmd("XADD")
-                    .arg(&done.lease.reply)
-                    .arg("*")
-                    .arg("id")
-                    .arg(&done.lease.id)
-                    .arg("task")
-                    .arg(&done.lease.task);
-                match &done.outcome {
-                    Ok(bytes) => add.arg("payload").arg(&bytes[..]).ignore(),
-                    Err(e) => add
-                        .arg("error")
-                        .arg(serde_json::to_vec(e).unwrap_or_default())
-                        .ignore(),
-                };
-                p.cmd("XACK")
-                    .arg(core.keys.tasks())
-                    .arg(GROUP)
-                    .arg(&done.entry)
-                    .ignore();
-                p.cmd("XDEL")
-                    .arg(core.keys.tasks())
-                    .arg(&done.entry)
-                    .ignore();
+                for done in &batch {
+                    let add = p
+                        .cmd("XADD")
+                        .arg(&done.lease.reply)
+                        .arg("*")
+                        .arg("id")
+                        .arg(&done.lease.id)
+                        .arg("task")
+                        .arg(&done.lease.task);
+                    match &done.outcome {
+                        Ok(bytes) => add.arg("payload").arg(&bytes[..]).ignore(),
+                        Err(e) => add
+                            .arg("error")
+                            .arg(serde_json::to_vec(e).unwrap_or_default())
+                            .ignore(),
+                    };
+                    p.cmd("XACK")
+                        .arg(core.keys.tasks())
+                        .arg(GROUP)
+                        .arg(&done.entry)
+                        .ignore();
+                    p.cmd("XDEL")
+                        .arg(core.keys.tasks())
+                        .arg(&done.entry)
+                        .ignore();
+                }
                 p.query::<()>(con)
             });
             tries += 1;
@@ -519,7 +550,11 @@ fn complete_loop(core: &Core, rx: &Receiver<Done>) {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        lock(&core.inflight).remove(&done.entry);
+        let mut held = lock(&core.inflight);
+        for done in &batch {
+            held.remove(&done.entry);
+        }
+        drop(held);
         core.freed.notify_all();
     }
 }
@@ -656,8 +691,10 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Done>) {
         }) else {
             continue;
         };
-        for e in entries(&claimed) {
-            start(core, link, e, tx);
-        }
+        let started: Vec<Lease> = entries(&claimed)
+            .into_iter()
+            .filter_map(|e| start(core, link, e, tx))
+            .collect();
+        announce_started(core, link, &started);
     }
 }

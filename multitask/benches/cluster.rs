@@ -98,46 +98,36 @@ fn celery(port: u16) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn main() {
-    multitask::init();
-    let Some((mut redis, port)) = start_redis() else {
-        println!("cluster bench skipped: no redis-server could be started");
-        return;
-    };
-    let url = format!("redis://127.0.0.1:{port}/0?queue=bench");
+/// One configuration: 2 workers of 16 slots on process or thread pools;
+/// (map items/s, single-submit tasks/s, round trip p50, p99).
+fn run_config(port: u16, processes: bool) -> (f64, f64, Duration, Duration) {
+    let url = format!("redis://127.0.0.1:{port}/0?queue=bench-{processes}");
     let mut stops: Vec<StopHandle> = Vec::new();
     let mut threads = Vec::new();
     for _ in 0..2 {
-        // 16 fetch slots feeding 2 worker processes: a worker holds more
-        // tasks than it runs at once so that fetches, started notices and
-        // results travel in batches.
-        let w = Worker::builder(&url)
-            .concurrency(16)
-            .pool(multitask::ProcessPool::new(2).unwrap())
-            .build()
-            .unwrap();
+        // 16 fetch slots feeding 2 workers: a worker holds more tasks than
+        // it runs at once so that fetches, started notices and results
+        // travel in batches.
+        let b = Worker::builder(&url).concurrency(16);
+        let w = if processes {
+            b.pool(multitask::ProcessPool::new(2).unwrap())
+        } else {
+            b.pool(multitask::ThreadPool::new(2).unwrap())
+        }
+        .build()
+        .unwrap();
         stops.push(w.stop_handle());
         threads.push(std::thread::spawn(move || w.run()));
     }
     let pool = ClusterPool::connect_with(&url, 32).unwrap();
-    // Warm up: every worker process started.
     for r in pool.map(noop, 0..1000u64) {
         r.unwrap();
     }
-
-    println!("# cluster on loopback Redis, 2 workers x (16 slots, 2 worker processes)\n");
-    println!("| measure | value |");
-    println!("| --- | ---: |");
     let items = 200_000u64;
     let t = Instant::now();
     let sum: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
     assert_eq!(sum, items * (items - 1) / 2);
     let map_rate = items as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "| no-op map, {items} items, automatic chunks | {:.0} tasks/s |",
-        map_rate
-    );
-
     let n = 5_000u64;
     let t = Instant::now();
     let futs: Vec<_> = (0..n).map(|i| pool.submit(noop, i).unwrap()).collect();
@@ -145,11 +135,6 @@ fn main() {
         f.result().unwrap();
     }
     let single_rate = n as f64 / t.elapsed().as_secs_f64();
-    println!(
-        "| no-op single submits, {n} in flight | {:.0} tasks/s |",
-        single_rate
-    );
-
     let mut trips: Vec<Duration> = (0..500u64)
         .map(|i| {
             let t = Instant::now();
@@ -158,26 +143,59 @@ fn main() {
         })
         .collect();
     trips.sort();
-    let p50 = trips[trips.len() / 2];
-    let p99 = trips[trips.len() * 99 / 100];
-    println!(
-        "| round trip p50 / p99 | {:.3} / {:.3} ms |",
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3
-    );
-    match (redis_benchmark(port, 16), redis_benchmark(port, 1)) {
-        (Some(piped), Some(single)) => {
-            println!("| redis-benchmark XADD, pipelined 16 (ceiling) | {piped:.0} ops/s |");
-            println!("| redis-benchmark XADD, one at a time | {single:.0} ops/s |");
-        }
-        _ => println!("| redis-benchmark | not run (not installed) |"),
-    }
     drop(pool);
     for s in &stops {
         s.stop();
     }
     for t in threads {
         let _ = t.join();
+    }
+    (
+        map_rate,
+        single_rate,
+        trips[trips.len() / 2],
+        trips[trips.len() * 99 / 100],
+    )
+}
+
+fn main() {
+    multitask::init();
+    let Some((mut redis, port)) = start_redis() else {
+        println!("cluster bench skipped: no redis-server could be started");
+        return;
+    };
+    println!("# cluster on loopback Redis: 2 workers of 16 slots each\n");
+    println!("| workers run tasks on | no-op map, 200k items | single submits, 5000 in flight | round trip p50 / p99 |");
+    println!("| --- | ---: | ---: | ---: |");
+    let mut single_rate = 0.0;
+    let mut p50 = Duration::ZERO;
+    let mut map_rate = 0.0;
+    for processes in [true, false] {
+        let r = run_config(port, processes);
+        println!(
+            "| {} | {:.0} items/s | {:.0} tasks/s | {:.3} / {:.3} ms |",
+            if processes {
+                "process pools (2 processes each)"
+            } else {
+                "thread pools (2 threads each)"
+            },
+            r.0,
+            r.1,
+            r.2.as_secs_f64() * 1e3,
+            r.3.as_secs_f64() * 1e3
+        );
+        if processes {
+            (map_rate, single_rate, p50) = (r.0, r.1, r.2);
+        }
+    }
+    println!("\n| ceiling and baseline | value |");
+    println!("| --- | ---: |");
+    match (redis_benchmark(port, 16), redis_benchmark(port, 1)) {
+        (Some(piped), Some(single)) => {
+            println!("| redis-benchmark XADD, pipelined 16 (ceiling) | {piped:.0} ops/s |");
+            println!("| redis-benchmark XADD, one at a time | {single:.0} ops/s |");
+        }
+        _ => println!("| redis-benchmark | not run (not installed) |"),
     }
     let rows = celery(port);
     let fig = |name: &str, key: &str| {

@@ -45,6 +45,7 @@
 
 mod pool;
 mod single;
+mod supervisor;
 pub(crate) mod sys;
 pub(crate) mod wire;
 pub(crate) mod worker;

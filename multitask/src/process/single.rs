@@ -11,7 +11,8 @@ use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitCause, TaskError};
-use crate::process::pool::{spawn_worker, Config};
+use crate::process::pool::Config;
+use crate::process::supervisor::spawn_worker;
 use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
 use crate::task::{self, Task};
 

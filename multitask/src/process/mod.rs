@@ -39,9 +39,11 @@
 //! EOF on the socket ends its loop. No `fork()` of a threaded parent runs
 //! any Rust code: the child goes straight to `exec`.
 //!
-//! The wire protocol is in [`wire`](self) (`wire.rs`): a length prefix, a
-//! version byte and a postcard message, with a size cap checked before any
-//! body is read.
+//! Files: `pool.rs` (the handle, builder and executor), `supervisor.rs`
+//! (the supervisor thread and a worker's life), `worker.rs` (the child's
+//! loop), `wire.rs` (the protocol: a length prefix, a version byte and a
+//! postcard message, with a size cap checked before any body is read),
+//! `single.rs` (`Process`), `sys.rs` (the few unsafe system calls).
 
 mod pool;
 mod single;

@@ -24,6 +24,7 @@ use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{redact, ChunkFuture, Executor, Shutdown};
 use crate::future::TaskFuture;
 use crate::remote::{deliver_chunk, deliver_one, Deliver};
+use crate::sync::lock_std as lock;
 use crate::task::{self, Task};
 use crate::trace::{TaskEvent, Tracer};
 
@@ -357,10 +358,6 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A random 64-bit number, from the std hasher's per-process keys.

@@ -32,6 +32,7 @@ use crate::cluster::keys::{Keys, GROUP};
 use crate::error::{Error, ExitCause, TaskError};
 use crate::executor::RawExecutor;
 use crate::process::ProcessPool;
+use crate::sync::lock_std as lock;
 use crate::task;
 
 /// Stops a running [`Worker`]: it drains and returns from `run`.
@@ -213,10 +214,6 @@ impl fmt::Debug for Worker {
             .field("concurrency", &self.core.concurrency)
             .finish_non_exhaustive()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ensure_group(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<()> {

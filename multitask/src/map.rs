@@ -329,6 +329,36 @@ impl<I: Iterator, O> Iterator for Map<'_, I, O> {
         }
         self.next_slow()
     }
+
+    /// `sum`, `collect`, `for_each` and friends drain each ready chunk in
+    /// one tight loop instead of an item at a time through `next`.
+    fn fold<B, F>(mut self, init: B, mut f: F) -> B
+    where
+        F: FnMut(B, Self::Item) -> B,
+    {
+        let mut acc = init;
+        loop {
+            if let Some(chunk) = self.current.take() {
+                if self.progress.is_none() {
+                    let mut n = 0;
+                    acc = chunk.fold(acc, |a, item| {
+                        n += 1;
+                        f(a, item)
+                    });
+                    self.yielded += n;
+                } else {
+                    for item in chunk {
+                        let item = self.yield_item(item);
+                        acc = f(acc, item);
+                    }
+                }
+            }
+            match self.next_slow() {
+                Some(item) => acc = f(acc, item),
+                None => return acc,
+            }
+        }
+    }
 }
 
 impl<I: Iterator, O> Map<'_, I, O> {

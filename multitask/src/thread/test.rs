@@ -133,3 +133,38 @@ fn a_thread_panic_is_a_value() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn fold_and_next_agree_with_errors_and_progress() {
+    let pool = ThreadPool::new(2).unwrap();
+    let f = |x: u64| {
+        assert!(x % 5 != 3, "bad {x}");
+        x * 2
+    };
+    let by_next: Vec<_> = {
+        let mut m = pool.map_fn(f, 0..200u64).chunksize(7);
+        std::iter::from_fn(|| m.next()).collect()
+    };
+    let mut ticks = 0;
+    let by_fold: Vec<_> = pool
+        .map_fn(f, 0..200u64)
+        .chunksize(7)
+        .progress(|done, total| {
+            ticks += 1;
+            assert_eq!(total, Some(200));
+            assert_eq!(done, ticks);
+        })
+        .collect();
+    assert_eq!(ticks, 200);
+    assert_eq!(by_next.len(), 200);
+    for (i, (a, b)) in by_next.iter().zip(&by_fold).enumerate() {
+        assert_eq!(a.is_ok(), b.is_ok(), "item {i}");
+        assert_eq!(a.as_ref().ok(), b.as_ref().ok(), "item {i}");
+    }
+    assert_eq!(by_fold.iter().filter(|r| r.is_err()).count(), 40);
+    let sum: u64 = pool
+        .map_fn(|x: u64| x, 0..10_000u64)
+        .map(Result::unwrap)
+        .sum();
+    assert_eq!(sum, 10_000 * 9_999 / 2);
+}

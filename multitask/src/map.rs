@@ -10,7 +10,7 @@
 //!
 //! Chunk size: explicit, or automatic. When the input knows its length
 //! (an exact `size_hint`), automatic is Python's `Pool.map` rule, length /
-//! (4 x workers). Otherwise it starts at 1 and doubles while a chunk takes
+//! (4 x workers), at most 8192. Otherwise it starts at 1 and doubles while a chunk takes
 //! under a millisecond, so cheap items are amortised and expensive ones
 //! still spread over every worker.
 //!
@@ -38,7 +38,9 @@ pub type ProgressFn<'a> = Box<dyn FnMut(usize, Option<usize>) + 'a>;
 
 /// Automatic chunks grow until one takes this long.
 const TARGET_CHUNK_TIME: Duration = Duration::from_millis(1);
-/// Automatic chunks of unknown-length input grow no larger than this.
+/// Automatic chunks grow no larger than this: a chunk's buffers then stay
+/// under the allocator's mmap threshold (no page faults per chunk), and the
+/// consumer starts on the first chunk sooner.
 const MAX_AUTO_CHUNK: usize = 8192;
 
 /// How chunks are sized.
@@ -115,7 +117,7 @@ impl<'a, I: Iterator, O> Map<'a, I, O> {
             _ => None,
         };
         let chunking = match total {
-            Some(n) => Chunking::Fixed(n.div_ceil(4 * workers).max(1)),
+            Some(n) => Chunking::Fixed(n.div_ceil(4 * workers).clamp(1, MAX_AUTO_CHUNK)),
             None => Chunking::Auto(1),
         };
         Map {

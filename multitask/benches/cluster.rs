@@ -20,11 +20,12 @@ use std::time::{Duration, Instant};
 use multitask::cluster::{StopHandle, Worker};
 use multitask::{ClusterPool, Executor};
 
-/// A no-op named task.
-#[multitask::task]
-fn noop(x: u64) -> u64 {
-    x
-}
+#[path = "support/tasks.rs"]
+// This bench uses only `noop` of the shared tasks.
+#[allow(dead_code)]
+mod tasks;
+
+use tasks::noop;
 
 fn start_redis() -> Option<(Child, u16)> {
     let port = TcpListener::bind("127.0.0.1:0")

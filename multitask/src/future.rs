@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::error::TaskError;
-use crate::sync::{lock, spin_for, Arc, AtomicBool, Condvar, Mutex};
+use crate::sync::{lock, spin_for, Arc, AtomicBool, Condvar, Mutex, MutexGuard};
 
 /// How long a waiter spins for the outcome before it parks.
 const SPIN: Duration = Duration::from_micros(50);
@@ -298,14 +298,7 @@ impl<T> TaskFuture<T> {
 
     /// Blocks until the outcome is known and returns it.
     pub fn result(self) -> Result<T, TaskError> {
-        self.spin();
-        let mut inner = lock(&self.shared.inner);
-        while !inner.state.is_done() {
-            inner = match self.shared.cond.wait(inner) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-        }
+        let mut inner = self.block(None);
         self.shared.take(&mut inner)
     }
 
@@ -313,20 +306,12 @@ impl<T> TaskFuture<T> {
     /// then (the task goes on: on a thread pool nothing can stop it), else
     /// the outcome, taken out of the future.
     pub fn result_timeout(&self, timeout: Duration) -> Option<Result<T, TaskError>> {
-        self.spin();
-        let deadline = Instant::now() + timeout;
-        let mut inner = lock(&self.shared.inner);
-        while !inner.state.is_done() {
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            inner = match self.shared.cond.wait_timeout(inner, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
-            };
+        let mut inner = self.block(Some(Instant::now() + timeout));
+        if inner.state.is_done() {
+            Some(self.shared.take(&mut inner))
+        } else {
+            None
         }
-        Some(self.shared.take(&mut inner))
     }
 
     /// The outcome if it is known (taken out of the future), else `None`.
@@ -341,31 +326,38 @@ impl<T> TaskFuture<T> {
 
     /// Blocks until done.
     pub fn wait(&self) {
-        self.spin();
-        let mut inner = lock(&self.shared.inner);
-        while !inner.state.is_done() {
-            inner = match self.shared.cond.wait(inner) {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-        }
+        drop(self.block(None));
     }
 
     /// Blocks until done, at most `timeout`; true if done.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        self.block(Some(Instant::now() + timeout)).state.is_done()
+    }
+
+    /// Spins briefly, then waits on the condvar until the future is done or
+    /// `deadline` passes; the guard, done or not.
+    fn block(&self, deadline: Option<Instant>) -> MutexGuard<'_, Inner<T>> {
+        self.spin();
         let mut inner = lock(&self.shared.inner);
         while !inner.state.is_done() {
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            inner = match self.shared.cond.wait_timeout(inner, deadline - now) {
-                Ok((g, _)) => g,
-                Err(p) => p.into_inner().0,
+            inner = match deadline {
+                None => match self.shared.cond.wait(inner) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                },
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    match self.shared.cond.wait_timeout(inner, d - now) {
+                        Ok((g, _)) => g,
+                        Err(p) => p.into_inner().0,
+                    }
+                }
             };
         }
-        true
+        inner
     }
 
     /// The error, if the task is done and failed (or was cancelled); `None`

@@ -31,31 +31,38 @@ struct Job {
     task: &'static str,
     /// When it was submitted, when tracing.
     submitted: Option<Instant>,
-    /// Does it; true unless the task failed.
-    run: Box<dyn FnOnce(Go) -> bool + Send>,
+    /// Does it.
+    run: Run,
 }
 
-/// Applies `go` to a job's promise; `run` produces the outcome. True
-/// unless the task ran and failed.
-fn settle<T>(promise: Promise<T>, go: Go, run: impl FnOnce() -> Result<T, TaskError>) -> bool {
+/// A job's body: applies a [`Go`] to its promise, and calls the hook with
+/// "the task did not fail" just before the promise resolves, so that
+/// whoever sees the future finished also sees the trace event.
+type Run = Box<dyn FnOnce(Go, &mut dyn FnMut(bool)) + Send>;
+
+/// Applies `go` to a job's promise; `run` produces the outcome; `done`
+/// hears whether it succeeded, before the promise resolves.
+fn settle<T>(
+    promise: Promise<T>,
+    go: Go,
+    done: &mut dyn FnMut(bool),
+    run: impl FnOnce() -> Result<T, TaskError>,
+) {
     match go {
         Go::Run => {
             if promise.set_running() {
                 let outcome = run();
-                let ok = outcome.is_ok();
+                done(outcome.is_ok());
                 promise.complete(outcome);
-                return ok;
             }
-            true
         }
         Go::Cancel => {
             promise.cancel();
-            true
         }
         Go::Broken(reason) => {
+            done(false);
             let task = promise.task().to_string();
             promise.complete(Err(TaskError::Broken { task, reason }));
-            false
         }
     }
 }
@@ -197,21 +204,20 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                 shared.busy.fetch_add(1, Ordering::Relaxed);
                 let go = broken.map_or(Go::Run, Go::Broken);
                 match job.submitted {
-                    None => {
-                        (job.run)(go);
-                    }
+                    None => (job.run)(go, &mut |_| {}),
                     Some(submitted) => {
                         let started = Instant::now();
-                        let ok = (job.run)(go);
-                        let me = std::thread::current();
-                        shared.tracer.record_span(
-                            job.task,
-                            me.name().unwrap_or("worker").to_string(),
-                            std::process::id(),
-                            (submitted, started, Instant::now()),
-                            ok,
-                            None,
-                        );
+                        (job.run)(go, &mut |ok| {
+                            let me = std::thread::current();
+                            shared.tracer.record_span(
+                                job.task,
+                                me.name().unwrap_or("worker").to_string(),
+                                std::process::id(),
+                                (submitted, started, Instant::now()),
+                                ok,
+                                None,
+                            );
+                        });
                     }
                 }
                 shared.busy.fetch_sub(1, Ordering::Relaxed);
@@ -280,7 +286,7 @@ impl ThreadPool {
         &self,
         task: &'static str,
         input: I,
-        job: impl FnOnce(I) -> Box<dyn FnOnce(Go) -> bool + Send>,
+        job: impl FnOnce(I) -> Run,
     ) -> Result<(), SubmitError<I>> {
         let closed = self.shared.closed.read().unwrap_or_else(|p| p.into_inner());
         if *closed {
@@ -325,7 +331,7 @@ impl ThreadPool {
         let name = std::any::type_name::<F>();
         let (fut, promise) = TaskFuture::pending(name);
         self.send(name, f, move |f| {
-            Box::new(move |go| settle(promise, go, || crate::panic::catch(name, f)))
+            Box::new(move |go, done| settle(promise, go, done, || crate::panic::catch(name, f)))
         })?;
         Ok(fut)
     }
@@ -389,7 +395,7 @@ impl ThreadPool {
     {
         let (fut, promise) = TaskFuture::pending(name);
         self.send(name, chunk, move |chunk| {
-            Box::new(move |go| settle(promise, go, || Ok(run(chunk))))
+            Box::new(move |go, done| settle(promise, go, done, || Ok(run(chunk))))
         })?;
         Ok(fut)
     }
@@ -413,8 +419,8 @@ impl Executor for ThreadPool {
     ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
         self.send(T::NAME, input, move |input| {
-            Box::new(move |go| {
-                settle(promise, go, || {
+            Box::new(move |go, done| {
+                settle(promise, go, done, || {
                     crate::panic::catch(T::NAME, || task.run(input))
                 })
             })
@@ -443,7 +449,7 @@ impl Executor for ThreadPool {
                     // Cancel what is queued; every future still resolves.
                     while let Ok(msg) = self.shared.rx.try_recv() {
                         if let Msg::Run(job) = msg {
-                            (job.run)(Go::Cancel);
+                            (job.run)(Go::Cancel, &mut |_| {});
                         }
                     }
                 }
@@ -484,7 +490,7 @@ impl RawExecutor for ThreadPool {
         let (fut, promise) = TaskFuture::pending(name);
         // The batch function catches each item's panic itself.
         self.send(name, payload, move |payload| {
-            Box::new(move |go| settle(promise, go, || (entry.run)(&payload)))
+            Box::new(move |go, done| settle(promise, go, done, || (entry.run)(&payload)))
         })?;
         Ok(fut)
     }

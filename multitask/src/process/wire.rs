@@ -28,6 +28,9 @@ pub(crate) const VERSION: u8 = 1;
 /// Bytes of the length prefix.
 const HEADER: usize = 4;
 
+/// The read buffer's initial size and growth step.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// How long a reader spins before it parks in `poll`.
 pub(crate) const SPIN: Duration = Duration::from_micros(60);
 
@@ -139,10 +142,13 @@ pub(crate) fn decode_body<M: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<M
 pub(crate) struct Conn {
     /// The socket.
     sock: UnixStream,
-    /// Bytes read and not yet consumed as frames.
+    /// The read buffer, zeroed once when it grows: bytes `start..end` are
+    /// read and not yet consumed as frames; `end..` is free.
     buf: Vec<u8>,
     /// Where the unconsumed bytes in `buf` start.
     start: usize,
+    /// Where they end.
+    end: usize,
     /// The body-size cap.
     cap: usize,
 }
@@ -153,8 +159,9 @@ impl Conn {
         sock.set_nonblocking(true)?;
         Ok(Conn {
             sock,
-            buf: Vec::with_capacity(64 * 1024),
+            buf: vec![0; READ_CHUNK],
             start: 0,
+            end: 0,
             cap,
         })
     }
@@ -218,7 +225,7 @@ impl Conn {
 
     /// The range of the next complete frame's body in `buf`, if one is there.
     fn take_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, WireError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER {
             return Ok(None);
         }
@@ -230,45 +237,50 @@ impl Conn {
             });
         }
         if avail.len() < HEADER + size {
+            // Room for the whole frame, so that reads fill it in place.
+            if self.start + HEADER + size > self.buf.len() {
+                self.compact();
+                self.buf.resize(HEADER + size, 0);
+            }
             return Ok(None);
         }
         let body = self.start + HEADER..self.start + HEADER + size;
         Ok(Some(body))
     }
 
+    /// Moves the unconsumed bytes to the front of the buffer.
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+
     /// Reads what is there; true if anything was read.
     fn fill(&mut self) -> Result<bool, WireError> {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
-        } else if self.start > self.buf.capacity() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        let len = self.buf.len();
-        if self.buf.capacity() - len < 16 * 1024 {
-            self.buf.reserve(64 * 1024);
-        }
-        let cap = self.buf.capacity();
-        self.buf.resize(cap, 0);
-        let r = self.sock.read(&mut self.buf[len..]);
-        match r {
-            Ok(0) => {
-                self.buf.truncate(len);
-                Err(WireError::Eof)
+            self.end = 0;
+            if self.buf.len() > 4 * READ_CHUNK {
+                // A large frame has gone: give its memory back.
+                self.buf = vec![0; READ_CHUNK];
             }
+        } else if self.buf.len() - self.end < READ_CHUNK / 4 {
+            self.compact();
+        }
+        if self.buf.len() - self.end < READ_CHUNK / 4 {
+            self.buf.resize(self.buf.len() + READ_CHUNK, 0);
+        }
+        match self.sock.read(&mut self.buf[self.end..]) {
+            Ok(0) => Err(WireError::Eof),
             Ok(n) => {
-                self.buf.truncate(len + n);
+                self.end += n;
                 Ok(true)
             }
-            Err(e) => {
-                self.buf.truncate(len);
-                match e.kind() {
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                    io::ErrorKind::ConnectionReset => Err(WireError::Eof),
-                    _ => Err(e.into()),
-                }
-            }
+            Err(e) => match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+                io::ErrorKind::ConnectionReset => Err(WireError::Eof),
+                _ => Err(e.into()),
+            },
         }
     }
 
@@ -329,6 +341,40 @@ mod tests {
         };
         b.send(&reply).unwrap();
         assert_eq!(a.recv::<FromWorker>(deadline).unwrap(), reply);
+    }
+
+    #[test]
+    fn large_and_small_frames_interleave_and_the_buffer_shrinks_back() {
+        let (mut a, mut b) = pair(8 << 20);
+        let call = |id: u64, len: usize| ToWorker::Call {
+            id,
+            task: "t".into(),
+            signature: 0,
+            payload: (0..len).map(|i| i as u8).collect(),
+        };
+        // The writer blocks once the socket buffer fills: write from a thread.
+        let sent: Vec<_> = [(1, 10), (2, 3 << 20), (3, 10), (4, 100_000), (5, 1)]
+            .into_iter()
+            .map(|(id, len)| call(id, len))
+            .collect();
+        let expect = sent.clone();
+        let writer = std::thread::spawn(move || {
+            for c in &sent {
+                a.send(c).unwrap();
+            }
+            a
+        });
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        for want in &expect {
+            assert_eq!(&b.recv::<ToWorker>(deadline).unwrap(), want);
+        }
+        let _a = writer.join().unwrap();
+        assert!(b.fill().is_ok());
+        assert!(
+            b.buf.len() <= READ_CHUNK * 4,
+            "buffer kept {} bytes",
+            b.buf.len()
+        );
     }
 
     #[test]

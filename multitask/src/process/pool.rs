@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{ChunkFuture, Executor, RawExecutor, Shutdown};
 use crate::future::TaskFuture;
-use crate::process::supervisor::{supervise, KillReason, KillSwitch};
+use crate::process::supervisor::{supervise, KillReason, KillSwitch, Slot};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::remote::{deliver, deliver_chunk, deliver_one, Deliver};
 use crate::task::{self, Task, TaskEntry};
@@ -133,22 +133,27 @@ impl ProcessPoolBuilder {
             return Err(Error::Config("max_workers must be at least 1".to_string()));
         }
         let (tx, rx) = crossbeam_channel::unbounded();
+        let slots = (0..config.workers)
+            .map(|i| Slot::new(i).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
         let shared = Arc::new(PoolShared {
             closed: RwLock::new(false),
             tx,
             rx,
+            slots,
             live: Mutex::new(vec![None; config.workers]),
             next_id: AtomicU64::new(1),
             config: config.clone(),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(config.workers);
         let mut handles = Vec::with_capacity(config.workers);
-        for index in 0..config.workers {
+        for (index, slot) in shared.slots.iter().enumerate() {
+            let slot = slot.clone();
             let shared = shared.clone();
             let ready = ready_tx.clone();
             let h = std::thread::Builder::new()
                 .name(format!("{}-{index}-supervisor", config.name))
-                .spawn(move || supervise(index, &shared, ready))
+                .spawn(move || supervise(slot, shared, ready))
                 .map_err(|e| Error::io("starting a supervisor thread", e))?;
             handles.push(h);
         }
@@ -174,23 +179,17 @@ pub(crate) struct PoolShared {
     /// True once shut down; submits send under the read lock.
     pub(crate) closed: RwLock<bool>,
     /// Jobs in.
-    pub(crate) tx: Sender<Msg>,
-    /// Jobs out.
-    pub(crate) rx: Receiver<Msg>,
+    pub(crate) tx: Sender<Job>,
+    /// Jobs out, taken by whoever finds a slot idle.
+    pub(crate) rx: Receiver<Job>,
+    /// The worker slots.
+    pub(crate) slots: Vec<Arc<Slot>>,
     /// The kill switch of each slot's live worker.
     pub(crate) live: Mutex<Vec<Option<Arc<KillSwitch>>>>,
     /// Next call id.
     pub(crate) next_id: AtomicU64,
     /// The settings.
     pub(crate) config: Config,
-}
-
-/// What travels on the pool's channel.
-pub(crate) enum Msg {
-    /// A call to run.
-    Run(Job),
-    /// One supervisor is to retire its worker and exit.
-    Stop,
 }
 
 /// One call waiting for a worker.
@@ -290,7 +289,17 @@ impl ProcessPool {
             Ok(Ok(job)) => job,
             Ok(Err(error)) | Err(error) => return Err(SubmitError { input, error }),
         };
-        let _ = self.shared.tx.send(Msg::Run(job));
+        // The receiver lives in `shared`, so the send can't fail.
+        let _ = self.shared.tx.send(job);
+        drop(closed);
+        // SeqCst: pairs with the fence in `Slot::dispatch` (see there).
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        for slot in &self.shared.slots {
+            if self.shared.rx.is_empty() {
+                break;
+            }
+            slot.offer(&self.shared);
+        }
         Ok(())
     }
 
@@ -393,14 +402,12 @@ impl Executor for ProcessPool {
             if !*closed {
                 *closed = true;
                 if how.cancel_futures {
-                    while let Ok(msg) = self.shared.rx.try_recv() {
-                        if let Msg::Run(job) = msg {
-                            job.deliver.cancel();
-                        }
+                    while let Ok(job) = self.shared.rx.try_recv() {
+                        job.deliver.cancel();
                     }
                 }
-                for _ in 0..self.shared.config.workers {
-                    let _ = self.shared.tx.send(Msg::Stop);
+                for slot in &self.shared.slots {
+                    slot.ring();
                 }
             }
         }

@@ -2,21 +2,24 @@
 //! a worker process: start and hello, one call at a time, timeout and
 //! memory watch, kill, reap, replace. See `process/mod.rs` for the picture.
 
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::Sender;
 
 use crate::error::{Error, ExitCause, TaskError};
 use crate::future::Terminate;
-use crate::process::pool::{Config, Job, Msg, PoolShared};
+use crate::process::pool::{Config, Job, PoolShared};
 use crate::process::sys;
 use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
 use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
 use crate::process::DEFAULT_MAX_PAYLOAD;
+use crate::remote::Deliver;
 use crate::trace::Tracer;
 
 /// How often a busy worker's memory is checked against its limit.
@@ -257,203 +260,488 @@ fn death_error(task: &str, pid: u32, cause: ExitCause, reason: Option<KillReason
     }
 }
 
-/// Takes the next message, spinning briefly before it parks.
-fn next_msg(rx: &Receiver<Msg>) -> Option<Msg> {
-    let spin_until = Instant::now() + wire::SPIN;
-    loop {
-        match rx.try_recv() {
-            Ok(m) => return Some(m),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) if Instant::now() < spin_until => std::thread::yield_now(),
-            Err(TryRecvError::Empty) => return rx.recv().ok(),
+/// A worker slot: its worker, the call the worker runs, and the bell that
+/// wakes the slot's supervisor.
+///
+/// Whoever holds `io` drives the worker: a submitter that finds the slot
+/// idle writes the call itself, and a caller spinning for its result reads
+/// the reply itself (through [`Terminate::progress`]), so that a round trip
+/// crosses two parties, as a raw socket ping-pong does, not three. The
+/// supervisor thread is the only one that starts, reaps and replaces
+/// workers; between those it parks in `poll` on the worker's socket and
+/// its bell, and handles what nobody else did: a reply nobody waits for,
+/// a timeout, the memory limit, a worker's death.
+pub(crate) struct Slot {
+    /// The slot's index, in worker names.
+    index: usize,
+    /// The worker and its call.
+    io: Mutex<SlotIo>,
+    /// True while a worker is ready and no call is in flight: lets a
+    /// submitter skip busy slots without taking their lock.
+    idle: AtomicBool,
+    /// Wakes the supervisor.
+    bell: Bell,
+}
+
+/// What a slot's lock guards.
+#[derive(Default)]
+struct SlotIo {
+    /// The live worker; `None` while one is being started or reaped.
+    worker: Option<Worker>,
+    /// The call the worker runs.
+    call: Option<Call>,
+    /// Set by whoever found that the worker can't go on; the supervisor
+    /// reaps it.
+    broken: Option<Broken>,
+    /// The worker ran its `max_tasks_per_child`: the supervisor retires it.
+    retiring: bool,
+    /// Futures to resolve once the lock is released (a done callback may
+    /// submit again, which takes this lock).
+    outbox: Vec<Outcome>,
+}
+
+impl SlotIo {
+    /// A worker is ready for a call.
+    fn is_idle(&self) -> bool {
+        self.worker.is_some() && self.call.is_none() && self.broken.is_none() && !self.retiring
+    }
+}
+
+/// A future to resolve, and its encoded outcome.
+type Outcome = (Box<dyn Deliver>, Result<Vec<u8>, TaskError>);
+
+/// A call written to a worker and not yet answered.
+struct Call {
+    /// The id the reply must carry.
+    id: u64,
+    /// The job.
+    job: Job,
+    /// When it was written.
+    started: Instant,
+}
+
+/// Why a worker can't go on.
+enum Broken {
+    /// Its socket reached end-of-file or failed: it died or was killed.
+    Gone,
+    /// It broke the protocol (it was killed for it): the message.
+    Protocol(String),
+}
+
+/// A self-pipe that wakes a supervisor parked in `poll`.
+struct Bell {
+    /// The end rung.
+    tx: UnixStream,
+    /// The end polled.
+    rx: UnixStream,
+}
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Bell { tx, rx })
+    }
+
+    fn ring(&self) {
+        // A full pipe has rung already.
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.rx).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// The handle a running task's future holds: kills its worker, and lets a
+/// caller that spins for the outcome read the reply itself.
+struct Control {
+    /// The worker's kill switch.
+    switch: Arc<KillSwitch>,
+    /// The slot the call runs in.
+    slot: Arc<Slot>,
+    /// The pool, if it is still there.
+    pool: Weak<PoolShared>,
+}
+
+impl Terminate for Control {
+    fn terminate(&self) -> bool {
+        self.switch.terminate()
+    }
+
+    fn progress(&self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        // Someone else drives the slot: they will deliver.
+        let Ok(mut io) = self.slot.io.try_lock() else {
+            return;
+        };
+        self.slot.pump(&mut io, &pool, false);
+        release(io);
+    }
+}
+
+/// Releases a slot's lock, then resolves the futures it collected.
+fn release(mut io: MutexGuard<'_, SlotIo>) {
+    if io.outbox.is_empty() {
+        return;
+    }
+    let out = std::mem::take(&mut io.outbox);
+    drop(io);
+    for (deliver, outcome) in out {
+        deliver.finish(outcome);
+    }
+}
+
+impl Slot {
+    /// Slot `index`, with no worker yet.
+    pub(crate) fn new(index: usize) -> Result<Slot, Error> {
+        Ok(Slot {
+            index,
+            io: Mutex::new(SlotIo::default()),
+            idle: AtomicBool::new(false),
+            bell: Bell::new().map_err(|e| Error::io("creating a supervisor's bell", e))?,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotIo> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the slot's supervisor.
+    pub(crate) fn ring(&self) {
+        self.bell.ring();
+    }
+
+    /// Starts queued calls on this slot if it is idle; called by whoever
+    /// enqueued one, and by whoever made the slot idle.
+    pub(crate) fn offer(self: &Arc<Self>, shared: &Arc<PoolShared>) {
+        // Relaxed: a hint; `dispatch` re-checks under the lock, and the
+        // fences in `dispatch` and `ProcessPool::send` close the race.
+        if self.idle.load(Ordering::Relaxed) {
+            let mut io = self.lock();
+            self.dispatch(&mut io, shared, false);
+            release(io);
+        }
+    }
+
+    /// Writes queued calls to the worker while it is idle.
+    fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+        loop {
+            while io.is_idle() {
+                let Ok(job) = shared.rx.try_recv() else {
+                    break;
+                };
+                self.start(io, job, shared);
+            }
+            let idle = io.is_idle();
+            // SeqCst, with the fence: a submitter enqueues, fences, then
+            // reads `idle`; here `idle` is stored, fenced, then the queue
+            // read. One of the two sees the other, so no call waits in the
+            // queue beside an idle worker.
+            self.idle.store(idle, Ordering::SeqCst);
+            if !idle {
+                break;
+            }
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if shared.rx.is_empty() {
+                break;
+            }
+        }
+        let watched = shared.config.task_timeout.is_some() || shared.config.memory_limit.is_some();
+        if !by_supervisor && ((io.call.is_some() && watched) || io.broken.is_some()) {
+            // The supervisor may be parked with no deadline.
+            self.bell.ring();
+        }
+    }
+
+    /// Writes `job` to the idle worker.
+    fn start(self: &Arc<Self>, io: &mut SlotIo, mut job: Job, shared: &Arc<PoolShared>) {
+        let w = io.worker.as_mut().expect("an idle slot has a worker");
+        let control = Arc::new(Control {
+            switch: w.switch.clone(),
+            slot: self.clone(),
+            pool: Arc::downgrade(shared),
+        });
+        if !job.deliver.start(Some(control)) {
+            // Cancelled while queued.
+            return;
+        }
+        // Relaxed: ids need only be unique.
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = ToWorker::Call {
+            id,
+            task: job.task.to_string(),
+            signature: job.signature,
+            payload: std::mem::take(&mut job.payload),
+        };
+        let sent = w.conn.send(&call);
+        let ToWorker::Call { payload, .. } = call;
+        job.payload = payload;
+        let call = Call {
+            id,
+            job,
+            started: Instant::now(),
+        };
+        match sent {
+            Ok(()) => io.call = Some(call),
+            Err(WireError::TooLarge { size, cap }) => {
+                let error = TaskError::TooLarge {
+                    task: call.job.task.to_string(),
+                    size,
+                    limit: cap,
+                };
+                io.outbox.push((call.job.deliver, Err(error)));
+            }
+            Err(_) => {
+                io.call = Some(call);
+                io.broken = Some(Broken::Gone);
+            }
+        }
+    }
+
+    /// Reads what the worker sent: finishes the call and starts the next.
+    fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+        if io.broken.is_some() {
+            return;
+        }
+        let Some(w) = io.worker.as_mut() else {
+            return;
+        };
+        let broken = match w.conn.try_recv::<FromWorker>() {
+            Ok(None) => return,
+            Ok(Some(FromWorker::Reply { id, outcome }))
+                if io.call.as_ref().is_some_and(|c| c.id == id) =>
+            {
+                let call = io.call.take().expect("checked above");
+                trace(shared, &call, outcome.is_ok(), w);
+                io.outbox.push((call.job.deliver, outcome));
+                w.tasks += 1;
+                if shared
+                    .config
+                    .max_tasks_per_child
+                    .is_some_and(|max| w.tasks >= max)
+                {
+                    io.retiring = true;
+                    if !by_supervisor {
+                        self.bell.ring();
+                    }
+                }
+                self.dispatch(io, shared, by_supervisor);
+                return;
+            }
+            Ok(Some(other)) => Broken::Protocol(format!(
+                "worker pid {} broke the protocol: sent {other:?}",
+                w.switch.pid
+            )),
+            Err(WireError::Eof) | Err(WireError::Io(_)) => Broken::Gone,
+            Err(e) => Broken::Protocol(format!("worker pid {}: {e}", w.switch.pid)),
+        };
+        if matches!(broken, Broken::Protocol(_)) {
+            w.switch
+                .kill(KillReason::Terminated, rustix::process::Signal::KILL);
+        }
+        io.broken = Some(broken);
+        self.idle.store(false, Ordering::SeqCst);
+        if !by_supervisor {
+            self.bell.ring();
         }
     }
 }
 
-/// A supervisor: owns worker slot `index` for the pool's life. It starts
-/// the worker, feeds it one job at a time, watches its timeout and memory,
-/// and replaces it when it dies. Workers are spawned from this long-lived
-/// thread because PR_SET_PDEATHSIG fires when the spawning thread exits.
-pub(crate) fn supervise(index: usize, shared: &PoolShared, ready: Sender<Result<(), Error>>) {
+/// Records a finished call, when tracing.
+fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
+    if let Some(submitted) = call.job.submitted {
+        let pid = w.switch.pid;
+        shared.config.tracer.record_span(
+            call.job.task,
+            format!("pid {pid}"),
+            pid,
+            (submitted, call.started, Instant::now()),
+            ok,
+            w.peak_rss(),
+        );
+    }
+}
+
+/// A supervisor: owns worker slot `slot` for the pool's life. It starts
+/// the worker, replaces it when it dies or retires, enforces the task
+/// timeout and the memory limit, and handles replies nobody else read.
+/// Workers are spawned from this long-lived thread because
+/// PR_SET_PDEATHSIG fires when the spawning thread exits.
+pub(crate) fn supervise(
+    slot: Arc<Slot>,
+    shared: Arc<PoolShared>,
+    ready: Sender<Result<(), Error>>,
+) {
     let config = &shared.config;
-    let set_live = |w: Option<&Worker>| {
-        shared.live.lock().unwrap_or_else(|p| p.into_inner())[index] = w.map(|w| w.switch.clone());
+    let set_live = |switch: Option<Arc<KillSwitch>>| {
+        shared.live.lock().unwrap_or_else(|p| p.into_inner())[slot.index] = switch;
     };
-    let mut worker = match spawn_worker(index, config) {
+    // A second handle on the live worker's socket, polled without the lock.
+    let mut watch: Option<UnixStream> = None;
+    let install = |w: Worker, watch: &mut Option<UnixStream>| {
+        *watch = w.conn.socket().try_clone().ok();
+        set_live(Some(w.switch.clone()));
+        let mut io = slot.lock();
+        io.worker = Some(w);
+        slot.dispatch(&mut io, &shared, true);
+        release(io);
+    };
+    match spawn_worker(slot.index, config) {
         Ok(w) => {
-            set_live(Some(&w));
+            install(w, &mut watch);
             let _ = ready.send(Ok(()));
-            Some(w)
         }
         Err(e) => {
             let _ = ready.send(Err(e));
-            None
         }
-    };
+    }
     drop(ready);
-    while let Some(msg) = next_msg(&shared.rx) {
-        let job = match msg {
-            Msg::Run(job) => job,
-            Msg::Stop => break,
-        };
-        if worker.is_none() {
-            match spawn_worker(index, config) {
-                Ok(w) => worker = Some(w),
+    let closed = || *shared.closed.read().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let mut io = slot.lock();
+        slot.pump(&mut io, &shared, true);
+        slot.dispatch(&mut io, &shared, true);
+        let closing = io.call.is_none() && closed() && shared.rx.is_empty();
+        if io.worker.is_some() && (io.broken.is_some() || io.retiring || closing) {
+            // The worker goes: handle it outside the lock.
+            let worker = io.worker.take();
+            let call = io.call.take();
+            let broken = io.broken.take();
+            io.retiring = false;
+            slot.idle.store(false, Ordering::SeqCst);
+            release(io);
+            watch = None;
+            set_live(None);
+            if let Some(w) = worker {
+                end_worker(w, call, broken, &shared);
+            }
+            continue;
+        }
+        if io.worker.is_none() {
+            release(io);
+            if closed() && shared.rx.is_empty() {
+                break;
+            }
+            match spawn_worker(slot.index, config) {
+                Ok(w) => install(w, &mut watch),
                 Err(e) => {
-                    let reason = e.to_string();
-                    job.deliver.finish(Err(TaskError::Broken {
-                        task: job.task.to_string(),
-                        reason,
-                    }));
+                    if let Ok(job) = shared.rx.try_recv() {
+                        job.deliver.finish(Err(TaskError::Broken {
+                            task: job.task.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
                     // Don't spin on a machine that can't start processes.
                     std::thread::sleep(Duration::from_millis(50));
-                    continue;
                 }
             }
+            continue;
         }
-        let w = worker.take().expect("a worker was just started");
-        set_live(Some(&w));
-        worker = run_job(w, job, shared);
-        // A worker that died or retired is replaced at once, so the next
-        // task does not wait for a start (unless the pool is closing).
-        if worker.is_none() && !*shared.closed.read().unwrap_or_else(|p| p.into_inner()) {
-            worker = spawn_worker(index, config).ok();
-        }
-        set_live(worker.as_ref());
-    }
-    set_live(None);
-    if let Some(w) = worker {
-        retire(w);
+        let wake = io
+            .call
+            .is_some()
+            .then(|| deadlines(&mut io, config))
+            .flatten();
+        release(io);
+        park(&slot.bell, watch.as_ref(), wake);
+        slot.bell.drain();
     }
 }
 
-/// Runs one job on worker `w`; the worker, if it is still alive.
-fn run_job(mut w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
-    let config = &shared.config;
-    if !job.deliver.start(Some(w.switch.clone())) {
-        return Some(w);
-    }
-    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-    let call = ToWorker::Call {
-        id,
-        task: job.task.to_string(),
-        signature: job.signature,
-        payload: std::mem::take(&mut job.payload),
-    };
-    let sent = w.conn.send(&call);
-    let ToWorker::Call { payload, .. } = call;
-    job.payload = payload;
-    match sent {
-        Ok(()) => {}
-        Err(WireError::TooLarge { size, cap }) => {
-            job.deliver.finish(Err(TaskError::TooLarge {
-                task: job.task.to_string(),
-                size,
-                limit: cap,
-            }));
-            return Some(w);
+/// Kills the running call's worker past the timeout or the memory limit;
+/// when the supervisor must look again.
+fn deadlines(io: &mut SlotIo, config: &Config) -> Option<Instant> {
+    let call = io.call.as_ref()?;
+    let w = io.worker.as_mut()?;
+    let now = Instant::now();
+    let mut wake = None;
+    if let Some(after) = config.task_timeout {
+        let at = call.started + after;
+        if now >= at {
+            w.switch
+                .kill(KillReason::Timeout(after), rustix::process::Signal::KILL);
+        } else {
+            wake = Some(at);
         }
-        Err(_) => return died(w, job, shared),
     }
-    let started = Instant::now();
-    let timeout_at = config.task_timeout.map(|t| started + t);
-    let pid = w.switch.pid;
-    let trace = |job: &Job, ok: bool, w: &mut Worker| {
-        if let Some(submitted) = job.submitted {
-            let finished = Instant::now();
-            config.tracer.record_span(
-                job.task,
-                format!("pid {pid}"),
-                pid,
-                (submitted, started, finished),
-                ok,
-                w.peak_rss(),
-            );
-        }
-    };
-    loop {
-        let wake = match (timeout_at, config.memory_limit) {
-            (t, Some(_)) => {
-                let poll = Instant::now() + MEMORY_POLL;
-                Some(t.map_or(poll, |t| t.min(poll)))
-            }
-            (t, None) => t,
-        };
-        match w.conn.recv::<FromWorker>(wake) {
-            Ok(FromWorker::Reply { id: got, outcome }) if got == id => {
-                trace(&job, outcome.is_ok(), &mut w);
-                job.deliver.finish(outcome);
-                w.tasks += 1;
-                if config.max_tasks_per_child.is_some_and(|max| w.tasks >= max) {
-                    retire(w);
-                    return None;
-                }
-                return Some(w);
-            }
-            Ok(other) => {
-                let message = format!(
-                    "worker pid {} broke the protocol: sent {other:?}",
-                    w.switch.pid
+    if let Some(limit) = config.memory_limit {
+        if let Some((rss, _)) = crate::info::rss_of(w.switch.pid) {
+            if rss > limit {
+                w.switch.kill(
+                    KillReason::Memory { limit, peak: rss },
+                    rustix::process::Signal::KILL,
                 );
-                w.switch
-                    .kill(KillReason::Terminated, rustix::process::Signal::KILL);
-                let _ = reap(w);
-                job.deliver.finish(Err(TaskError::Codec {
-                    task: job.task.to_string(),
-                    message,
-                }));
-                return None;
-            }
-            Err(WireError::Timeout) => {
-                if timeout_at.is_some_and(|t| Instant::now() >= t) {
-                    let after = config.task_timeout.unwrap_or_default();
-                    w.switch
-                        .kill(KillReason::Timeout(after), rustix::process::Signal::KILL);
-                    trace(&job, false, &mut w);
-                    return died(w, job, shared);
-                }
-                if let Some(limit) = config.memory_limit {
-                    if let Some((rss, _)) = crate::info::rss_of(w.switch.pid) {
-                        if rss > limit {
-                            w.switch.kill(
-                                KillReason::Memory { limit, peak: rss },
-                                rustix::process::Signal::KILL,
-                            );
-                            trace(&job, false, &mut w);
-                            return died(w, job, shared);
-                        }
-                    }
-                }
-            }
-            Err(WireError::Eof) | Err(WireError::Io(_)) => {
-                trace(&job, false, &mut w);
-                return died(w, job, shared);
-            }
-            Err(e) => {
-                let message = format!("worker pid {}: {e}", w.switch.pid);
-                w.switch
-                    .kill(KillReason::Terminated, rustix::process::Signal::KILL);
-                let _ = reap(w);
-                job.deliver.finish(Err(TaskError::Codec {
-                    task: job.task.to_string(),
-                    message,
-                }));
-                return None;
             }
         }
+        let poll = now + MEMORY_POLL;
+        wake = Some(wake.map_or(poll, |t: Instant| t.min(poll)));
     }
+    wake
 }
 
-/// The worker under `job` is gone: reap it, then fail or retry the job.
-fn died(w: Worker, mut job: Job, shared: &PoolShared) -> Option<Worker> {
-    let (pid, cause, reason) = reap(w);
-    if reason.is_none() && job.attempts < shared.config.max_retries {
-        job.attempts += 1;
-        // The receiver lives in `shared`, so the send can't fail.
-        let _ = shared.tx.send(Msg::Run(job));
-        return None;
+/// Parks until the worker's socket is readable (a reply, or end-of-file),
+/// the bell rings, or `wake`.
+fn park(bell: &Bell, watch: Option<&UnixStream>, wake: Option<Instant>) {
+    use rustix::event::{PollFd, PollFlags};
+    let timeout = wake.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
+    });
+    let mut fds = [
+        PollFd::new(&bell.rx, PollFlags::IN),
+        PollFd::new(watch.unwrap_or(&bell.rx), PollFlags::IN),
+    ];
+    let n = if watch.is_some() { 2 } else { 1 };
+    let _ = rustix::event::poll(&mut fds[..n], timeout.as_ref());
+}
+
+/// A worker leaves its slot: retired (its socket closed, reaped), or dead
+/// (reaped; its call failed with the reason, or queued again for a retry).
+fn end_worker(w: Worker, call: Option<Call>, broken: Option<Broken>, shared: &PoolShared) {
+    let mut w = w;
+    match broken {
+        None => {
+            // Retiring or closing: the call, if any, was answered.
+            debug_assert!(call.is_none());
+            retire(w);
+        }
+        Some(Broken::Protocol(message)) => {
+            if let Some(call) = &call {
+                trace(shared, call, false, &mut w);
+            }
+            let _ = reap(w);
+            if let Some(call) = call {
+                call.job.deliver.finish(Err(TaskError::Codec {
+                    task: call.job.task.to_string(),
+                    message,
+                }));
+            }
+        }
+        Some(Broken::Gone) => {
+            if let Some(call) = &call {
+                trace(shared, call, false, &mut w);
+            }
+            let (pid, cause, reason) = reap(w);
+            let Some(call) = call else {
+                return;
+            };
+            let mut job = call.job;
+            if reason.is_none() && job.attempts < shared.config.max_retries {
+                job.attempts += 1;
+                // The receiver lives in `shared`, so the send can't fail.
+                let _ = shared.tx.send(job);
+                return;
+            }
+            job.deliver
+                .finish(Err(death_error(job.task, pid, cause, reason)));
+        }
     }
-    job.deliver
-        .finish(Err(death_error(job.task, pid, cause, reason)));
-    None
 }

@@ -223,6 +223,27 @@ impl Conn {
         }
     }
 
+    /// Receives one message if a whole one has come in; never waits.
+    pub(crate) fn try_recv<M: for<'de> Deserialize<'de>>(
+        &mut self,
+    ) -> Result<Option<M>, WireError> {
+        loop {
+            if let Some(body) = self.take_frame()? {
+                let msg = decode_body(&self.buf[body.clone()]);
+                self.start = body.end;
+                return msg.map(Some);
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The socket, to wait on with `poll`.
+    pub(crate) fn socket(&self) -> &UnixStream {
+        &self.sock
+    }
+
     /// The range of the next complete frame's body in `buf`, if one is there.
     fn take_frame(&mut self) -> Result<Option<std::ops::Range<usize>>, WireError> {
         let avail = &self.buf[self.start..self.end];

@@ -225,3 +225,81 @@ fn workers_die_with_their_parent() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_done_callback_may_submit_to_the_same_pool() {
+    // Futures are resolved outside the worker slot's lock: a callback
+    // that submits again must not deadlock, whoever resolves the future
+    // (the supervisor, or a caller spinning for its own result).
+    let p = std::sync::Arc::new(ProcessPool::builder().max_workers(2).build().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..20u64 {
+        let f = p.submit(crate::tasks::double, i).unwrap();
+        let (p2, tx) = (p.clone(), tx.clone());
+        f.add_done_callback(move |r| {
+            let again = p2
+                .submit(crate::tasks::double, *r.as_ref().unwrap())
+                .unwrap();
+            let _ = tx.send(again);
+        });
+        if i % 2 == 0 {
+            // Half are waited for at once: their caller reads the reply.
+            assert_eq!(get(&f), Ok(2 * i));
+        }
+    }
+    let mut got: Vec<u64> = (0..20)
+        .map(|_| get(&rx.recv_timeout(LIMIT).expect("every callback ran")).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..20u64).map(|i| 4 * i).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_idle_worker_that_dies_is_replaced_at_once() {
+    let p = ProcessPool::builder().max_workers(1).build().unwrap();
+    let old = p.worker_pids()[0];
+    assert!(rustix::process::kill_process(
+        rustix::process::Pid::from_raw(old as i32).unwrap(),
+        rustix::process::Signal::KILL
+    )
+    .is_ok());
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let pids = p.worker_pids();
+        if pids.len() == 1 && pids[0] != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker {old} was not replaced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(gone(old), "the dead worker was reaped");
+    let f = p.submit(whoami, ()).unwrap();
+    assert_eq!(get(&f), Ok(p.worker_pids()[0]));
+}
+
+#[test]
+fn many_threads_submitting_at_once_lose_no_call() {
+    // Submitters, waiters that read replies themselves, and supervisors
+    // all drive the same slots; every call must come back exactly once.
+    let p = ProcessPool::builder().max_workers(2).build().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let p = &p;
+            s.spawn(move || {
+                let mut pending = Vec::new();
+                for i in 0..500u64 {
+                    let x = t * 1000 + i;
+                    let f = p.submit(crate::tasks::double, x).unwrap();
+                    if i % 3 == 0 {
+                        assert_eq!(get(&f), Ok(2 * x));
+                    } else {
+                        pending.push((x, f));
+                    }
+                }
+                for (x, f) in pending {
+                    assert_eq!(get(&f), Ok(2 * x));
+                }
+            });
+        }
+    });
+}

@@ -10,7 +10,7 @@ use crate::error::{SubmitError, TaskError};
 use crate::executor::{run_chunk_here, ChunkFuture, Executor, Shutdown};
 use crate::future::TaskFuture;
 use crate::task::Task;
-use crate::trace::Tracer;
+use crate::trace::{SpanWorker, Tracer};
 use std::time::Instant;
 
 /// Runs each task inline when it is submitted.
@@ -45,7 +45,7 @@ impl SerialExecutor {
     }
 
     /// Runs `f` for task `name`, traced when a tracer is on.
-    fn traced<R>(&self, name: &str, ok: impl Fn(&R) -> bool, f: impl FnOnce() -> R) -> R {
+    fn traced<R>(&self, name: &'static str, ok: impl Fn(&R) -> bool, f: impl FnOnce() -> R) -> R {
         if !self.tracer.is_enabled() {
             return f();
         }
@@ -53,7 +53,7 @@ impl SerialExecutor {
         let r = f();
         self.tracer.record_span(
             name,
-            "serial".to_string(),
+            SpanWorker::Static("serial"),
             std::process::id(),
             (start, start, Instant::now()),
             ok(&r),

@@ -20,7 +20,7 @@ use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
 use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::remote::Deliver;
-use crate::trace::Tracer;
+use crate::trace::{SpanWorker, Tracer};
 
 /// How often a busy worker's memory is checked against its limit.
 const MEMORY_POLL: Duration = Duration::from_millis(20);
@@ -555,11 +555,10 @@ impl Slot {
 /// Records a finished call, when tracing.
 fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
     if let Some(submitted) = call.job.submitted {
-        let pid = w.switch.pid;
         shared.config.tracer.record_span(
             call.job.task,
-            format!("pid {pid}"),
-            pid,
+            SpanWorker::Pid,
+            w.switch.pid,
             (submitted, call.started, Instant::now()),
             ok,
             w.peak_rss(),

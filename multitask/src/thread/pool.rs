@@ -13,7 +13,7 @@ use crate::executor::{run_chunk_here, ChunkFuture, Executor, RawExecutor, Shutdo
 use crate::future::{Promise, TaskFuture};
 use crate::map::Map;
 use crate::task::{Task, TaskEntry};
-use crate::trace::Tracer;
+use crate::trace::{SpanWorker, Tracer};
 
 /// What a worker does with a job.
 enum Go {
@@ -192,6 +192,8 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
             broken.get_or_insert_with(|| e.to_string());
         }
     }
+    // This thread's name, for traces: read once.
+    let mut name: Option<Arc<str>> = None;
     while let Ok(msg) = shared.rx.recv() {
         match msg {
             Msg::Run(job) => {
@@ -208,10 +210,12 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                     Some(submitted) => {
                         let started = Instant::now();
                         (job.run)(go, &mut |ok| {
-                            let me = std::thread::current();
+                            let me = name.get_or_insert_with(|| {
+                                std::thread::current().name().unwrap_or("worker").into()
+                            });
                             shared.tracer.record_span(
                                 job.task,
-                                me.name().unwrap_or("worker").to_string(),
+                                SpanWorker::Named(me.clone()),
                                 std::process::id(),
                                 (submitted, started, Instant::now()),
                                 ok,

@@ -61,17 +61,78 @@ impl TaskEvent {
     }
 }
 
+/// The worker of a span recorded by a local pool.
+#[derive(Debug, Clone)]
+pub(crate) enum SpanWorker {
+    /// A thread, by name (cached by its pool: no allocation per task).
+    Named(Arc<str>),
+    /// A fixed name.
+    Static(&'static str),
+    /// A worker process: `pid N`.
+    Pid,
+}
+
+/// A task recorded by a local pool, kept raw until a snapshot: recording
+/// must be cheap, since it runs before the task's future resolves.
+#[derive(Debug)]
+struct Span {
+    task: &'static str,
+    worker: SpanWorker,
+    pid: u32,
+    /// Submitted, started, finished.
+    times: (Instant, Instant, Instant),
+    ok: bool,
+    peak_rss: Option<u64>,
+}
+
+/// A recorded event, whole or raw.
+#[derive(Debug)]
+enum Entry {
+    /// From [`Tracer::record`].
+    Event(Box<TaskEvent>),
+    /// From a local pool, with its id.
+    Span(u64, Span),
+}
+
 /// What a tracer shares between its clones.
 #[derive(Debug)]
 struct Collector {
     /// Offsets are measured from here.
     epoch: Instant,
     /// The recorded events.
-    events: Mutex<Vec<TaskEvent>>,
+    events: Mutex<Vec<Entry>>,
     /// Next event id.
     next_id: AtomicU64,
     /// This host's name, read once.
     host: String,
+}
+
+impl Collector {
+    /// The [`TaskEvent`] of an entry.
+    fn event(&self, e: &Entry) -> TaskEvent {
+        match e {
+            Entry::Event(e) => (**e).clone(),
+            Entry::Span(id, s) => {
+                let (submitted, started, finished) = s.times;
+                TaskEvent {
+                    task: s.task.to_string(),
+                    id: *id,
+                    worker: match &s.worker {
+                        SpanWorker::Named(n) => n.to_string(),
+                        SpanWorker::Static(n) => n.to_string(),
+                        SpanWorker::Pid => format!("pid {}", s.pid),
+                    },
+                    pid: s.pid,
+                    host: self.host.clone(),
+                    submitted: submitted.saturating_duration_since(self.epoch),
+                    started: started.saturating_duration_since(self.epoch),
+                    finished: finished.saturating_duration_since(self.epoch),
+                    ok: s.ok,
+                    peak_rss: s.peak_rss,
+                }
+            }
+        }
+    }
 }
 
 /// Collects [`TaskEvent`]s from one or more pools. Cheap to clone; a
@@ -131,35 +192,37 @@ impl Tracer {
             c.events
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .push(event);
+                .push(Entry::Event(Box::new(event)));
         }
     }
 
-    /// Records a task that ran between `started` and `finished` on this
-    /// process's thread `worker`.
+    /// Records a task that ran between `started` and `finished` on a
+    /// worker of this process: three clock readings, a lock and a push;
+    /// names are filled in by [`Tracer::snapshot`].
     pub(crate) fn record_span(
         &self,
-        task: &str,
-        worker: String,
+        task: &'static str,
+        worker: SpanWorker,
         pid: u32,
         times: (Instant, Instant, Instant),
         ok: bool,
         peak_rss: Option<u64>,
     ) {
         if let Some(c) = &self.inner {
-            let (submitted, started, finished) = times;
-            self.record(TaskEvent {
-                task: task.to_string(),
-                id: 0,
+            // Relaxed: ids only need to be unique, not ordered with anything.
+            let id = c.next_id.fetch_add(1, Ordering::Relaxed);
+            let span = Span {
+                task,
                 worker,
                 pid,
-                host: c.host.clone(),
-                submitted: submitted.saturating_duration_since(c.epoch),
-                started: started.saturating_duration_since(c.epoch),
-                finished: finished.saturating_duration_since(c.epoch),
+                times,
                 ok,
                 peak_rss,
-            });
+            };
+            c.events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Entry::Span(id, span));
         }
     }
 
@@ -168,7 +231,13 @@ impl Tracer {
         match &self.inner {
             None => Trace::default(),
             Some(c) => Trace {
-                events: c.events.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+                events: c
+                    .events
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .map(|e| c.event(e))
+                    .collect(),
                 wall: c.epoch.elapsed(),
             },
         }

@@ -80,6 +80,9 @@ struct Inner<T> {
     /// The executor's handle to kill the worker running this task (a
     /// std `Arc` even under loom: it is not part of the model).
     control: Option<std::sync::Arc<dyn Terminate>>,
+    /// Threads parked on the condvar: a finish with none skips the notify,
+    /// which is a system call even when nobody waits.
+    sleepers: usize,
 }
 
 /// The allocation a future and its promise share.
@@ -122,8 +125,11 @@ impl<T> Shared<T> {
         if let Some(w) = inner.waker.take() {
             w.wake();
         }
+        let sleepers = inner.sleepers > 0;
         drop(inner);
-        self.cond.notify_all();
+        if sleepers {
+            self.cond.notify_all();
+        }
         true
     }
 
@@ -223,6 +229,7 @@ impl<T> TaskFuture<T> {
                 waker: None,
                 listeners: Vec::new(),
                 control: None,
+                sleepers: 0,
             }),
             cond: Condvar::new(),
             done: AtomicBool::new(false),
@@ -363,22 +370,28 @@ impl<T> TaskFuture<T> {
         self.spin();
         let mut inner = lock(&self.shared.inner);
         while !inner.state.is_done() {
-            inner = match deadline {
-                None => match self.shared.cond.wait(inner) {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                },
+            let left = match deadline {
+                None => None,
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         break;
                     }
-                    match self.shared.cond.wait_timeout(inner, d - now) {
-                        Ok((g, _)) => g,
-                        Err(p) => p.into_inner().0,
-                    }
+                    Some(d - now)
                 }
             };
+            inner.sleepers += 1;
+            inner = match left {
+                None => match self.shared.cond.wait(inner) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                },
+                Some(left) => match self.shared.cond.wait_timeout(inner, left) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                },
+            };
+            inner.sleepers -= 1;
         }
         inner
     }

@@ -492,8 +492,8 @@ fn dead_letter(
 /// Most finished tasks written in one transaction.
 const COMPLETE_BATCH: usize = 256;
 
-/// Writes finished tasks: for each, the result, XACK and XDEL, all the
-/// tasks that are ready in one transaction (one round trip).
+/// Writes finished tasks: each one's result, then one XACK and one XDEL
+/// of them all, in one transaction (one round trip).
 fn complete_loop(core: &Core, rx: &Receiver<Done>) {
     let mut link = Link::new(&core.broker, Duration::from_secs(5));
     while let Ok(first) = rx.recv() {
@@ -525,16 +525,18 @@ fn complete_loop(core: &Core, rx: &Receiver<Done>) {
                             .arg(serde_json::to_vec(e).unwrap_or_default())
                             .ignore(),
                     };
-                    p.cmd("XACK")
-                        .arg(core.keys.tasks())
-                        .arg(GROUP)
-                        .arg(&done.entry)
-                        .ignore();
-                    p.cmd("XDEL")
-                        .arg(core.keys.tasks())
-                        .arg(&done.entry)
-                        .ignore();
                 }
+                // One XACK and one XDEL for the whole batch.
+                let entries = batch.iter().map(|d| &d.entry);
+                p.cmd("XACK")
+                    .arg(core.keys.tasks())
+                    .arg(GROUP)
+                    .arg(entries.clone().collect::<Vec<_>>())
+                    .ignore();
+                p.cmd("XDEL")
+                    .arg(core.keys.tasks())
+                    .arg(entries.collect::<Vec<_>>())
+                    .ignore();
                 p.query::<()>(con)
             });
             tries += 1;

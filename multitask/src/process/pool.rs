@@ -393,6 +393,7 @@ impl Executor for ProcessPool {
     }
 
     fn shutdown(&self, how: Shutdown) {
+        let mut cancelled = Vec::new();
         {
             let mut closed = self
                 .shared
@@ -402,14 +403,16 @@ impl Executor for ProcessPool {
             if !*closed {
                 *closed = true;
                 if how.cancel_futures {
-                    while let Ok(job) = self.shared.rx.try_recv() {
-                        job.deliver.cancel();
-                    }
+                    cancelled.extend(self.shared.rx.try_iter());
                 }
                 for slot in &self.shared.slots {
                     slot.ring();
                 }
             }
+        }
+        // Outside the lock: a done callback may call back into the pool.
+        for job in cancelled {
+            job.deliver.cancel();
         }
         if how.wait {
             let handles =

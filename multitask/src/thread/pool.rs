@@ -441,6 +441,7 @@ impl Executor for ThreadPool {
     }
 
     fn shutdown(&self, how: Shutdown) {
+        let mut cancelled = Vec::new();
         {
             let mut closed = self
                 .shared
@@ -450,16 +451,18 @@ impl Executor for ThreadPool {
             if !*closed {
                 *closed = true;
                 if how.cancel_futures {
-                    // Cancel what is queued; every future still resolves.
-                    while let Ok(msg) = self.shared.rx.try_recv() {
-                        if let Msg::Run(job) = msg {
-                            (job.run)(Go::Cancel, &mut |_| {});
-                        }
-                    }
+                    cancelled.extend(self.shared.rx.try_iter());
                 }
                 for _ in 0..self.workers {
                     let _ = self.shared.tx.send(Msg::Stop);
                 }
+            }
+        }
+        // Cancel what was queued, outside the lock: a done callback may
+        // call back into the pool. Every future still resolves.
+        for msg in cancelled {
+            if let Msg::Run(job) = msg {
+                (job.run)(Go::Cancel, &mut |_| {});
             }
         }
         if how.wait {

@@ -80,7 +80,7 @@ fn occupy<E: Executor>(ex: &E, ms: u64) -> Vec<TaskFuture<u64>> {
 }
 
 /// Waits until every future in `futs` runs (bounded).
-fn until_running(futs: &[TaskFuture<u64>]) {
+pub(crate) fn until_running(futs: &[TaskFuture<u64>]) {
     let deadline = Instant::now() + LIMIT;
     while !futs.iter().all(|f| f.running() || f.done()) {
         assert!(

@@ -303,3 +303,47 @@ fn many_threads_submitting_at_once_lose_no_call() {
         }
     });
 }
+
+/// Shutdown with `cancel_futures` runs the cancelled futures' callbacks
+/// outside the pool's locks: a callback that submits again gets a clear
+/// refusal, not a deadlock.
+fn cancel_callbacks_may_call_back<E: Executor + Send + Sync + 'static>(ex: E) {
+    let ex = std::sync::Arc::new(ex);
+    let busy: Vec<_> = (0..ex.max_workers())
+        .map(|_| ex.submit(sleep_ms, 300).unwrap())
+        .collect();
+    crate::conformance::until_running(&busy);
+    let queued = ex.submit(sleep_ms, 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let again = ex.clone();
+    queued.add_done_callback(move |r| {
+        let refused = again.submit(sleep_ms, 1).err().map(|e| e.error);
+        let _ = tx.send((r.clone(), refused));
+    });
+    ex.shutdown(Shutdown {
+        wait: false,
+        cancel_futures: true,
+    });
+    let (outcome, refused) = rx.recv_timeout(LIMIT).expect("the callback ran");
+    assert!(
+        matches!(outcome, Err(TaskError::Cancelled { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        matches!(refused, Some(TaskError::Shutdown { .. })),
+        "{refused:?}"
+    );
+    for f in &busy {
+        assert_eq!(get(f), Ok(300));
+    }
+}
+
+#[test]
+fn cancel_callbacks_may_call_back_into_a_process_pool() {
+    cancel_callbacks_may_call_back(ProcessPool::builder().max_workers(2).build().unwrap());
+}
+
+#[test]
+fn cancel_callbacks_may_call_back_into_a_thread_pool() {
+    cancel_callbacks_may_call_back(multitask::ThreadPool::new(2).unwrap());
+}

@@ -413,6 +413,12 @@ impl<T> TaskFuture<T> {
     /// were added; at once (on this thread) if it is already known. A
     /// panicking callback is caught and reported on stderr; the future is
     /// not affected.
+    ///
+    /// `f` gets the outcome by reference, without a copy, while this
+    /// future's own lock is held: it may use the pool and other futures
+    /// freely (executors resolve futures outside their own locks), but it
+    /// must not call methods of this same future, which would wait for
+    /// itself.
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<T, TaskError>) + Send + 'static) {
         let mut inner = lock(&self.shared.inner);
         if inner.state.is_done() {

@@ -38,8 +38,8 @@ pub(crate) fn spin_for(limit: std::time::Duration, mut ready: impl FnMut() -> bo
 }
 
 /// Locks a mutex, ignoring poisoning: every critical section here leaves
-/// the state consistent before it can panic, and user code (callbacks)
-/// never runs under a lock.
+/// the state consistent before it can panic, and user code that runs under
+/// a future's lock (done callbacks) runs under `catch_unwind`.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,

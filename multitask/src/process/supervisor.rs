@@ -24,6 +24,9 @@ use crate::trace::{SpanWorker, Tracer};
 
 /// How often a busy worker's memory is checked against its limit.
 const MEMORY_POLL: Duration = Duration::from_millis(20);
+/// How long a slot whose worker failed to start waits before it tries
+/// again, if no call is waiting.
+const SPAWN_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a retiring worker gets to exit after its socket closes.
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
 
@@ -590,6 +593,8 @@ pub(crate) fn supervise(
         slot.dispatch(&mut io, &shared, true);
         release(io);
     };
+    // After a failed start, when to try again if no call is waiting.
+    let mut retry_at = None;
     match spawn_worker(slot.index, config) {
         Ok(w) => {
             install(w, &mut watch);
@@ -597,6 +602,7 @@ pub(crate) fn supervise(
         }
         Err(e) => {
             let _ = ready.send(Err(e));
+            retry_at = Some(Instant::now() + SPAWN_BACKOFF);
         }
     }
     drop(ready);
@@ -626,8 +632,20 @@ pub(crate) fn supervise(
             if closed() && shared.rx.is_empty() {
                 break;
             }
+            // Don't spin on a machine that can't start processes: after a
+            // failure, wait (a close rings the bell) unless calls wait.
+            if let Some(at) = retry_at.filter(|at| *at > Instant::now()) {
+                if shared.rx.is_empty() {
+                    park(&slot.bell, None, Some(at));
+                    slot.bell.drain();
+                    continue;
+                }
+            }
             match spawn_worker(slot.index, config) {
-                Ok(w) => install(w, &mut watch),
+                Ok(w) => {
+                    retry_at = None;
+                    install(w, &mut watch);
+                }
                 Err(e) => {
                     if let Ok(job) = shared.rx.try_recv() {
                         job.deliver.finish(Err(TaskError::Broken {
@@ -635,7 +653,7 @@ pub(crate) fn supervise(
                             reason: e.to_string(),
                         }));
                     }
-                    // Don't spin on a machine that can't start processes.
+                    retry_at = Some(Instant::now() + SPAWN_BACKOFF);
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }

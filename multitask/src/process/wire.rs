@@ -32,7 +32,7 @@ const HEADER: usize = 4;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// How long a reader spins before it parks in `poll`.
-pub(crate) const SPIN: Duration = Duration::from_micros(60);
+const SPIN: Duration = Duration::from_micros(60);
 
 /// A message from the pool to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -93,11 +93,15 @@ fn the_initializer_runs_in_every_worker() {
 
 #[test]
 fn a_failing_initializer_fails_the_build_clearly() {
+    let t = Instant::now();
     let e = ProcessPool::builder()
-        .max_workers(1)
+        .max_workers(2)
         .initializer(failing_init)
         .build()
         .expect_err("the initializer fails");
+    // The failed pool closes at once: its supervisors do not start the
+    // workers again first.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let text = e.to_string();
     assert!(
         text.contains("initializer") && text.contains("no database here"),

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::broker::{stream_reply, Broker, Link};
+use crate::cluster::broker::{stream_reply, Broker, Entry, Link};
 use crate::cluster::keys::{Keys, GROUP};
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{redact, ChunkFuture, Executor, Shutdown};
@@ -434,7 +434,7 @@ fn read_results(shared: &ClientShared) {
                 }),
             };
             if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
-                trace(tracer, &p, submitted, outcome.is_ok());
+                trace(tracer, &p, &e, submitted, outcome.is_ok());
             }
             p.deliver.finish(outcome);
         }
@@ -459,11 +459,24 @@ fn read_results(shared: &ClientShared) {
 }
 
 /// Records a finished call.
-fn trace(tracer: &Tracer, p: &Pending, submitted: Instant, ok: bool) {
+fn trace(tracer: &Tracer, p: &Pending, result: &Entry, submitted: Instant, ok: bool) {
     let now = Instant::now();
     let (started, worker, host, pid) = match &p.started {
         Some((at, w, h, pid)) => (*at, w.clone(), h.clone(), *pid),
-        None => (submitted, "?".to_string(), "?".to_string(), 0),
+        // No started notice (the task was quick): the result says where it
+        // ran and for how long.
+        None => {
+            let ran = result
+                .text("ran_us")
+                .and_then(|us| us.parse().ok())
+                .map_or(Duration::ZERO, Duration::from_micros);
+            (
+                now.checked_sub(ran).unwrap_or(submitted).max(submitted),
+                result.text("worker").unwrap_or("?").to_string(),
+                result.text("host").unwrap_or("?").to_string(),
+                result.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+            )
+        }
     };
     tracer.record(TaskEvent {
         task: p.task.to_string(),

@@ -26,7 +26,7 @@
 //!         reply payload                                             │ unknown/mismatch:
 //!                                                                   │  MULTI XADD dead, XADD
 //!                                                                   │  reply error, XACK, XDEL
-//!  reader: XREAD BLOCK results <── results <── XADD started ────────┤
+//!  reader: XREAD BLOCK results <── results <── XADD started ────────┤ (if it runs 2 ms)
 //!    started -> running                                             │ run in local pool
 //!    result  -> pending.remove(id)                                  │ (XCLAIM JUSTID renews
 //!      gone? a duplicate: drop      <── MULTI XADD results payload, │  the lease meanwhile)

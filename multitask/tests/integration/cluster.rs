@@ -557,4 +557,14 @@ fn a_cluster_pool_traces_each_task_on_its_worker() {
         assert!(e.submitted <= e.started && e.started <= e.finished, "{e:?}");
         assert!(e.run_time() >= Duration::from_millis(15), "{e:?}");
     }
+    // Quick tasks send no started notice: their results say where they ran.
+    tracer.clear();
+    let out: Vec<_> = pool.map(double, 0..6u64).chunksize(1).collect();
+    assert!(out.iter().all(Result::is_ok));
+    let trace = tracer.snapshot();
+    assert_eq!(trace.events.len(), 6);
+    for e in &trace.events {
+        assert!(e.worker.contains("pid") && e.pid > 0, "{e:?}");
+        assert!(e.submitted <= e.started && e.started <= e.finished, "{e:?}");
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! 1. end-to-end no-op tasks per second with 2 workers (16 slots, 2 worker
 //!    processes each): a `map` of 200k
-//!    items (automatic chunking: batched submit and fetch), and 5k single
-//!    submits;
+//!    items (automatic chunking: batched submit and fetch), and 20k single
+//!    submits (all submitted, then all waited for);
 //! 2. single-task round trip (submit, result, repeat): p50 and p99;
 //! 3. the ceiling: `redis-benchmark` XADD on the same server (pipelined
 //!    16 deep, and one at a time);
@@ -129,7 +129,7 @@ fn run_config(port: u16, processes: bool) -> (f64, f64, Duration, Duration) {
     let sum: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
     assert_eq!(sum, items * (items - 1) / 2);
     let map_rate = items as f64 / t.elapsed().as_secs_f64();
-    let n = 5_000u64;
+    let n = 20_000u64;
     let t = Instant::now();
     let futs: Vec<_> = (0..n).map(|i| pool.submit(noop, i).unwrap()).collect();
     for f in futs {
@@ -166,7 +166,7 @@ fn main() {
         return;
     };
     println!("# cluster on loopback Redis: 2 workers of 16 slots each\n");
-    println!("| workers run tasks on | no-op map, 200k items | single submits, 5000 in flight | round trip p50 / p99 |");
+    println!("| workers run tasks on | no-op map, 200k items | single submits, 20000 in flight | round trip p50 / p99 |");
     println!("| --- | ---: | ---: | ---: |");
     let mut single_rate = 0.0;
     let mut p50 = Duration::ZERO;

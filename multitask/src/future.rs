@@ -528,9 +528,13 @@ impl<T> Promise<T> {
         }
     }
 
-    /// True if the future was cancelled.
+    /// True if the future was cancelled. Cheap for a future that is not
+    /// done (no lock), so that an executor may poll many.
     pub fn is_cancelled(&self) -> bool {
-        matches!(lock(&self.shared.inner).state, State::Cancelled)
+        // Acquire: pairs with the Release in `finish`; a cancelled future
+        // is done first.
+        self.shared.done.load(std::sync::atomic::Ordering::Acquire)
+            && matches!(lock(&self.shared.inner).state, State::Cancelled)
     }
 
     /// Gives the future a way to kill the worker that runs it.

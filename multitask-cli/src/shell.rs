@@ -4,10 +4,10 @@
 //!
 //! Each job is the leader of a new process group, so a timeout can kill the
 //! shell *and* everything it started (`sh -c 'sleep 10; echo'` leaves a
-//! `sleep` a plain kill of the shell would orphan). Its stdout and stderr
-//! are read to the end on two threads (a full pipe would otherwise stall
-//! it); a third thread waits for the shell while this one waits on a
-//! channel with the deadline.
+//! `sleep` a plain kill of the shell would orphan). The calling thread
+//! waits in `poll` on the shell's stdout and stderr (read as they fill, so
+//! a full pipe never stalls it), a pidfd that turns readable when the shell
+//! exits, and the deadline: no thread per job.
 //!
 //! Because a job's group is not the terminal's foreground group, Ctrl-C
 //! does not reach it: the binary's SIGINT handler kills every group in
@@ -17,14 +17,15 @@
 //! the shell is killed too.
 
 use std::collections::BTreeSet;
-use std::io::{self, Read};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Mutex};
-use std::thread;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::{kill_process_group, Pid, PidfdFlags, Signal};
 
 /// How a shell ended.
 #[derive(Debug)]
@@ -94,52 +95,94 @@ pub(crate) fn run(cmd: &str, timeout: Option<Duration>) -> io::Result<Finished> 
         (child, Registered(id))
     };
     let pgid = registered.0;
-    let stdout = child.stdout.take().map(drain);
-    let stderr = child.stderr.take().map(drain);
-
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait());
-    });
+    let deadline = timeout.map(|t| Instant::now() + t);
+    // Without pidfds (Linux before 5.3) the exit is polled every 10 ms.
+    let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty()).ok();
+    let mut pipes = [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ];
+    let mut output = [Vec::new(), Vec::new()];
+    let mut exited = false;
     let mut timed_out = false;
-    let status = match timeout {
-        Some(t) => match rx.recv_timeout(t) {
-            Ok(status) => status,
-            Err(_) => {
-                kill_group(pgid);
-                timed_out = true;
-                rx.recv()
-                    .unwrap_or_else(|_| Err(io::Error::other("waiter lost")))
-            }
-        },
-        None => rx
-            .recv()
-            .unwrap_or_else(|_| Err(io::Error::other("waiter lost"))),
-    }?;
-    drop(registered);
-
     // NOTE: a background process the job left running keeps its pipes open
-    // and these joins wait for it, as GNU parallel does; a timed-out job's
-    // whole group is dead, so they end.
-    let join = |h: Option<thread::JoinHandle<Vec<u8>>>| {
-        h.map(|h| h.join().unwrap_or_default()).unwrap_or_default()
-    };
+    // and this loop waits for it, as GNU parallel does; a timed-out job's
+    // whole group is dead, so the pipes close.
+    while !exited || pipes.iter().any(Option::is_some) {
+        let mut fds: Vec<PollFd<'_>> = pipes
+            .iter()
+            .flatten()
+            .map(|fd| PollFd::new(fd, PollFlags::IN))
+            .collect();
+        let watch_exit = !exited && pidfd.is_some();
+        if let (true, Some(pidfd)) = (watch_exit, &pidfd) {
+            fds.push(PollFd::new(pidfd, PollFlags::IN));
+        }
+        let mut wait = deadline
+            .filter(|_| !timed_out)
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if !exited && pidfd.is_none() {
+            wait = Some(wait.map_or(EXIT_POLL, |w| w.min(EXIT_POLL)));
+        }
+        let timespec = wait.map(|w| Timespec {
+            tv_sec: w.as_secs() as i64,
+            tv_nsec: i64::from(w.subsec_nanos()),
+        });
+        match rustix::event::poll(&mut fds, timespec.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+        drop(fds);
+        let mut i = 0;
+        for (pipe, buf) in pipes.iter_mut().zip(&mut output) {
+            if pipe.is_none() {
+                continue;
+            }
+            if ready[i] && !read_some(pipe.as_ref().expect("checked"), buf) {
+                *pipe = None;
+            }
+            i += 1;
+        }
+        if !exited {
+            exited = if watch_exit {
+                ready[i]
+            } else {
+                child.try_wait()?.is_some()
+            };
+        }
+        if !timed_out && deadline.is_some_and(|d| Instant::now() >= d) {
+            kill_group(pgid);
+            timed_out = true;
+        }
+    }
+    let status = child.wait()?;
+    drop(registered);
+    let [stdout, stderr] = output;
     Ok(Finished {
         code: status.code(),
         signal: status.signal(),
         timed_out,
-        stdout: join(stdout),
-        stderr: join(stderr),
+        stdout,
+        stderr,
     })
 }
 
-/// Reads `pipe` to the end on its own thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = pipe.read_to_end(&mut buf);
-        buf
-    })
+/// How often the exit of a job is checked where pidfds are missing.
+const EXIT_POLL: Duration = Duration::from_millis(10);
+
+/// Reads what `pipe` holds into `buf`; false at end-of-file (or an error).
+fn read_some(pipe: &OwnedFd, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 64 * 1024];
+    match rustix::io::read(pipe, &mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => true,
+        Err(_) => false,
+    }
 }
 
 /// Makes the kernel SIGKILL the shell when the thread that spawned it dies,
@@ -172,6 +215,26 @@ mod tests {
         assert!(done.timed_out);
         assert_eq!((done.code, done.signal), (None, Some(9)));
         assert!(done.stdout.is_empty());
+    }
+
+    #[test]
+    fn full_pipes_on_both_streams_do_not_stall_a_job() {
+        // More than a pipe holds, on stdout and stderr at once.
+        let cmd = "head -c 300000 /dev/zero; head -c 200000 /dev/zero >&2; \
+                   head -c 100000 /dev/zero; exit 3";
+        let done = run(cmd, Some(Duration::from_secs(20))).unwrap();
+        assert_eq!((done.code, done.timed_out), (Some(3), false));
+        assert_eq!((done.stdout.len(), done.stderr.len()), (400_000, 200_000));
+    }
+
+    #[test]
+    fn a_job_that_closes_its_output_still_times_out() {
+        // Its pipes end at once; its exit never comes. The deadline holds.
+        let t = Instant::now();
+        let done = run("exec >&- 2>&-; sleep 10", Some(Duration::from_millis(200))).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        assert!(done.timed_out);
+        assert_eq!(done.signal, Some(9));
     }
 
     #[test]

@@ -211,3 +211,156 @@ pub(crate) fn stream_reply(v: &Value) -> Vec<Entry> {
         _ => Vec::new(),
     }
 }
+
+/// One result in a packed batch (see [`pack_results`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Packed {
+    /// The client's call id.
+    pub(crate) id: String,
+    /// The task's name.
+    pub(crate) task: String,
+    /// The error, or `None` for a payload of `len` bytes in the `data`
+    /// field, after the previous results' payloads.
+    pub(crate) error: Option<crate::error::TaskError>,
+    /// Its payload's length in `data`.
+    pub(crate) len: u64,
+    /// How long the worker held the task, in µs.
+    pub(crate) ran_us: u64,
+}
+
+/// A result to pack: its head, and its payload if it succeeded.
+pub(crate) type ToPack<'a> = (Packed, Option<&'a [u8]>);
+
+/// An unpacked result: its head and its outcome.
+pub(crate) type Unpacked = (Packed, Result<Vec<u8>, crate::error::TaskError>);
+
+/// Packs results for one client into the fields of one stream entry:
+/// `batch` (postcard: the results without their payloads) and `data` (the
+/// payloads, end to end). One entry per batch instead of one per result
+/// makes Redis store, send and delete, and the client parse, one entry
+/// with five fields rather than dozens.
+pub(crate) fn pack_results(results: &[ToPack<'_>]) -> (Vec<u8>, Vec<u8>) {
+    let heads: Vec<&Packed> = results.iter().map(|(p, _)| p).collect();
+    let batch = postcard::to_stdvec(&heads).unwrap_or_default();
+    let mut data = Vec::with_capacity(results.iter().map(|(_, d)| d.map_or(0, <[u8]>::len)).sum());
+    for (_, payload) in results {
+        data.extend_from_slice(payload.unwrap_or_default());
+    }
+    (batch, data)
+}
+
+/// Unpacks the results of a packed entry: each with its outcome (a
+/// broker error for one whose payload is missing); an error if the batch
+/// itself does not decode.
+pub(crate) fn unpack_results(e: &Entry) -> Result<Vec<Unpacked>, String> {
+    let batch = e.fields.get("batch").ok_or("no batch field")?;
+    let data = e.fields.get("data").map_or(&[][..], Vec::as_slice);
+    let heads: Vec<Packed> =
+        postcard::from_bytes(batch).map_err(|err| format!("undecodable batch: {err}"))?;
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(heads.len());
+    for mut head in heads {
+        let outcome = match head.error.take() {
+            Some(err) => Err(err),
+            None => match usize::try_from(head.len)
+                .ok()
+                .and_then(|len| at.checked_add(len))
+                .filter(|end| *end <= data.len())
+            {
+                Some(end) => {
+                    let bytes = data[at..end].to_vec();
+                    at = end;
+                    Ok(bytes)
+                }
+                None => {
+                    // The rest of the data can't be trusted either.
+                    at = data.len();
+                    Err(crate::error::TaskError::Broker {
+                        task: head.task.clone(),
+                        message: format!(
+                            "result entry {}: the payload runs past its data field",
+                            e.id
+                        ),
+                    })
+                }
+            },
+        };
+        out.push((head, outcome));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod packing_tests {
+    use super::*;
+    use crate::error::TaskError;
+
+    fn entry(batch: Vec<u8>, data: Vec<u8>) -> Entry {
+        let mut fields = HashMap::new();
+        fields.insert("batch".to_string(), batch);
+        fields.insert("data".to_string(), data);
+        Entry {
+            id: "1-0".to_string(),
+            fields,
+        }
+    }
+
+    fn head(id: &str, len: u64, error: Option<TaskError>) -> Packed {
+        Packed {
+            id: id.to_string(),
+            task: "t".to_string(),
+            error,
+            len,
+            ran_us: 7,
+        }
+    }
+
+    #[test]
+    fn results_pack_and_unpack() {
+        let failed = TaskError::Panicked {
+            task: "t".to_string(),
+            message: "boom".to_string(),
+            location: Some("src/lib.rs:1:1".to_string()),
+            backtrace: None,
+        };
+        let (batch, data) = pack_results(&[
+            (head("a", 3, None), Some(&b"abc"[..])),
+            (head("b", 0, Some(failed.clone())), None),
+            (head("c", 0, None), Some(&b""[..])),
+            (head("d", 2, None), Some(&b"de"[..])),
+        ]);
+        let got = unpack_results(&entry(batch, data)).unwrap();
+        let outcomes: Vec<_> = got
+            .iter()
+            .map(|(h, o)| (h.id.as_str(), o.clone()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            vec![
+                ("a", Ok(b"abc".to_vec())),
+                ("b", Err(failed)),
+                ("c", Ok(Vec::new())),
+                ("d", Ok(b"de".to_vec())),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_malformed_batch_is_an_error_not_a_panic() {
+        let broker_error = |r: &Result<Vec<u8>, TaskError>| matches!(r, Err(TaskError::Broker { message, .. }) if message.contains("runs past"));
+        // Data shorter than the lengths say: that call fails, clearly.
+        let (batch, _) = pack_results(&[
+            (head("a", 1, None), Some(&b"0"[..])),
+            (head("b", 10, None), Some(&b"0123456789"[..])),
+        ]);
+        let got = unpack_results(&entry(batch, b"0123".to_vec())).unwrap();
+        assert_eq!(got[0].1, Ok(b"0".to_vec()));
+        assert!(broker_error(&got[1].1), "{:?}", got[1]);
+        // A length that overflows.
+        let huge = postcard::to_stdvec(&vec![head("a", u64::MAX, None)]).unwrap();
+        let got = unpack_results(&entry(huge, b"x".to_vec())).unwrap();
+        assert!(broker_error(&got[0].1), "{:?}", got[0]);
+        // A batch that does not decode.
+        assert!(unpack_results(&entry(vec![0xff; 9], Vec::new())).is_err());
+    }
+}

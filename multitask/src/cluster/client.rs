@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::broker::{stream_reply, Broker, Entry, Link};
+use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Link};
 use crate::cluster::keys::{Keys, GROUP};
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{redact, ChunkFuture, Executor, Shutdown};
@@ -399,6 +399,24 @@ fn read_results(shared: &ClientShared) {
         for e in entries {
             last = e.id.clone();
             seen.push(e.id.clone());
+            if e.fields.contains_key("batch") {
+                let ran_by = RanBy::of(&e);
+                match unpack_results(&e) {
+                    Ok(results) => {
+                        for (head, outcome) in results {
+                            let ran = Duration::from_micros(head.ran_us);
+                            resolve(shared, &head.id, outcome, Some((&ran_by, ran)));
+                        }
+                    }
+                    // Whose results these were is lost with the entry:
+                    // those calls wait, as for a result that never came.
+                    Err(why) => eprintln!(
+                        "multitask: dropped a malformed result entry {} on {}: {why}",
+                        e.id, shared.results
+                    ),
+                }
+                continue;
+            }
             let Some(id) = e.text("id").map(str::to_string) else {
                 continue;
             };
@@ -416,10 +434,6 @@ fn read_results(shared: &ClientShared) {
                 }
                 continue;
             }
-            let Some(p) = lock(&shared.pending).remove(&id) else {
-                shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
             let outcome = match (e.fields.get("payload"), e.fields.get("error")) {
                 (Some(bytes), _) => Ok(bytes.clone()),
                 (None, Some(err)) => Err(serde_json::from_slice::<TaskError>(err).unwrap_or_else(
@@ -433,10 +447,7 @@ fn read_results(shared: &ClientShared) {
                     message: "a result entry with neither payload nor error".to_string(),
                 }),
             };
-            if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
-                trace(tracer, &p, &e, submitted, outcome.is_ok());
-            }
-            p.deliver.finish(outcome);
+            resolve(shared, &id, outcome, None);
         }
         if !seen.is_empty() {
             let _ = link.run(|con| {
@@ -458,25 +469,62 @@ fn read_results(shared: &ClientShared) {
     shared.drained.notify_all();
 }
 
+/// The worker that ran a batch of results, as its entry names it.
+struct RanBy {
+    worker: String,
+    host: String,
+    pid: u32,
+}
+
+impl RanBy {
+    fn of(e: &Entry) -> RanBy {
+        RanBy {
+            worker: e.text("worker").unwrap_or("?").to_string(),
+            host: e.text("host").unwrap_or("?").to_string(),
+            pid: e.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+        }
+    }
+}
+
+/// Resolves call `id` with `outcome`, once: a second result for it (a task
+/// run twice after its worker was presumed dead) is counted and dropped.
+/// `ran` is who ran it and for how long, when the result says.
+fn resolve(
+    shared: &ClientShared,
+    id: &str,
+    outcome: Result<Vec<u8>, TaskError>,
+    ran: Option<(&RanBy, Duration)>,
+) {
+    let Some(p) = lock(&shared.pending).remove(id) else {
+        shared.duplicates.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
+        trace(tracer, &p, ran, submitted, outcome.is_ok());
+    }
+    p.deliver.finish(outcome);
+}
+
 /// Records a finished call.
-fn trace(tracer: &Tracer, p: &Pending, result: &Entry, submitted: Instant, ok: bool) {
+fn trace(
+    tracer: &Tracer,
+    p: &Pending,
+    ran: Option<(&RanBy, Duration)>,
+    submitted: Instant,
+    ok: bool,
+) {
     let now = Instant::now();
-    let (started, worker, host, pid) = match &p.started {
-        Some((at, w, h, pid)) => (*at, w.clone(), h.clone(), *pid),
+    let (started, worker, host, pid) = match (&p.started, ran) {
+        (Some((at, w, h, pid)), _) => (*at, w.clone(), h.clone(), *pid),
         // No started notice (the task was quick): the result says where it
         // ran and for how long.
-        None => {
-            let ran = result
-                .text("ran_us")
-                .and_then(|us| us.parse().ok())
-                .map_or(Duration::ZERO, Duration::from_micros);
-            (
-                now.checked_sub(ran).unwrap_or(submitted).max(submitted),
-                result.text("worker").unwrap_or("?").to_string(),
-                result.text("host").unwrap_or("?").to_string(),
-                result.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
-            )
-        }
+        (None, Some((by, ran))) => (
+            now.checked_sub(ran).unwrap_or(submitted).max(submitted),
+            by.worker.clone(),
+            by.host.clone(),
+            by.pid,
+        ),
+        (None, None) => (submitted, "?".to_string(), "?".to_string(), 0),
     };
     tracer.record(TaskEvent {
         task: p.task.to_string(),

@@ -9,8 +9,12 @@
 //! ```text
 //!   mt:{q}:tasks            stream   tasks; consumer group "workers"
 //!                                    fields: id task sig reply payload
-//!   mt:{q}:results:<client> stream   one per client; fields: id, then
-//!                                    started | payload | error
+//!   mt:{q}:results:<client> stream   one per client; a batch of results:
+//!                                    batch (postcard: id task error len
+//!                                    ran_us per result) data (payloads)
+//!                                    worker host pid; or one notice or
+//!                                    result: id, then started | payload |
+//!                                    error
 //!   mt:{q}:dead             stream   dead letters: entry id task reason
 //!                                    deliveries worker
 //!   mt:{q}:worker:<consumer> string  heartbeat (JSON), expires after 10 s
@@ -29,7 +33,7 @@
 //!  reader: XREAD BLOCK results <── results <── XADD started ────────┤ (if it runs 2 ms)
 //!    started -> running                                             │ run in local pool
 //!    result  -> pending.remove(id)                                  │ (XCLAIM JUSTID renews
-//!      gone? a duplicate: drop      <── MULTI XADD results payload, │  the lease meanwhile)
+//!      gone? a duplicate: drop      <── MULTI XADD results batch,   │  the lease meanwhile)
 //!      else decode, complete             XACK tasks, XDEL tasks EXEC┘
 //! ```
 //!

@@ -7,8 +7,8 @@
 //!   BLOCK`, only as many tasks as there are free slots; each task is
 //!   checked (known name, same signature) and handed to the pool;
 //! - **complete**: for a batch of finished tasks, in one `MULTI/EXEC`,
-//!   XADD each result to its client's stream, then XACK and XDEL the
-//!   tasks, so a result is never acknowledged without being stored; and,
+//!   XADD their results packed in one entry per client, then XACK and XDEL
+//!   the tasks, so a result is never acknowledged without being stored; and,
 //!   for a task that has run `NOTICE_DELAY` (2 ms), a "started" notice to
 //!   its client (a task that finishes sooner sends only its result);
 //! - **maintain**: the heartbeat key (with a TTL), lease renewal of running
@@ -28,7 +28,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::broker::{entries, stream_reply, Broker, Entry, Link};
+use crate::cluster::broker::{
+    entries, pack_results, stream_reply, Broker, Entry, Link, Packed, ToPack,
+};
 use crate::cluster::client::random;
 use crate::cluster::keys::{Keys, GROUP};
 use crate::error::{Error, ExitCause, TaskError};
@@ -613,36 +615,65 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     }
 }
 
-/// Adds to `p` one transaction that writes each finished task's result to
-/// its client's stream (with where it ran and for how long, `ran`, for
-/// traces), then acknowledges and deletes the tasks with one XACK and one
-/// XDEL, so that no task is acknowledged without its result.
+/// Most payload bytes packed in one result entry.
+const PACK_BYTES: usize = 8 << 20;
+
+/// Adds to `p` one transaction that writes the finished tasks' results to
+/// their clients' streams, packed (one entry per client and batch, with
+/// where the tasks ran and for how long, `ran`, for traces), then
+/// acknowledges and deletes the tasks with one XACK and one XDEL, so that
+/// no task is acknowledged without its result.
 fn add_results(p: &mut redis::Pipeline, core: &Core, host: &str, batch: &[Done], ran: &[Duration]) {
     p.cmd("MULTI").ignore();
+    // Group by client, keeping each client's order.
+    let mut by_client: Vec<(&str, Vec<ToPack<'_>>)> = Vec::new();
     for (done, ran) in batch.iter().zip(ran) {
-        let add = p
-            .cmd("XADD")
-            .arg(&done.lease.reply)
-            .arg("*")
-            .arg("id")
-            .arg(&done.lease.id)
-            .arg("task")
-            .arg(&done.lease.task)
-            .arg("worker")
-            .arg(&core.me)
-            .arg("host")
-            .arg(host)
-            .arg("pid")
-            .arg(std::process::id())
-            .arg("ran_us")
-            .arg(ran.as_micros() as u64);
-        match &done.outcome {
-            Ok(bytes) => add.arg("payload").arg(&bytes[..]).ignore(),
-            Err(e) => add
-                .arg("error")
-                .arg(serde_json::to_vec(e).unwrap_or_default())
-                .ignore(),
+        let (error, payload) = match &done.outcome {
+            Ok(bytes) => (None, Some(&bytes[..])),
+            Err(e) => (Some(e.clone()), None),
         };
+        let head = Packed {
+            id: done.lease.id.clone(),
+            task: done.lease.task.clone(),
+            error,
+            len: payload.map_or(0, |b| b.len() as u64),
+            ran_us: ran.as_micros() as u64,
+        };
+        let reply = done.lease.reply.as_str();
+        match by_client.iter_mut().find(|(r, _)| *r == reply) {
+            Some((_, v)) => v.push((head, payload)),
+            None => by_client.push((reply, vec![(head, payload)])),
+        }
+    }
+    for (reply, results) in &by_client {
+        let mut from = 0;
+        while from < results.len() {
+            // Split a client's results where their payloads pass PACK_BYTES.
+            let mut to = from;
+            let mut bytes = 0usize;
+            while to < results.len()
+                && (to == from || bytes + results[to].0.len as usize <= PACK_BYTES)
+            {
+                bytes += results[to].0.len as usize;
+                to += 1;
+            }
+            let (packed, data) = pack_results(&results[from..to]);
+            p.cmd("XADD")
+                .arg(*reply)
+                .arg("*")
+                .arg("batch")
+                .arg(packed)
+                .arg("data")
+                .arg(data)
+                .arg("worker")
+                .arg(&core.me)
+                .arg("host")
+                .arg(host)
+                .arg("pid")
+                .arg(std::process::id())
+                .ignore();
+            from = to;
+        }
     }
     let entries: Vec<&String> = batch.iter().map(|d| &d.entry).collect();
     p.cmd("XACK")

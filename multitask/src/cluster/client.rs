@@ -423,9 +423,15 @@ fn read_results(shared: &ClientShared) {
             if e.fields.contains_key("started") {
                 if let Some(p) = lock(&shared.pending).get_mut(&id) {
                     p.deliver.start(None);
-                    if p.submitted.is_some() {
+                    if let Some(submitted) = p.submitted {
+                        // Started `held_us` before the notice was written.
+                        let held = e
+                            .text("held_us")
+                            .and_then(|us| us.parse().ok())
+                            .map_or(Duration::ZERO, Duration::from_micros);
+                        let now = Instant::now();
                         p.started = Some((
-                            Instant::now(),
+                            now.checked_sub(held).unwrap_or(submitted).max(submitted),
                             e.text("started").unwrap_or("?").to_string(),
                             e.text("host").unwrap_or("?").to_string(),
                             e.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),

@@ -12,8 +12,9 @@
 //!   mt:{q}:results:<client> stream   one per client; a batch of results:
 //!                                    batch (postcard: id task error len
 //!                                    ran_us per result) data (payloads)
-//!                                    worker host pid; or one notice or
-//!                                    result: id, then started | payload |
+//!                                    worker host pid; or a started
+//!                                    notice: id started host pid held_us;
+//!                                    or one result: id task payload |
 //!                                    error
 //!   mt:{q}:dead             stream   dead letters: entry id task reason
 //!                                    deliveries worker

@@ -445,8 +445,9 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
 }
 
 /// Marks the held tasks that have run `NOTICE_DELAY` without a notice as
-/// announced; their leases, and when the next one falls due.
-fn due_notices(core: &Core) -> (Vec<Lease>, Option<Instant>) {
+/// announced; their leases and since when they are held, and when the next
+/// one falls due.
+fn due_notices(core: &Core) -> (Vec<(Lease, Instant)>, Option<Instant>) {
     let now = Instant::now();
     let mut due = Vec::new();
     let mut next: Option<Instant> = None;
@@ -457,7 +458,7 @@ fn due_notices(core: &Core) -> (Vec<Lease>, Option<Instant>) {
         let at = held.since + NOTICE_DELAY;
         if at <= now {
             held.announced = true;
-            due.push(held.lease.clone());
+            due.push((held.lease.clone(), held.since));
         } else {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
@@ -466,9 +467,10 @@ fn due_notices(core: &Core) -> (Vec<Lease>, Option<Instant>) {
 }
 
 /// Adds to `p` a notice to the client of each of `leases` that its task
-/// started.
-fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[Lease]) {
-    for l in leases {
+/// started, and how long ago (`held_us`: the client dates the start from
+/// its own clock, whatever the notice's delay).
+fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[(Lease, Instant)]) {
+    for (l, since) in leases {
         p.cmd("XADD")
             .arg(&l.reply)
             .arg("*")
@@ -480,6 +482,8 @@ fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[Lease
             .arg(host)
             .arg("pid")
             .arg(std::process::id())
+            .arg("held_us")
+            .arg(since.elapsed().as_micros() as u64)
             .ignore();
     }
 }

@@ -10,7 +10,7 @@ use crate::error::{SubmitError, TaskError};
 use crate::executor::{run_chunk_here, ChunkFuture, Executor, Shutdown};
 use crate::future::TaskFuture;
 use crate::task::Task;
-use crate::trace::{SpanWorker, Tracer};
+use crate::trace::{Span, SpanWorker, Tracer};
 use std::time::Instant;
 
 /// Runs each task inline when it is submitted.
@@ -51,14 +51,14 @@ impl SerialExecutor {
         }
         let start = Instant::now();
         let r = f();
-        self.tracer.record_span(
-            name,
-            SpanWorker::Static("serial"),
-            std::process::id(),
-            (start, start, Instant::now()),
-            ok(&r),
-            None,
-        );
+        self.tracer.record_span(Span {
+            task: name,
+            worker: SpanWorker::Static("serial"),
+            pid: std::process::id(),
+            times: (start, start, Instant::now()),
+            ok: ok(&r),
+            peak_rss: None,
+        });
         r
     }
 

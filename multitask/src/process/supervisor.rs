@@ -20,7 +20,7 @@ use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
 use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::remote::Deliver;
-use crate::trace::{SpanWorker, Tracer};
+use crate::trace::{Span, SpanWorker, Tracer};
 
 /// How often a busy worker's memory is checked against its limit.
 const MEMORY_POLL: Duration = Duration::from_millis(20);
@@ -558,14 +558,14 @@ impl Slot {
 /// Records a finished call, when tracing.
 fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
     if let Some(submitted) = call.job.submitted {
-        shared.config.tracer.record_span(
-            call.job.task,
-            SpanWorker::Pid,
-            w.switch.pid,
-            (submitted, call.started, Instant::now()),
+        shared.config.tracer.record_span(Span {
+            task: call.job.task,
+            worker: SpanWorker::Pid,
+            pid: w.switch.pid,
+            times: (submitted, call.started, Instant::now()),
             ok,
-            w.peak_rss(),
-        );
+            peak_rss: w.peak_rss(),
+        });
     }
 }
 

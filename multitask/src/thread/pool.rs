@@ -13,7 +13,7 @@ use crate::executor::{run_chunk_here, ChunkFuture, Executor, RawExecutor, Shutdo
 use crate::future::{Promise, TaskFuture};
 use crate::map::Map;
 use crate::task::{Task, TaskEntry};
-use crate::trace::{SpanWorker, Tracer};
+use crate::trace::{Span, SpanWorker, Tracer};
 
 /// What a worker does with a job.
 enum Go {
@@ -213,14 +213,14 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                             let me = name.get_or_insert_with(|| {
                                 std::thread::current().name().unwrap_or("worker").into()
                             });
-                            shared.tracer.record_span(
-                                job.task,
-                                SpanWorker::Named(me.clone()),
-                                std::process::id(),
-                                (submitted, started, Instant::now()),
+                            shared.tracer.record_span(Span {
+                                task: job.task,
+                                worker: SpanWorker::Named(me.clone()),
+                                pid: std::process::id(),
+                                times: (submitted, started, Instant::now()),
                                 ok,
-                                None,
-                            );
+                                peak_rss: None,
+                            });
                         });
                     }
                 }

@@ -75,14 +75,19 @@ pub(crate) enum SpanWorker {
 /// A task recorded by a local pool, kept raw until a snapshot: recording
 /// must be cheap, since it runs before the task's future resolves.
 #[derive(Debug)]
-struct Span {
-    task: &'static str,
-    worker: SpanWorker,
-    pid: u32,
+pub(crate) struct Span {
+    /// The task's name.
+    pub(crate) task: &'static str,
+    /// The worker that ran it.
+    pub(crate) worker: SpanWorker,
+    /// The process that ran it.
+    pub(crate) pid: u32,
     /// Submitted, started, finished.
-    times: (Instant, Instant, Instant),
-    ok: bool,
-    peak_rss: Option<u64>,
+    pub(crate) times: (Instant, Instant, Instant),
+    /// False if it failed.
+    pub(crate) ok: bool,
+    /// The worker's peak RSS, when known.
+    pub(crate) peak_rss: Option<u64>,
 }
 
 /// A recorded event, whole or raw.
@@ -196,29 +201,12 @@ impl Tracer {
         }
     }
 
-    /// Records a task that ran between `started` and `finished` on a
-    /// worker of this process: three clock readings, a lock and a push;
-    /// names are filled in by [`Tracer::snapshot`].
-    pub(crate) fn record_span(
-        &self,
-        task: &'static str,
-        worker: SpanWorker,
-        pid: u32,
-        times: (Instant, Instant, Instant),
-        ok: bool,
-        peak_rss: Option<u64>,
-    ) {
+    /// Records a task run by a local pool: a lock and a push; names are
+    /// filled in by [`Tracer::snapshot`].
+    pub(crate) fn record_span(&self, span: Span) {
         if let Some(c) = &self.inner {
             // Relaxed: ids only need to be unique, not ordered with anything.
             let id = c.next_id.fetch_add(1, Ordering::Relaxed);
-            let span = Span {
-                task,
-                worker,
-                pid,
-                times,
-                ok,
-                peak_rss,
-            };
             c.events
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -53,8 +53,8 @@ struct Pending {
     task: &'static str,
     /// When it was submitted, when tracing.
     submitted: Option<Instant>,
-    /// When a worker said it started, and which (worker, host, pid).
-    started: Option<(Instant, String, String, u32)>,
+    /// When a worker said it started, and which.
+    started: Option<(Instant, RanBy)>,
 }
 
 /// What the pool handle and its reader share.
@@ -400,7 +400,7 @@ fn read_results(shared: &ClientShared) {
             last = e.id.clone();
             seen.push(e.id.clone());
             if e.fields.contains_key("batch") {
-                let ran_by = RanBy::of(&e);
+                let ran_by = RanBy::of(&e, "worker");
                 match unpack_results(&e) {
                     Ok(results) => {
                         for (head, outcome) in results {
@@ -429,13 +429,8 @@ fn read_results(shared: &ClientShared) {
                             .text("held_us")
                             .and_then(|us| us.parse().ok())
                             .map_or(Duration::ZERO, Duration::from_micros);
-                        let now = Instant::now();
-                        p.started = Some((
-                            now.checked_sub(held).unwrap_or(submitted).max(submitted),
-                            e.text("started").unwrap_or("?").to_string(),
-                            e.text("host").unwrap_or("?").to_string(),
-                            e.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
-                        ));
+                        let at = started_ago(held, submitted);
+                        p.started = Some((at, RanBy::of(&e, "started")));
                     }
                 }
                 continue;
@@ -475,7 +470,8 @@ fn read_results(shared: &ClientShared) {
     shared.drained.notify_all();
 }
 
-/// The worker that ran a batch of results, as its entry names it.
+/// The worker that ran a task, as a result or started notice names it.
+#[derive(Debug, Clone)]
 struct RanBy {
     worker: String,
     host: String,
@@ -483,9 +479,10 @@ struct RanBy {
 }
 
 impl RanBy {
-    fn of(e: &Entry) -> RanBy {
+    /// From entry `e`, whose field `worker_field` names the worker.
+    fn of(e: &Entry, worker_field: &str) -> RanBy {
         RanBy {
-            worker: e.text("worker").unwrap_or("?").to_string(),
+            worker: e.text(worker_field).unwrap_or("?").to_string(),
             host: e.text("host").unwrap_or("?").to_string(),
             pid: e.text("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
         }
@@ -511,6 +508,15 @@ fn resolve(
     p.deliver.finish(outcome);
 }
 
+/// When a task started that a worker says it has held for `ago`, on this
+/// client's clock: never before it was submitted.
+fn started_ago(ago: Duration, submitted: Instant) -> Instant {
+    Instant::now()
+        .checked_sub(ago)
+        .unwrap_or(submitted)
+        .max(submitted)
+}
+
 /// Records a finished call.
 fn trace(
     tracer: &Tracer,
@@ -520,18 +526,21 @@ fn trace(
     ok: bool,
 ) {
     let now = Instant::now();
-    let (started, worker, host, pid) = match (&p.started, ran) {
-        (Some((at, w, h, pid)), _) => (*at, w.clone(), h.clone(), *pid),
+    let (started, by) = match (&p.started, ran) {
+        (Some((at, by)), _) => (*at, by.clone()),
         // No started notice (the task was quick): the result says where it
         // ran and for how long.
-        (None, Some((by, ran))) => (
-            now.checked_sub(ran).unwrap_or(submitted).max(submitted),
-            by.worker.clone(),
-            by.host.clone(),
-            by.pid,
+        (None, Some((by, ran))) => (started_ago(ran, submitted), by.clone()),
+        (None, None) => (
+            submitted,
+            RanBy {
+                worker: "?".to_string(),
+                host: "?".to_string(),
+                pid: 0,
+            },
         ),
-        (None, None) => (submitted, "?".to_string(), "?".to_string(), 0),
     };
+    let RanBy { worker, host, pid } = by;
     tracer.record(TaskEvent {
         task: p.task.to_string(),
         id: 0,

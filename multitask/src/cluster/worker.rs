@@ -545,8 +545,9 @@ fn dead_letter(
 /// Most finished tasks written in one transaction.
 const COMPLETE_BATCH: usize = 256;
 
-/// Writes finished tasks: each one's result, then one XACK and one XDEL
-/// of them all, in one transaction (one round trip).
+/// Writes finished tasks (their results packed per client, then one XACK
+/// and one XDEL of them all, in one transaction) and the started notices
+/// that fell due, in one round trip.
 fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let mut link = Link::new(&core.broker, Duration::from_secs(5));
     let host = crate::info::host_name();

@@ -109,7 +109,7 @@ cargo test --workspace --doc
 if [ "${MULTITASK_SKIP_LOOM:-}" != "1" ]; then
   say "loom model checks of the future state machine"
   RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
-    cargo test -p multitask --lib --release model
+    cargo test -p multitasking --lib --release model
 fi
 
 say "all tests passed"

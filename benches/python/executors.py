@@ -4,7 +4,7 @@ multiprocessing on the same machine, measured the way the Rust benches
 measure multitask.
 
 Each measurement prints one JSON line on stdout ({"name": ..., figures})
-and a readable line on stderr. The Rust benches (multitask/benches/*.rs)
+and a readable line on stderr. The Rust benches (multitasking/benches/*.rs)
 run this script and print its figures beside their own.
 
     python3 benches/python/executors.py                  # everything

@@ -9,7 +9,7 @@
 //! stdin, and runs 2 (or 4) jobs at once. Best of 3 runs each, alternating.
 //! GNU parallel is skipped if it is not installed.
 //!
-//! Run: `cargo bench -p multitask-cli --bench run`.
+//! Run: `cargo bench -p multitasking-cli --bench run`.
 
 use std::io::Write;
 use std::process::{Command, Stdio};

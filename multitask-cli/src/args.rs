@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use multitask::ExecutorSpec;
+use multitasking::ExecutorSpec;
 
 use crate::cmd::run::Halt;
 

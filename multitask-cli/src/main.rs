@@ -1,7 +1,7 @@
 //! `multitask`: the command line of the multitask toolkit (primes, bench,
 //! run, worker, status, info).
 //!
-//! `main` first calls `multitask::init()`, because the binary is also its
+//! `main` first calls `multitasking::init()`, because the binary is also its
 //! own worker process: the process pool starts this executable again, and
 //! `init` turns such a start into a worker that never returns here. Then it
 //! installs the Ctrl-C handler, parses the command line (a usage error is
@@ -29,7 +29,7 @@ const INTERRUPTED: i32 = 130;
 const BROKEN_PIPE: u8 = 141;
 
 fn main() -> ExitCode {
-    multitask::init();
+    multitasking::init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

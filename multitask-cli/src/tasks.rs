@@ -1,7 +1,7 @@
 //! The named tasks the `multitask` binary runs: the seed's `is_prime`, its
 //! pid-reporting twin, and `run_shell`, one job of `multitask run`.
 //!
-//! They are `#[multitask::task]` functions compiled into the binary, so the
+//! They are `#[multitasking::task]` functions compiled into the binary, so the
 //! binary's own worker processes (it re-executes itself) find them by name.
 //! The shell mechanics (process group, timeout, kill) live in
 //! [`crate::shell`]; this file only says what crosses the wire.
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// The seed's test: 2 is prime, other even numbers are not, odd numbers are
 /// tried against every odd divisor up to ⌊√n⌋. Numbers below 2 are not
 /// prime (the seed's Python says 1 is; it never asks).
-#[multitask::task]
+#[multitasking::task]
 pub(crate) fn is_prime(n: u64) -> bool {
     if n < 2 {
         return false;
@@ -34,7 +34,7 @@ pub(crate) fn is_prime(n: u64) -> bool {
 
 /// `is_prime` and the pid of the process that computed it: the seed's
 /// `getpid()` demonstration, showing which worker did the work.
-#[multitask::task]
+#[multitasking::task]
 pub(crate) fn is_prime_with_pid(n: u64) -> (bool, u32) {
     (is_prime.call(n), std::process::id())
 }
@@ -102,7 +102,7 @@ impl ShellOutcome {
 }
 
 /// Runs one shell job here, retrying a failure up to `job.retries` times.
-#[multitask::task]
+#[multitasking::task]
 pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
     let timeout = job.timeout_ms.map(Duration::from_millis);
     let mut attempts = 0;
@@ -126,7 +126,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
                 start,
                 seconds,
                 attempts,
-                host: multitask::host_name(),
+                host: multitasking::host_name(),
             },
             Err(e) => ShellOutcome {
                 seq: job.seq,
@@ -140,7 +140,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
                 start,
                 seconds,
                 attempts,
-                host: multitask::host_name(),
+                host: multitasking::host_name(),
             },
         };
         if outcome.succeeded() || attempts > job.retries {
@@ -209,7 +209,7 @@ pub(crate) enum Work {
 }
 
 /// Does one unit of bench work; the prime verdict (I/O work is "prime").
-#[multitask::task]
+#[multitasking::task]
 pub(crate) fn bench_work(work: Work) -> bool {
     match work {
         Work::Cpu(n) => is_prime.call(n),

@@ -17,10 +17,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use multitask::trace::report::{fit_amdahl, Report};
-use multitask::trace::svg::{speedup_chart_svg, timeline_svg, Series};
-use multitask::trace::{chrome, Trace, Tracer};
-use multitask::{Executor, ExecutorSpec, ProcessPool, SerialExecutor, ThreadPool};
+use multitasking::trace::report::{fit_amdahl, Report};
+use multitasking::trace::svg::{speedup_chart_svg, timeline_svg, Series};
+use multitasking::trace::{chrome, Trace, Tracer};
+use multitasking::{Executor, ExecutorSpec, ProcessPool, SerialExecutor, ThreadPool};
 use serde::Serialize;
 use serde_json::json;
 
@@ -125,7 +125,7 @@ fn run_one(
             Ok((d, t, ex.spec()))
         }
         url if is_cluster(url) => {
-            let ex = multitask::ClusterPool::connect_with(url, workers)?;
+            let ex = multitasking::ClusterPool::connect_with(url, workers)?;
             let t = Instant::now();
             for r in ex.map(bench_work, work.to_vec()).chunksize(1) {
                 r.context("a bench task failed")?;
@@ -144,7 +144,7 @@ fn is_cluster(kind: &str) -> bool {
 
 /// The slots of the live workers on the queue at `url`.
 fn cluster_slots(url: &str) -> Result<usize> {
-    let st = multitask::cluster::status(url)?;
+    let st = multitasking::cluster::status(url)?;
     let slots: u64 = st
         .workers
         .iter()
@@ -367,7 +367,7 @@ fn write_files(dir: &Path, rows: &[Row], showcase: Option<&(String, Trace)>) -> 
                 .collect(),
         })
         .collect();
-    let cpus = multitask::usable_cpus();
+    let cpus = multitasking::usable_cpus();
     let title = format!("speedup against workers ({cpus} usable CPUs)");
     let write = |name: &str, text: &str| {
         let path = dir.join(name);

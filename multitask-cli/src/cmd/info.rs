@@ -1,5 +1,5 @@
 //! `multitask info`: who and where this process is and what it may use,
-//! from `multitask::info()` (the seed's `getpid`/`getuid`/`getgid`/`getcwd`
+//! from `multitasking::info()` (the seed's `getpid`/`getuid`/`getgid`/`getcwd`
 //! plus host, CPUs and memory).
 //!
 //! Text for people (memory in GiB), or `--json` with every field in bytes.
@@ -13,7 +13,7 @@ use crate::args::InfoArgs;
 
 /// Prints the info.
 pub(crate) fn main(args: InfoArgs) -> Result<ExitCode> {
-    let info = multitask::info();
+    let info = multitasking::info();
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &info)?;

@@ -15,7 +15,7 @@ pub(crate) mod worker;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use multitask::{AnyExecutor, ExecutorSpec};
+use multitasking::{AnyExecutor, ExecutorSpec};
 
 use crate::args::{Cli, Command};
 
@@ -34,7 +34,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
 /// Builds the executor `spec` names, with a hint when this build lacks it.
 pub(crate) fn executor(spec: &ExecutorSpec) -> Result<AnyExecutor> {
     AnyExecutor::build(spec).map_err(|e| match e {
-        multitask::Error::Unavailable(_) => {
+        multitasking::Error::Unavailable(_) => {
             anyhow::anyhow!("{e}; use --executor threads (or serial) for now")
         }
         e => anyhow::Error::new(e).context(format!("starting executor {spec}")),

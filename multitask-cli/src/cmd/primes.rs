@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use multitask::{Executor, TaskError};
+use multitasking::{Executor, TaskError};
 use serde_json::json;
 
 use crate::args::PrimesArgs;

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
-use multitask::{Executor, ExecutorSpec};
+use multitasking::{Executor, ExecutorSpec};
 
 use crate::args::RunArgs;
 use crate::tasks::{run_shell, ShellJob, ShellOutcome};
@@ -79,7 +79,7 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     };
     let outcomes = map.chunksize(1).window(ex.max_workers()).progress(tick);
 
-    let local_host = multitask::host_name();
+    let local_host = multitasking::host_name();
     let mut failed = 0;
     let mut halting = None;
     for outcome in outcomes {
@@ -149,7 +149,7 @@ fn halt_now(status: u8, why: &str, joblog: Option<&mut JobLog>) -> ! {
 fn with_jobs(spec: &ExecutorSpec, jobs: Option<u32>) -> ExecutorSpec {
     let count = |given: Option<usize>| match jobs {
         Some(j) => Some(j as usize),
-        None => given.or_else(|| Some(multitask::usable_cpus())),
+        None => given.or_else(|| Some(multitasking::usable_cpus())),
     };
     match spec {
         ExecutorSpec::Threads(n) => ExecutorSpec::Threads(count(*n)),
@@ -504,7 +504,10 @@ mod tests {
         let j = with_jobs(&ExecutorSpec::Threads(Some(8)), Some(2));
         assert_eq!(j, ExecutorSpec::Threads(Some(2)));
         let d = with_jobs(&ExecutorSpec::Processes(None), None);
-        assert_eq!(d, ExecutorSpec::Processes(Some(multitask::usable_cpus())));
+        assert_eq!(
+            d,
+            ExecutorSpec::Processes(Some(multitasking::usable_cpus()))
+        );
         assert_eq!(
             with_jobs(&ExecutorSpec::Serial, Some(4)),
             ExecutorSpec::Serial

@@ -18,8 +18,8 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
             .to_string();
         url = format!("{base}?queue={q}");
     }
-    let st = multitask::cluster::status(&url)
-        .with_context(|| format!("reading the status of {}", multitask::redact(&url)))?;
+    let st = multitasking::cluster::status(&url)
+        .with_context(|| format!("reading the status of {}", multitasking::redact(&url)))?;
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &st)?;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
-use multitask::cluster::{StopHandle, Worker};
+use multitasking::cluster::{StopHandle, Worker};
 
 use crate::args::WorkerArgs;
 use crate::term;
@@ -28,12 +28,12 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
     }
     let worker = b
         .build()
-        .with_context(|| format!("joining {}", multitask::redact(&args.broker)))?;
+        .with_context(|| format!("joining {}", multitasking::redact(&args.broker)))?;
     let _ = DRAIN.set(worker.stop_handle());
     term::note(format!(
         "worker {} serving {} (Ctrl-C or SIGTERM drains)",
         worker.consumer(),
-        multitask::redact(&args.broker)
+        multitasking::redact(&args.broker)
     ));
     worker.run()?;
     term::note("drained: every running task finished");

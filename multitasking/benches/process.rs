@@ -1,0 +1,277 @@
+//! Process pool costs, side by side in one run:
+//!
+//! 1. round trip of one small task (submit, result, repeat) on a
+//!    `ProcessPool`, against a raw socketpair ping-pong between two
+//!    processes (the physical limit; measured both parking in `read` and
+//!    spinning), and against Python's `ProcessPoolExecutor` and
+//!    `multiprocessing.Pool.apply_async` (benches/python/executors.py).
+//! 2. a no-op `map` over 1M items with automatic chunking, in items/s,
+//!    against `multiprocessing.Pool.map`.
+//! 3. pool start to first result with 2 workers, against Python's pool
+//!    start with fork and spawn.
+//! 4. the seed's prime check on eight primes near 4e16, serial against 2
+//!    worker processes.
+//!
+//! Run: `cargo bench -p multitasking --bench process`. Ratios are printed as
+//! `{:.2}x`.
+
+use std::hint::black_box;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use multitasking::{Executor, ProcessPool};
+
+#[path = "support/tasks.rs"]
+mod tasks;
+
+use tasks::{is_prime, noop, BIG_PRIMES};
+
+const ECHO_ENV: &str = "MULTITASK_BENCH_ECHO";
+
+/// The echo side of the raw ping-pong: reads 8 bytes, writes them back.
+fn echo_child(spin: bool) -> ! {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the parent passed the socket as fd 3 for this process alone.
+    let mut s = unsafe { UnixStream::from_raw_fd(3) };
+    s.set_nonblocking(spin).unwrap();
+    let mut buf = [0u8; 8];
+    loop {
+        if read_exact(&mut s, &mut buf, spin).is_err() {
+            std::process::exit(0);
+        }
+        if s.write_all(&buf).is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+fn read_exact(s: &mut UnixStream, buf: &mut [u8], spin: bool) -> std::io::Result<()> {
+    if !spin {
+        return s.read_exact(buf);
+    }
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Raw round trips over a socketpair with a child process; µs per trip.
+fn raw_ping_pong(n: usize, spin: bool) -> f64 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut ours, theirs) = UnixStream::pair().unwrap();
+    let fd = theirs.as_raw_fd();
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env(ECHO_ENV, if spin { "spin" } else { "block" });
+    // SAFETY: dup2 is async-signal-safe; nothing else runs before exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    ours.set_nonblocking(spin).unwrap();
+    let mut buf = [0u8; 8];
+    let mut trip = || {
+        ours.write_all(&7u64.to_le_bytes()).unwrap();
+        read_exact(&mut ours, &mut buf, spin).unwrap();
+    };
+    for _ in 0..1000 {
+        trip();
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        trip();
+    }
+    let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    drop(ours);
+    let _ = child.wait();
+    us
+}
+
+fn python(only: &str) -> Vec<serde_json::Value> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/python/executors.py"
+    );
+    let Ok(out) = Command::new("python3")
+        .args([script, "--only", only])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn py_figure(rows: &[serde_json::Value], name: &str, key: &str) -> Option<f64> {
+    rows.iter()
+        .find(|r| r.get("name").and_then(|n| n.as_str()) == Some(name))
+        .and_then(|r| r.get(key))
+        .and_then(|v| v.as_f64())
+}
+
+fn show(v: Option<f64>, unit: &str) -> String {
+    v.map_or("not run".to_string(), |v| format!("{v:.2} {unit}"))
+}
+
+fn main() {
+    if let Ok(mode) = std::env::var(ECHO_ENV) {
+        echo_child(mode == "spin");
+    }
+    multitasking::init();
+    println!(
+        "# process pool costs ({} usable CPUs)\n",
+        multitasking::usable_cpus()
+    );
+
+    // 1. round trip.
+    let n = 20_000;
+    let pool = ProcessPool::new(2).unwrap();
+    for i in 0..1000 {
+        black_box(pool.submit(noop, i).unwrap().result().unwrap());
+    }
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        black_box(pool.submit(noop, i).unwrap().result().unwrap());
+    }
+    let ours = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+    let raw_block = raw_ping_pong(n, false);
+    let raw_spin = raw_ping_pong(n, true);
+    let py = python("process_roundtrip,apply_async_roundtrip,pool_map,pool_start,executor_map");
+    println!("## round trip of one small task (submit, result, repeat)\n");
+    println!("| contender | µs per round trip | vs multitask |");
+    println!("| --- | ---: | ---: |");
+    println!("| multitask ProcessPool submit + result | {ours:.2} | 1.00x |");
+    println!(
+        "| raw socketpair ping-pong, parking in read | {raw_block:.2} | {:.2}x |",
+        raw_block / ours
+    );
+    println!(
+        "| raw socketpair ping-pong, spinning | {raw_spin:.2} | {:.2}x |",
+        raw_spin / ours
+    );
+    for (label, name) in [
+        (
+            "Python ProcessPoolExecutor submit + result",
+            "process_roundtrip",
+        ),
+        (
+            "Python multiprocessing.Pool.apply_async + get",
+            "apply_async_roundtrip",
+        ),
+    ] {
+        match py_figure(&py, name, "per_task_us") {
+            Some(us) => println!("| {label} | {us:.2} | {:.2}x |", us / ours),
+            None => println!("| {label} | not run | |"),
+        }
+    }
+
+    // 2. map over 1M no-op items.
+    let items = 1_000_000u64;
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let s: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
+            assert_eq!(s, items * (items - 1) / 2);
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
+    let rate = items as f64 / best.as_secs_f64();
+    println!("\n## no-op map over {items} items, automatic chunking, 2 workers\n");
+    println!("| contender | M items/s |");
+    println!("| --- | ---: |");
+    println!("| multitask ProcessPool::map | {:.2} |", rate / 1e6);
+    println!(
+        "| Python multiprocessing.Pool.map | {} |",
+        show(
+            py_figure(&py, "pool_map", "items_per_s").map(|r| r / 1e6),
+            ""
+        )
+    );
+    println!(
+        "| Python ProcessPoolExecutor.map (chunksize 1000) | {} |",
+        show(
+            py_figure(&py, "executor_map", "items_per_s").map(|r| r / 1e6),
+            ""
+        )
+    );
+    drop(pool);
+
+    // 3. start to first result.
+    let starts: Vec<Duration> = (0..10)
+        .map(|_| {
+            let t = Instant::now();
+            let p = ProcessPool::new(2).unwrap();
+            black_box(p.submit(noop, 1).unwrap().result().unwrap());
+            let d = t.elapsed();
+            drop(p);
+            d
+        })
+        .collect();
+    let mut sorted = starts.clone();
+    sorted.sort();
+    let median = sorted[sorted.len() / 2];
+    println!("\n## pool start to first result, 2 workers (median of 10)\n");
+    println!("| contender | ms |");
+    println!("| --- | ---: |");
+    println!(
+        "| multitask ProcessPool | {:.2} |",
+        median.as_secs_f64() * 1e3
+    );
+    println!(
+        "| Python Pool, fork | {} |",
+        show(py_figure(&py, "pool_start_fork", "ms"), "")
+    );
+    println!(
+        "| Python Pool, spawn | {} |",
+        show(py_figure(&py, "pool_start_spawn", "ms"), "")
+    );
+
+    // 4. primes: serial and parallel runs alternate, best of three each,
+    // so that a burst of load elsewhere skews neither side.
+    let pool = ProcessPool::new(2).unwrap();
+    let mut serial = Duration::MAX;
+    let mut parallel = Duration::MAX;
+    for _ in 0..3 {
+        let t = Instant::now();
+        // Serially through the same code path a worker takes (Task::run
+        // in a chunk), so that inlining differences can't skew the ratio.
+        let serial_ex = multitasking::SerialExecutor::new();
+        let c = serial_ex
+            .map(is_prime, BIG_PRIMES)
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(c, 8);
+        serial = serial.min(t.elapsed());
+        let t = Instant::now();
+        let c = pool
+            .map(is_prime, BIG_PRIMES)
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(c, 8);
+        parallel = parallel.min(t.elapsed());
+    }
+    println!("\n## primes, eight primes near 4e16, serial vs 2 worker processes\n");
+    println!(
+        "serial {:.3} s, 2 processes {:.3} s, speedup {:.2}x",
+        serial.as_secs_f64(),
+        parallel.as_secs_f64(),
+        serial.as_secs_f64() / parallel.as_secs_f64()
+    );
+}

@@ -1,0 +1,211 @@
+//! Thread pool costs, side by side in one run:
+//!
+//! 1. submit + result of a no-op task, amortised over 100k tasks (submit
+//!    all, then take every result): `ThreadPool` against rayon (spawn plus a
+//!    channel), `std::thread::spawn` + join per task, and Python's
+//!    `ThreadPoolExecutor` (benches/python/executors.py, when python3 is
+//!    there).
+//! 2. `map` of a no-op over 1M items with automatic chunking against rayon's
+//!    `par_iter().map().collect()`.
+//! 3. the seed's prime check on eight primes near 4e16 (so that a serial run
+//!    takes over a second and the work divides evenly), serial against 2
+//!    threads.
+//!
+//! Run: `cargo bench -p multitasking --bench threads`. Speedups and ratios are
+//! printed as `{:.2}x`; absolute times drift on shared machines, ratios
+//! measured in one run do not.
+
+use std::hint::black_box;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use multitasking::{Executor, ThreadPool};
+use rayon::prelude::*;
+
+#[path = "support/tasks.rs"]
+mod tasks;
+
+use tasks::{is_prime, noop, BIG_PRIMES};
+
+/// The best of `reps` runs of `f`, which returns its own elapsed time.
+fn best(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    (0..reps).map(|_| f()).min().expect("reps > 0")
+}
+
+fn per_task_us(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / n as f64
+}
+
+fn submit_threadpool(pool: &ThreadPool, n: usize) -> Duration {
+    let t = Instant::now();
+    let futs: Vec<_> = (0..n as u64)
+        .map(|i| pool.submit(noop, i).unwrap())
+        .collect();
+    for f in futs {
+        black_box(f.result().unwrap());
+    }
+    t.elapsed()
+}
+
+fn spawn_threadpool(pool: &ThreadPool, n: usize) -> Duration {
+    let t = Instant::now();
+    let futs: Vec<_> = (0..n as u64)
+        .map(|i| pool.spawn(move || black_box(i)).unwrap())
+        .collect();
+    for f in futs {
+        black_box(f.result().unwrap());
+    }
+    t.elapsed()
+}
+
+fn submit_rayon(pool: &rayon::ThreadPool, n: usize) -> Duration {
+    let t = Instant::now();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for i in 0..n as u64 {
+        let tx = tx.clone();
+        pool.spawn(move || {
+            let _ = tx.send(black_box(i));
+        });
+    }
+    drop(tx);
+    let mut got = 0;
+    while rx.recv().is_ok() {
+        got += 1;
+    }
+    assert_eq!(got, n);
+    t.elapsed()
+}
+
+fn std_spawn(n: usize) -> Duration {
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        black_box(std::thread::spawn(move || black_box(i)).join().unwrap());
+    }
+    t.elapsed()
+}
+
+fn python_thread_pool() -> Option<f64> {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../benches/python/executors.py"
+    );
+    let out = Command::new("python3")
+        .args([script, "--only", "thread_submit"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|v| v.get("per_task_us").and_then(|x| x.as_f64()))
+}
+
+fn main() {
+    let workers = multitasking::usable_cpus();
+    println!("# thread pool costs ({workers} usable CPUs)\n");
+
+    // 1. submit + result.
+    let n = 100_000;
+    let pool = ThreadPool::builder().max_workers(workers).build().unwrap();
+    let rayon_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .build()
+        .unwrap();
+    let ours = best(5, || submit_threadpool(&pool, n));
+    let ours_closure = best(5, || spawn_threadpool(&pool, n));
+    let rayon = best(5, || submit_rayon(&rayon_pool, n));
+    let spawn_n = 2_000;
+    let std_t = best(3, || std_spawn(spawn_n));
+    let py = python_thread_pool();
+    let ours_us = per_task_us(ours, n);
+    println!("## submit + result, no-op, {n} tasks, {workers} workers\n");
+    println!("| contender | µs per task | vs ThreadPool |");
+    println!("| --- | ---: | ---: |");
+    let row = |name: &str, us: f64| {
+        println!("| {name} | {us:.3} | {:.2}x |", us / ours_us);
+    };
+    row("multitask ThreadPool::submit (named task)", ours_us);
+    row(
+        "multitask ThreadPool::spawn (closure)",
+        per_task_us(ours_closure, n),
+    );
+    row("rayon spawn + channel", per_task_us(rayon, n));
+    row("std::thread::spawn + join", per_task_us(std_t, spawn_n));
+    match py {
+        Some(us) => row("Python ThreadPoolExecutor", us),
+        None => {
+            println!("| Python ThreadPoolExecutor | not run (python3 or the script missing) | |")
+        }
+    }
+
+    // 2. map over 1M no-op items.
+    let items = 1_000_000u64;
+    let ours_map = best(5, || {
+        let t = Instant::now();
+        let s: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
+        assert_eq!(s, items * (items - 1) / 2);
+        t.elapsed()
+    });
+    let ours_map_fn = best(5, || {
+        let t = Instant::now();
+        let s: u64 = pool
+            .map_fn(|x: u64| black_box(x), 0..items)
+            .map(Result::unwrap)
+            .sum();
+        assert_eq!(s, items * (items - 1) / 2);
+        t.elapsed()
+    });
+    let rayon_map = best(5, || {
+        let t = Instant::now();
+        let v: Vec<u64> =
+            rayon_pool.install(|| (0..items).into_par_iter().map(black_box).collect());
+        let s: u64 = v.into_iter().sum();
+        assert_eq!(s, items * (items - 1) / 2);
+        t.elapsed()
+    });
+    println!("\n## map of a no-op over {items} items, automatic chunking\n");
+    println!("| contender | ms | M items/s | vs rayon |");
+    println!("| --- | ---: | ---: | ---: |");
+    for (name, d) in [
+        ("multitask ThreadPool::map (named task)", ours_map),
+        ("multitask ThreadPool::map_fn (closure)", ours_map_fn),
+        ("rayon par_iter().map().collect()", rayon_map),
+    ] {
+        println!(
+            "| {name} | {:.2} | {:.1} | {:.2}x |",
+            d.as_secs_f64() * 1e3,
+            items as f64 / d.as_secs_f64() / 1e6,
+            d.as_secs_f64() / rayon_map.as_secs_f64()
+        );
+    }
+
+    // 3. primes: serial against 2 threads.
+    let numbers = BIG_PRIMES.to_vec();
+    let serial = best(2, || {
+        let t = Instant::now();
+        // Serially through the same code path a worker takes (Task::run
+        // in a chunk), so that inlining differences can't skew the ratio.
+        let c = multitasking::SerialExecutor::new()
+            .map(is_prime, numbers.iter().copied())
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(c, 8);
+        t.elapsed()
+    });
+    let two = ThreadPool::new(2).unwrap();
+    let parallel = best(2, || {
+        let t = Instant::now();
+        let c = two
+            .map(is_prime, numbers.iter().copied())
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(c, 8);
+        t.elapsed()
+    });
+    println!("\n## primes, eight primes near 4e16, serial vs 2 threads\n");
+    println!(
+        "serial {:.3} s, 2 threads {:.3} s, speedup {:.2}x",
+        serial.as_secs_f64(),
+        parallel.as_secs_f64(),
+        serial.as_secs_f64() / parallel.as_secs_f64()
+    );
+}

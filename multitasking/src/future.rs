@@ -1,0 +1,576 @@
+//! `TaskFuture<T>`: the handle to one task's outcome, and `Promise<T>`, the
+//! executor's side of it.
+//!
+//! A future moves through the states of [`State`]: pending -> running ->
+//! finished, or pending -> cancelled. Every transition is a method here that
+//! takes the one lock, checks the current state, and wakes everyone who
+//! waits: threads blocked in `result` (a condvar), an async task (a waker),
+//! and `wait` / `as_completed` calls (listeners, each a [`Signal`] plus the
+//! future's index in that call). Done callbacks run under the lock, in the
+//! order they were added; a callback has no handle to its own future, so it
+//! can't deadlock on it, and a panicking callback is caught and reported, so
+//! it never poisons the future.
+//!
+//! The state machine is model-checked with loom (see `test.rs`, `--cfg loom`).
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use crate::error::TaskError;
+use crate::sync::{lock, spin_for, Arc, AtomicBool, Condvar, Mutex, MutexGuard};
+
+/// How long a waiter spins for the outcome before it parks.
+const SPIN: Duration = Duration::from_micros(50);
+use crate::wait::Signal;
+
+/// A done callback: runs once with the outcome.
+type Callback<T> = Box<dyn FnOnce(&Result<T, TaskError>) + Send>;
+
+/// An executor's handle on a running task: stops its worker (a process
+/// executor's `terminate`), and lets a thread that waits for the outcome
+/// help it along.
+pub trait Terminate: Send + Sync {
+    /// Kills the worker that runs the task; true if one was killed.
+    fn terminate(&self) -> bool;
+
+    /// Does a little of the executor's work toward the outcome, without
+    /// blocking, from a thread that spins waiting for it: a process pool
+    /// reads the worker's reply itself rather than wait for its supervisor
+    /// thread to hand it over, which on a busy machine costs a context
+    /// switch each way. Default: nothing.
+    fn progress(&self) {}
+}
+
+/// Where a task is in its life.
+enum State<T> {
+    /// Queued; `cancel` still succeeds.
+    Pending,
+    /// A worker has it; `cancel` fails, `terminate` may kill it.
+    Running,
+    /// The outcome is known and has not been taken.
+    Finished(Result<T, TaskError>),
+    /// Cancelled before it ran; done at once (no worker acknowledgement).
+    Cancelled,
+    /// The outcome was taken by `try_result`, `result_timeout` or an
+    /// `.await`; a failure's error is kept for `error`.
+    Taken(Option<TaskError>),
+}
+
+impl<T> State<T> {
+    fn is_done(&self) -> bool {
+        matches!(
+            self,
+            State::Finished(_) | State::Cancelled | State::Taken(_)
+        )
+    }
+}
+
+/// Everything behind the lock.
+struct Inner<T> {
+    /// The current state; transitions only through the methods below.
+    state: State<T>,
+    /// Callbacks waiting for the outcome, in the order added; empty once done.
+    callbacks: Vec<Callback<T>>,
+    /// The async task awaiting this future, if any.
+    waker: Option<Waker>,
+    /// `wait` / `as_completed` calls to tell, with this future's index there.
+    listeners: Vec<(Arc<Signal>, usize)>,
+    /// The executor's handle to kill the worker running this task (a
+    /// std `Arc` even under loom: it is not part of the model).
+    control: Option<std::sync::Arc<dyn Terminate>>,
+    /// Threads parked on the condvar: a finish with none skips the notify,
+    /// which is a system call even when nobody waits.
+    sleepers: usize,
+}
+
+/// The allocation a future and its promise share.
+struct Shared<T> {
+    /// State, callbacks and wakers.
+    inner: Mutex<Inner<T>>,
+    /// Signalled on every transition to done.
+    cond: Condvar,
+    /// Set (under the lock) when the future becomes done; read without the
+    /// lock by spinning waiters.
+    done: AtomicBool,
+    /// The task's name, for errors.
+    task: &'static str,
+}
+
+impl<T> Shared<T> {
+    /// The one transition to done: stores the outcome, runs callbacks in
+    /// order, and wakes every waiter. False if the future was already done.
+    fn finish(&self, outcome: State<T>) -> bool {
+        let mut inner = lock(&self.inner);
+        if inner.state.is_done() {
+            return false;
+        }
+        inner.state = outcome;
+        // Nothing is left to stop or help.
+        inner.control = None;
+        // Release: pairs with the Acquire in `spin`; the state written above
+        // is published by the unlock anyway, this only ends the spin early.
+        self.done.store(true, std::sync::atomic::Ordering::Release);
+        let callbacks = std::mem::take(&mut inner.callbacks);
+        if !callbacks.is_empty() {
+            let view = outcome_view(&inner.state, self.task);
+            for cb in callbacks {
+                run_callback(self.task, cb, &view);
+            }
+        }
+        for (signal, index) in inner.listeners.drain(..) {
+            signal.notify(index);
+        }
+        if let Some(w) = inner.waker.take() {
+            w.wake();
+        }
+        let sleepers = inner.sleepers > 0;
+        drop(inner);
+        if sleepers {
+            self.cond.notify_all();
+        }
+        true
+    }
+
+    /// Takes the outcome out of a done state, leaving `Taken`.
+    fn take(&self, inner: &mut Inner<T>) -> Result<T, TaskError> {
+        match std::mem::replace(&mut inner.state, State::Taken(None)) {
+            State::Finished(Ok(v)) => Ok(v),
+            State::Finished(Err(e)) => {
+                inner.state = State::Taken(Some(e.clone()));
+                Err(e)
+            }
+            State::Cancelled => {
+                let e = self.cancelled();
+                inner.state = State::Taken(Some(e.clone()));
+                Err(e)
+            }
+            State::Taken(e) => {
+                inner.state = State::Taken(e);
+                Err(TaskError::ResultTaken {
+                    task: self.task.to_string(),
+                })
+            }
+            s @ (State::Pending | State::Running) => {
+                inner.state = s;
+                unreachable!("take on a future that is not done")
+            }
+        }
+    }
+
+    fn cancelled(&self) -> TaskError {
+        TaskError::Cancelled {
+            task: self.task.to_string(),
+        }
+    }
+}
+
+/// The outcome as a callback sees it; built by reference where possible.
+enum View<'a, T> {
+    Borrowed(&'a Result<T, TaskError>),
+    Owned(Result<T, TaskError>),
+}
+
+fn outcome_view<'a, T>(state: &'a State<T>, task: &str) -> View<'a, T> {
+    match state {
+        State::Finished(r) => View::Borrowed(r),
+        State::Cancelled => View::Owned(Err(TaskError::Cancelled {
+            task: task.to_string(),
+        })),
+        State::Taken(Some(e)) => View::Owned(Err(e.clone())),
+        _ => View::Owned(Err(TaskError::ResultTaken {
+            task: task.to_string(),
+        })),
+    }
+}
+
+fn run_callback<T>(task: &str, cb: Callback<T>, view: &View<'_, T>) {
+    let r = match view {
+        View::Borrowed(r) => *r,
+        View::Owned(r) => r,
+    };
+    if let Err(e) = crate::panic::catch(task, || cb(r)) {
+        eprintln!("multitask: a done callback of task {task} panicked: {e}");
+    }
+}
+
+/// The handle to one task's outcome, as Python's `concurrent.futures.Future`.
+///
+/// Named `TaskFuture` so that it does not shadow std's `Future` trait, which
+/// it implements: `.await` it from any async runtime.
+///
+/// ```
+/// use multitasking::{Executor, ThreadPool};
+/// let pool = ThreadPool::builder().max_workers(2).build().unwrap();
+/// let fut = pool.spawn(|| 6 * 7).unwrap();
+/// assert_eq!(fut.result().unwrap(), 42);
+/// ```
+pub struct TaskFuture<T> {
+    /// Shared with the executor's [`Promise`].
+    shared: Arc<Shared<T>>,
+}
+
+/// The executor's side of a [`TaskFuture`]: moves it to running and
+/// delivers the outcome. Dropping an unfulfilled promise resolves the future
+/// with [`TaskError::Shutdown`], so that every future resolves.
+pub struct Promise<T> {
+    /// Shared with the [`TaskFuture`].
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> TaskFuture<T> {
+    /// A pending future for `task` and the promise that resolves it.
+    pub fn pending(task: &'static str) -> (TaskFuture<T>, Promise<T>) {
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Inner {
+                state: State::Pending,
+                callbacks: Vec::new(),
+                waker: None,
+                listeners: Vec::new(),
+                control: None,
+                sleepers: 0,
+            }),
+            cond: Condvar::new(),
+            done: AtomicBool::new(false),
+            task,
+        });
+        (
+            TaskFuture {
+                shared: shared.clone(),
+            },
+            Promise { shared },
+        )
+    }
+
+    /// A future that is already done with `outcome`.
+    pub fn ready(task: &'static str, outcome: Result<T, TaskError>) -> TaskFuture<T> {
+        let (fut, promise) = TaskFuture::pending(task);
+        promise.complete(outcome);
+        fut
+    }
+
+    /// The task's name.
+    pub fn task(&self) -> &'static str {
+        self.shared.task
+    }
+
+    /// True once the outcome is known: finished, failed or cancelled.
+    pub fn done(&self) -> bool {
+        lock(&self.shared.inner).state.is_done()
+    }
+
+    /// True while a worker runs the task.
+    pub fn running(&self) -> bool {
+        matches!(lock(&self.shared.inner).state, State::Running)
+    }
+
+    /// True if the task was cancelled before it ran.
+    pub fn cancelled(&self) -> bool {
+        let inner = lock(&self.shared.inner);
+        match &inner.state {
+            State::Cancelled => true,
+            State::Taken(Some(e)) => e.is_cancelled(),
+            _ => false,
+        }
+    }
+
+    /// Cancels the task if it has not started: true if it is (now)
+    /// cancelled, false if it runs or ran. As in Python, a running task is
+    /// not stopped; see [`TaskFuture::terminate`]. A cancelled future is
+    /// done at once: `wait` and `as_completed` see it immediately.
+    pub fn cancel(&self) -> bool {
+        {
+            let inner = lock(&self.shared.inner);
+            match inner.state {
+                State::Pending => {}
+                State::Cancelled => return true,
+                _ => return false,
+            }
+        }
+        // Subtle: the state may move to Running between the two locks;
+        // `finish` re-checks, and then the task ran, so cancel fails.
+        self.shared.finish(State::Cancelled) || self.cancelled()
+    }
+
+    /// Stops a running task by killing the worker process that runs it; the
+    /// future fails with [`TaskError::Terminated`]. True if a worker was
+    /// killed. Threads can't be killed: on a thread pool this returns false.
+    pub fn terminate(&self) -> bool {
+        let control = {
+            let inner = lock(&self.shared.inner);
+            match (&inner.state, &inner.control) {
+                (State::Running, Some(c)) => c.clone(),
+                _ => return false,
+            }
+        };
+        control.terminate()
+    }
+
+    /// Spins briefly for the outcome, helping the executor along (see
+    /// [`Terminate::progress`]); true if it is known.
+    fn spin(&self) -> bool {
+        let done = || self.shared.done.load(std::sync::atomic::Ordering::Acquire);
+        if done() {
+            return true;
+        }
+        let helper = lock(&self.shared.inner).control.clone();
+        match helper {
+            None => spin_for(SPIN, done),
+            Some(h) => spin_for(SPIN, || {
+                done() || {
+                    h.progress();
+                    done()
+                }
+            }),
+        }
+    }
+
+    /// Blocks until the outcome is known and returns it.
+    pub fn result(self) -> Result<T, TaskError> {
+        let mut inner = self.block(None);
+        self.shared.take(&mut inner)
+    }
+
+    /// Waits at most `timeout` for the outcome: `None` if it is not known by
+    /// then (the task goes on: on a thread pool nothing can stop it), else
+    /// the outcome, taken out of the future.
+    pub fn result_timeout(&self, timeout: Duration) -> Option<Result<T, TaskError>> {
+        let mut inner = self.block(Some(Instant::now() + timeout));
+        if inner.state.is_done() {
+            Some(self.shared.take(&mut inner))
+        } else {
+            None
+        }
+    }
+
+    /// The outcome if it is known (taken out of the future), else `None`.
+    pub fn try_result(&self) -> Option<Result<T, TaskError>> {
+        let mut inner = lock(&self.shared.inner);
+        if inner.state.is_done() {
+            Some(self.shared.take(&mut inner))
+        } else {
+            None
+        }
+    }
+
+    /// Blocks until done.
+    pub fn wait(&self) {
+        drop(self.block(None));
+    }
+
+    /// Blocks until done, at most `timeout`; true if done.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.block(Some(Instant::now() + timeout)).state.is_done()
+    }
+
+    /// Spins briefly, then waits on the condvar until the future is done or
+    /// `deadline` passes; the guard, done or not.
+    fn block(&self, deadline: Option<Instant>) -> MutexGuard<'_, Inner<T>> {
+        self.spin();
+        let mut inner = lock(&self.shared.inner);
+        while !inner.state.is_done() {
+            let left = match deadline {
+                None => None,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        break;
+                    }
+                    Some(d - now)
+                }
+            };
+            inner.sleepers += 1;
+            inner = match left {
+                None => match self.shared.cond.wait(inner) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                },
+                Some(left) => match self.shared.cond.wait_timeout(inner, left) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                },
+            };
+            inner.sleepers -= 1;
+        }
+        inner
+    }
+
+    /// The error, if the task is done and failed (or was cancelled); `None`
+    /// while it runs or if it succeeded. Python's `exception()`, without the
+    /// wait: call [`TaskFuture::wait_timeout`] first to wait.
+    pub fn error(&self) -> Option<TaskError> {
+        let inner = lock(&self.shared.inner);
+        match &inner.state {
+            State::Finished(Err(e)) => Some(e.clone()),
+            State::Cancelled => Some(self.shared.cancelled()),
+            State::Taken(e) => e.clone(),
+            _ => None,
+        }
+    }
+
+    /// Runs `f` with the outcome once it is known, in the order callbacks
+    /// were added; at once (on this thread) if it is already known. A
+    /// panicking callback is caught and reported on stderr; the future is
+    /// not affected.
+    ///
+    /// `f` gets the outcome by reference, without a copy, while this
+    /// future's own lock is held: it may use the pool and other futures
+    /// freely (executors resolve futures outside their own locks), but it
+    /// must not call methods of this same future, which would wait for
+    /// itself.
+    pub fn add_done_callback(&self, f: impl FnOnce(&Result<T, TaskError>) + Send + 'static) {
+        let mut inner = lock(&self.shared.inner);
+        if inner.state.is_done() {
+            let view = outcome_view(&inner.state, self.shared.task);
+            run_callback(self.shared.task, Box::new(f), &view);
+        } else {
+            inner.callbacks.push(Box::new(f));
+        }
+    }
+}
+
+/// A future that `wait` and `as_completed` can watch, whatever its output.
+pub trait Waitable {
+    /// True once the outcome is known.
+    fn is_done(&self) -> bool;
+    /// Registers `signal` to hear, with `index`, when this is done; true if
+    /// it is already done (then nothing is registered).
+    #[doc(hidden)]
+    fn listen(&self, signal: &Arc<Signal>, index: usize) -> bool;
+    /// Removes a registration made by `listen`.
+    #[doc(hidden)]
+    fn unlisten(&self, signal: &Arc<Signal>);
+    /// True if the task failed (or was cancelled).
+    fn failed(&self) -> bool;
+}
+
+impl<T> Waitable for TaskFuture<T> {
+    fn is_done(&self) -> bool {
+        self.done()
+    }
+
+    fn listen(&self, signal: &Arc<Signal>, index: usize) -> bool {
+        let mut inner = lock(&self.shared.inner);
+        if inner.state.is_done() {
+            return true;
+        }
+        inner.listeners.push((signal.clone(), index));
+        false
+    }
+
+    fn unlisten(&self, signal: &Arc<Signal>) {
+        let mut inner = lock(&self.shared.inner);
+        inner.listeners.retain(|(s, _)| !Arc::ptr_eq(s, signal));
+    }
+
+    fn failed(&self) -> bool {
+        let inner = lock(&self.shared.inner);
+        match &inner.state {
+            State::Finished(r) => r.is_err(),
+            State::Cancelled => true,
+            State::Taken(e) => e.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl<T> std::future::Future for TaskFuture<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut inner = lock(&self.shared.inner);
+        if inner.state.is_done() {
+            return Poll::Ready(self.shared.take(&mut inner));
+        }
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+}
+
+impl<T> fmt::Debug for TaskFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = lock(&self.shared.inner);
+        let state = match &inner.state {
+            State::Pending => "pending",
+            State::Running => "running",
+            State::Finished(Ok(_)) => "finished",
+            State::Finished(Err(_)) => "failed",
+            State::Cancelled => "cancelled",
+            State::Taken(_) => "taken",
+        };
+        f.debug_struct("TaskFuture")
+            .field("task", &self.shared.task)
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<T> Promise<T> {
+    /// The task's name.
+    pub fn task(&self) -> &'static str {
+        self.shared.task
+    }
+
+    /// Moves the future to running: false if it was cancelled (then the
+    /// executor must not run the task).
+    pub fn set_running(&self) -> bool {
+        let mut inner = lock(&self.shared.inner);
+        match inner.state {
+            State::Pending => {
+                inner.state = State::Running;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True if the future was cancelled. Cheap for a future that is not
+    /// done (no lock), so that an executor may poll many.
+    pub fn is_cancelled(&self) -> bool {
+        // Acquire: pairs with the Release in `finish`; a cancelled future
+        // is done first.
+        self.shared.done.load(std::sync::atomic::Ordering::Acquire)
+            && matches!(lock(&self.shared.inner).state, State::Cancelled)
+    }
+
+    /// Gives the future a way to kill the worker that runs it.
+    pub fn set_terminate(&self, control: std::sync::Arc<dyn Terminate>) {
+        lock(&self.shared.inner).control = Some(control);
+    }
+
+    /// Delivers the outcome; false if the future was already done
+    /// (cancelled), in which case the outcome is dropped.
+    pub fn complete(self, outcome: Result<T, TaskError>) -> bool {
+        self.shared.finish(State::Finished(outcome))
+    }
+
+    /// Cancels the future from the executor's side (shutdown with
+    /// `cancel_futures`); false if it was already running or done.
+    pub fn cancel(self) -> bool {
+        let running = matches!(lock(&self.shared.inner).state, State::Running);
+        !running && self.shared.finish(State::Cancelled)
+    }
+}
+
+impl<T> Drop for Promise<T> {
+    fn drop(&mut self) {
+        // A promise dropped unfulfilled (its executor shut down, or a worker
+        // thread unwound) must still resolve its future.
+        let task = self.shared.task;
+        self.shared.finish(State::Finished(Err(TaskError::Shutdown {
+            task: task.to_string(),
+        })));
+    }
+}
+
+impl<T> fmt::Debug for Promise<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Promise")
+            .field("task", &self.shared.task)
+            .finish_non_exhaustive()
+    }
+}

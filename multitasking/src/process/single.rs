@@ -1,0 +1,204 @@
+//! `Process`: one named task in a fresh process, as the seed's
+//! `multiprocessing.Process(target=f, args=(...))` with `start`, `join` and
+//! `terminate`.
+//!
+//! It reuses the pool's worker start-up and wire protocol: the child is
+//! this program started again, it receives one call, replies, and exits
+//! when the socket closes.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ExitCause, TaskError};
+use crate::process::pool::Config;
+use crate::process::supervisor::spawn_worker;
+use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
+use crate::task::{self, Task};
+
+/// One named task running in its own process.
+///
+/// ```no_run
+/// use multitasking::Process;
+///
+/// #[multitasking::task]
+/// fn delivery(parcel: String) -> String { format!("delivered {parcel}") }
+///
+/// multitasking::init();
+/// let p = Process::spawn(delivery, "books".to_string()).unwrap();
+/// println!("running in pid {}", p.pid());
+/// assert_eq!(p.join().unwrap(), "delivered books");
+/// ```
+#[derive(Debug)]
+pub struct Process<T: Task> {
+    /// The child process; `None` once reaped.
+    child: Option<Child>,
+    /// The control socket; `None` once the reply was read.
+    conn: Option<Conn>,
+    /// The child's pid.
+    pid: u32,
+    /// Its exit status, once reaped.
+    status: Option<ExitStatus>,
+    /// The reply, once read.
+    outcome: Option<Result<T::Output, TaskError>>,
+}
+
+impl<T: Task> Process<T> {
+    /// Starts `task(input)` in a new process.
+    pub fn spawn(_task: T, input: T::Input) -> Result<Process<T>, Error> {
+        let config = Config::single();
+        let worker = spawn_worker(0, &config)?;
+        let (child, mut conn, pid) = worker.into_parts();
+        let payload = task::encode(T::NAME, T::CODEC, &vec![input])
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let call = ToWorker::Call {
+            id: 1,
+            task: T::NAME.to_string(),
+            signature: T::SIGNATURE,
+            payload,
+        };
+        conn.send(&call)
+            .map_err(|e| Error::Protocol(format!("sending the call to pid {pid}: {e}")))?;
+        Ok(Process {
+            child: Some(child),
+            conn: Some(conn),
+            pid,
+            status: None,
+            outcome: None,
+        })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// True until the process has exited (and been reaped).
+    pub fn is_alive(&mut self) -> bool {
+        self.poll_exit();
+        self.status.is_none()
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.poll_exit();
+        self.status
+    }
+
+    fn poll_exit(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(s)) = child.try_wait() {
+                self.status = Some(s);
+                self.child = None;
+            }
+        }
+    }
+
+    /// Asks the process to stop (SIGTERM).
+    pub fn terminate(&self) -> bool {
+        self.signal(rustix::process::Signal::TERM)
+    }
+
+    /// Kills the process (SIGKILL).
+    pub fn kill(&self) -> bool {
+        self.signal(rustix::process::Signal::KILL)
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) -> bool {
+        self.child.is_some()
+            && rustix::process::Pid::from_raw(self.pid as i32)
+                .is_some_and(|pid| rustix::process::kill_process(pid, sig).is_ok())
+    }
+
+    /// Waits for the task's outcome and the process's exit.
+    pub fn join(mut self) -> Result<T::Output, TaskError> {
+        self.wait_until(None).unwrap_or_else(|| {
+            Err(TaskError::WorkerDied {
+                task: T::NAME.to_string(),
+                pid: self.pid,
+                cause: ExitCause::Unknown,
+            })
+        })
+    }
+
+    /// Waits at most `timeout`: `None` if the task has not finished.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Option<Result<T::Output, TaskError>> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&mut self, deadline: Option<Instant>) -> Option<Result<T::Output, TaskError>> {
+        if self.outcome.is_none() {
+            let conn = self.conn.as_mut()?;
+            match conn.recv::<FromWorker>(deadline) {
+                Ok(FromWorker::Reply { outcome, .. }) => {
+                    let value = outcome.and_then(|bytes| {
+                        let chunk: crate::Chunk<T::Output> =
+                            task::decode(T::NAME, T::CODEC, &bytes)?;
+                        chunk.into_iter().next().unwrap_or_else(|| {
+                            Err(TaskError::Codec {
+                                task: T::NAME.to_string(),
+                                message: "empty reply".to_string(),
+                            })
+                        })
+                    });
+                    self.outcome = Some(value);
+                }
+                Err(WireError::Timeout) => return None,
+                Ok(_) | Err(_) => {
+                    // The process died (or broke the protocol) before it
+                    // replied: its exit status says how.
+                    self.conn = None;
+                    let status = self.reap(deadline)?;
+                    let cause = match (status.signal(), status.code()) {
+                        (Some(s), _) => ExitCause::Signal(s),
+                        (None, Some(c)) => ExitCause::Code(c),
+                        _ => ExitCause::Unknown,
+                    };
+                    return Some(Err(TaskError::WorkerDied {
+                        task: T::NAME.to_string(),
+                        pid: self.pid,
+                        cause,
+                    }));
+                }
+            }
+        }
+        // Closing the socket ends the worker's loop.
+        self.conn = None;
+        self.reap(deadline)?;
+        self.outcome.take()
+    }
+
+    fn reap(&mut self, deadline: Option<Instant>) -> Option<ExitStatus> {
+        loop {
+            self.poll_exit();
+            if let Some(s) = self.status {
+                return Some(s);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl<T: Task> Drop for Process<T> {
+    fn drop(&mut self) {
+        // Never leave a zombie or an orphan behind.
+        self.conn = None;
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => return,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
+    }
+}

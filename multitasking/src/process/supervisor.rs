@@ -1,0 +1,764 @@
+//! The supervisor thread of a process pool's worker slot, and the life of
+//! a worker process: start and hello, one call at a time, timeout and
+//! memory watch, kill, reap, replace. See `process/mod.rs` for the picture.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::error::{Error, ExitCause, TaskError};
+use crate::future::Terminate;
+use crate::process::pool::{Config, Job, PoolShared};
+use crate::process::sys;
+use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
+use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
+use crate::process::DEFAULT_MAX_PAYLOAD;
+use crate::remote::Deliver;
+use crate::trace::{Span, SpanWorker, Tracer};
+
+/// How often a busy worker's memory is checked against its limit.
+const MEMORY_POLL: Duration = Duration::from_millis(20);
+/// How long a slot whose worker failed to start waits before it tries
+/// again, if no call is waiting.
+const SPAWN_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a retiring worker gets to exit after its socket closes.
+const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a worker was killed on purpose.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KillReason {
+    /// `TaskFuture::terminate`, or a whole-pool stop.
+    Terminated,
+    /// The task ran past the timeout.
+    Timeout(Duration),
+    /// The worker went above its memory limit.
+    Memory {
+        /// The limit in bytes.
+        limit: u64,
+        /// The RSS seen, in bytes.
+        peak: u64,
+    },
+}
+
+/// Kills one worker process and remembers why.
+#[derive(Debug)]
+pub(crate) struct KillSwitch {
+    /// The worker's pid.
+    pub(crate) pid: u32,
+    /// Why it was killed, if it was.
+    reason: Mutex<Option<KillReason>>,
+}
+
+impl KillSwitch {
+    pub(crate) fn kill(&self, reason: KillReason, signal: rustix::process::Signal) -> bool {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
+        match rustix::process::Pid::from_raw(self.pid as i32) {
+            Some(pid) => rustix::process::kill_process(pid, signal).is_ok(),
+            None => false,
+        }
+    }
+
+    fn reason(&self) -> Option<KillReason> {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Terminate for KillSwitch {
+    fn terminate(&self) -> bool {
+        self.kill(KillReason::Terminated, rustix::process::Signal::KILL)
+    }
+}
+
+/// A live worker process, owned by its supervisor.
+pub(crate) struct Worker {
+    /// The process.
+    child: Child,
+    /// The control socket.
+    conn: Conn,
+    /// Kills it on demand.
+    switch: Arc<KillSwitch>,
+    /// Tasks it ran.
+    tasks: u64,
+    /// Its peak RSS as last read, and when: `/proc` is read at most every
+    /// `RSS_EVERY` for traces.
+    rss: Option<(Instant, u64)>,
+}
+
+/// How often a traced worker's peak RSS is read.
+const RSS_EVERY: Duration = Duration::from_millis(10);
+
+impl Worker {
+    /// The worker's peak RSS, read again if the last reading is stale.
+    fn peak_rss(&mut self) -> Option<u64> {
+        let stale = self.rss.is_none_or(|(at, _)| at.elapsed() >= RSS_EVERY);
+        if stale {
+            if let Some((_, peak)) = crate::info::rss_of(self.switch.pid) {
+                self.rss = Some((Instant::now(), peak));
+            }
+        }
+        self.rss.map(|(_, peak)| peak)
+    }
+}
+
+impl Config {
+    /// The settings of a lone [`crate::Process`].
+    pub(crate) fn single() -> Config {
+        Config {
+            workers: 1,
+            name: "multitask-process".to_string(),
+            initializer: None,
+            max_tasks_per_child: None,
+            task_timeout: None,
+            memory_limit: None,
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            max_retries: 0,
+            start_timeout: Duration::from_secs(10),
+            tracer: Tracer::disabled(),
+        }
+    }
+}
+
+impl Worker {
+    /// The process, its socket and its pid.
+    pub(crate) fn into_parts(self) -> (Child, Conn, u32) {
+        (self.child, self.conn, self.switch.pid)
+    }
+}
+
+/// Starts worker `index` and waits for its hello.
+pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Error> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+        .map_err(|e| Error::io("creating a worker socket", e))?;
+    let theirs = std::os::fd::OwnedFd::from(theirs);
+    let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0(exe.as_os_str())
+        .env(ENV_WORKER, wire::VERSION.to_string())
+        .env(ENV_NAME, format!("{}-{index}", config.name))
+        .env(ENV_CAP, config.max_payload.to_string())
+        .stdin(Stdio::null());
+    if let Some((name, sig)) = config.initializer {
+        cmd.env(ENV_INIT, format!("{name}\t{sig}"));
+    }
+    sys::configure_child(&mut cmd, &theirs);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io("starting a worker process", e))?;
+    drop(theirs);
+    let mut conn = Conn::new(ours, config.max_payload)
+        .map_err(|e| Error::io("setting up a worker socket", e))?;
+    let deadline = Instant::now() + config.start_timeout;
+    let failed = |child: &mut Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(Error::Protocol(why))
+    };
+    match conn.recv::<FromWorker>(Some(deadline)) {
+        Ok(FromWorker::Hello { pid }) => Ok(Worker {
+            child,
+            conn,
+            switch: Arc::new(KillSwitch {
+                pid,
+                reason: Mutex::new(None),
+            }),
+            tasks: 0,
+            rss: None,
+        }),
+        Ok(FromWorker::InitFailed { error }) => {
+            failed(&mut child, format!("the worker initializer failed: {error}"))
+        }
+        Ok(other) => failed(&mut child, format!("a new worker sent {other:?} before hello")),
+        Err(WireError::Timeout) => failed(
+            &mut child,
+            format!(
+                "worker {}-{index} did not start within {:?}: call multitasking::init() first thing in main \
+                 (or multitasking::enable_test_support!() in tests and benches)",
+                config.name, config.start_timeout
+            ),
+        ),
+        Err(WireError::Eof) => {
+            let status = child.wait().ok();
+            Err(Error::Protocol(format!(
+                "worker {}-{index} exited before it started ({}); does main call multitasking::init() first?",
+                config.name,
+                status.map_or("unknown status".to_string(), |s| s.to_string())
+            )))
+        }
+        Err(e) => failed(&mut child, format!("worker {}-{index}: {e}", config.name)),
+    }
+}
+
+/// Closes a worker's socket, lets it exit, and reaps it; kills it if it
+/// does not exit within the grace period.
+fn retire(mut w: Worker) {
+    drop(w.conn);
+    let deadline = Instant::now() + RETIRE_GRACE;
+    loop {
+        match w.child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = w.child.kill();
+                let _ = w.child.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// Reaps a worker that died or was killed; how it ended.
+fn reap(mut w: Worker) -> (u32, ExitCause, Option<KillReason>) {
+    let pid = w.switch.pid;
+    let reason = w.switch.reason();
+    drop(w.conn);
+    let deadline = Instant::now() + RETIRE_GRACE;
+    let status = loop {
+        match w.child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Err(_) => break None,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = w.child.kill();
+                break w.child.wait().ok();
+            }
+            Ok(None) => std::thread::sleep(Duration::from_micros(200)),
+        }
+    };
+    let cause = match status {
+        Some(s) => match (s.signal(), s.code()) {
+            (Some(sig), _) => ExitCause::Signal(sig),
+            (None, Some(code)) => ExitCause::Code(code),
+            _ => ExitCause::Unknown,
+        },
+        None => ExitCause::Unknown,
+    };
+    (pid, cause, reason)
+}
+
+/// The error for a task whose worker ended.
+fn death_error(task: &str, pid: u32, cause: ExitCause, reason: Option<KillReason>) -> TaskError {
+    let task = task.to_string();
+    match reason {
+        Some(KillReason::Terminated) => TaskError::Terminated { task, pid },
+        Some(KillReason::Timeout(after)) => TaskError::TimedOut {
+            task,
+            after,
+            pid: Some(pid),
+        },
+        Some(KillReason::Memory { limit, peak }) => TaskError::MemoryExceeded {
+            task,
+            pid,
+            limit,
+            peak,
+        },
+        None => TaskError::WorkerDied { task, pid, cause },
+    }
+}
+
+/// A worker slot: its worker, the call the worker runs, and the bell that
+/// wakes the slot's supervisor.
+///
+/// Whoever holds `io` drives the worker: a submitter that finds the slot
+/// idle writes the call itself, and a caller spinning for its result reads
+/// the reply itself (through [`Terminate::progress`]), so that a round trip
+/// crosses two parties, as a raw socket ping-pong does, not three. The
+/// supervisor thread is the only one that starts, reaps and replaces
+/// workers; between those it parks in `poll` on the worker's socket and
+/// its bell, and handles what nobody else did: a reply nobody waits for,
+/// a timeout, the memory limit, a worker's death.
+pub(crate) struct Slot {
+    /// The slot's index, in worker names.
+    index: usize,
+    /// The worker and its call.
+    io: Mutex<SlotIo>,
+    /// True while a worker is ready and no call is in flight: lets a
+    /// submitter skip busy slots without taking their lock.
+    idle: AtomicBool,
+    /// Wakes the supervisor.
+    bell: Bell,
+}
+
+/// What a slot's lock guards.
+#[derive(Default)]
+struct SlotIo {
+    /// The live worker; `None` while one is being started or reaped.
+    worker: Option<Worker>,
+    /// The call the worker runs.
+    call: Option<Call>,
+    /// Set by whoever found that the worker can't go on; the supervisor
+    /// reaps it.
+    broken: Option<Broken>,
+    /// The worker ran its `max_tasks_per_child`: the supervisor retires it.
+    retiring: bool,
+    /// Futures to resolve once the lock is released (a done callback may
+    /// submit again, which takes this lock).
+    outbox: Vec<Outcome>,
+}
+
+impl SlotIo {
+    /// A worker is ready for a call.
+    fn is_idle(&self) -> bool {
+        self.worker.is_some() && self.call.is_none() && self.broken.is_none() && !self.retiring
+    }
+}
+
+/// A future to resolve, and its encoded outcome.
+type Outcome = (Box<dyn Deliver>, Result<Vec<u8>, TaskError>);
+
+/// A call written to a worker and not yet answered.
+struct Call {
+    /// The id the reply must carry.
+    id: u64,
+    /// The job.
+    job: Job,
+    /// When it was written.
+    started: Instant,
+}
+
+/// Why a worker can't go on.
+enum Broken {
+    /// Its socket reached end-of-file or failed: it died or was killed.
+    Gone,
+    /// It broke the protocol (it was killed for it): the message.
+    Protocol(String),
+}
+
+/// A self-pipe that wakes a supervisor parked in `poll`.
+struct Bell {
+    /// The end rung.
+    tx: UnixStream,
+    /// The end polled.
+    rx: UnixStream,
+}
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        let (tx, rx) = UnixStream::pair()?;
+        tx.set_nonblocking(true)?;
+        rx.set_nonblocking(true)?;
+        Ok(Bell { tx, rx })
+    }
+
+    fn ring(&self) {
+        // A full pipe has rung already.
+        let _ = (&self.tx).write(&[1]);
+    }
+
+    fn drain(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.rx).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+/// The handle a running task's future holds: kills its worker, and lets a
+/// caller that spins for the outcome read the reply itself.
+struct Control {
+    /// The worker's kill switch.
+    switch: Arc<KillSwitch>,
+    /// The slot the call runs in.
+    slot: Arc<Slot>,
+    /// The pool, if it is still there.
+    pool: Weak<PoolShared>,
+}
+
+impl Terminate for Control {
+    fn terminate(&self) -> bool {
+        self.switch.terminate()
+    }
+
+    fn progress(&self) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        // Someone else drives the slot: they will deliver.
+        let Ok(mut io) = self.slot.io.try_lock() else {
+            return;
+        };
+        self.slot.pump(&mut io, &pool, false);
+        release(io);
+    }
+}
+
+/// Releases a slot's lock, then resolves the futures it collected.
+fn release(mut io: MutexGuard<'_, SlotIo>) {
+    if io.outbox.is_empty() {
+        return;
+    }
+    let out = std::mem::take(&mut io.outbox);
+    drop(io);
+    for (deliver, outcome) in out {
+        deliver.finish(outcome);
+    }
+}
+
+impl Slot {
+    /// Slot `index`, with no worker yet.
+    pub(crate) fn new(index: usize) -> Result<Slot, Error> {
+        Ok(Slot {
+            index,
+            io: Mutex::new(SlotIo::default()),
+            idle: AtomicBool::new(false),
+            bell: Bell::new().map_err(|e| Error::io("creating a supervisor's bell", e))?,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SlotIo> {
+        self.io.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes the slot's supervisor.
+    pub(crate) fn ring(&self) {
+        self.bell.ring();
+    }
+
+    /// Starts queued calls on this slot if it is idle; called by whoever
+    /// enqueued one, and by whoever made the slot idle.
+    pub(crate) fn offer(self: &Arc<Self>, shared: &Arc<PoolShared>) {
+        // Relaxed: a hint; `dispatch` re-checks under the lock, and the
+        // fences in `dispatch` and `ProcessPool::send` close the race.
+        if self.idle.load(Ordering::Relaxed) {
+            let mut io = self.lock();
+            self.dispatch(&mut io, shared, false);
+            release(io);
+        }
+    }
+
+    /// Writes queued calls to the worker while it is idle.
+    fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+        loop {
+            while io.is_idle() {
+                let Ok(job) = shared.rx.try_recv() else {
+                    break;
+                };
+                self.start(io, job, shared);
+            }
+            let idle = io.is_idle();
+            // SeqCst, with the fence: a submitter enqueues, fences, then
+            // reads `idle`; here `idle` is stored, fenced, then the queue
+            // read. One of the two sees the other, so no call waits in the
+            // queue beside an idle worker.
+            self.idle.store(idle, Ordering::SeqCst);
+            if !idle {
+                break;
+            }
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if shared.rx.is_empty() {
+                break;
+            }
+        }
+        let watched = shared.config.task_timeout.is_some() || shared.config.memory_limit.is_some();
+        if !by_supervisor && ((io.call.is_some() && watched) || io.broken.is_some()) {
+            // The supervisor may be parked with no deadline.
+            self.bell.ring();
+        }
+    }
+
+    /// Writes `job` to the idle worker.
+    fn start(self: &Arc<Self>, io: &mut SlotIo, mut job: Job, shared: &Arc<PoolShared>) {
+        let w = io.worker.as_mut().expect("an idle slot has a worker");
+        let control = Arc::new(Control {
+            switch: w.switch.clone(),
+            slot: self.clone(),
+            pool: Arc::downgrade(shared),
+        });
+        if !job.deliver.start(Some(control)) {
+            // Cancelled while queued.
+            return;
+        }
+        // Relaxed: ids need only be unique.
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let call = ToWorker::Call {
+            id,
+            task: job.task.to_string(),
+            signature: job.signature,
+            payload: std::mem::take(&mut job.payload),
+        };
+        let sent = w.conn.send(&call);
+        let ToWorker::Call { payload, .. } = call;
+        job.payload = payload;
+        let call = Call {
+            id,
+            job,
+            started: Instant::now(),
+        };
+        match sent {
+            Ok(()) => io.call = Some(call),
+            Err(WireError::TooLarge { size, cap }) => {
+                let error = TaskError::TooLarge {
+                    task: call.job.task.to_string(),
+                    size,
+                    limit: cap,
+                };
+                io.outbox.push((call.job.deliver, Err(error)));
+            }
+            Err(_) => {
+                io.call = Some(call);
+                io.broken = Some(Broken::Gone);
+            }
+        }
+    }
+
+    /// Reads what the worker sent: finishes the call and starts the next.
+    fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+        if io.broken.is_some() {
+            return;
+        }
+        let Some(w) = io.worker.as_mut() else {
+            return;
+        };
+        let broken = match w.conn.try_recv::<FromWorker>() {
+            Ok(None) => return,
+            Ok(Some(FromWorker::Reply { id, outcome }))
+                if io.call.as_ref().is_some_and(|c| c.id == id) =>
+            {
+                let call = io.call.take().expect("checked above");
+                trace(shared, &call, outcome.is_ok(), w);
+                io.outbox.push((call.job.deliver, outcome));
+                w.tasks += 1;
+                if shared
+                    .config
+                    .max_tasks_per_child
+                    .is_some_and(|max| w.tasks >= max)
+                {
+                    io.retiring = true;
+                    if !by_supervisor {
+                        self.bell.ring();
+                    }
+                }
+                self.dispatch(io, shared, by_supervisor);
+                return;
+            }
+            Ok(Some(other)) => Broken::Protocol(format!(
+                "worker pid {} broke the protocol: sent {other:?}",
+                w.switch.pid
+            )),
+            Err(WireError::Eof) | Err(WireError::Io(_)) => Broken::Gone,
+            Err(e) => Broken::Protocol(format!("worker pid {}: {e}", w.switch.pid)),
+        };
+        if matches!(broken, Broken::Protocol(_)) {
+            w.switch
+                .kill(KillReason::Terminated, rustix::process::Signal::KILL);
+        }
+        io.broken = Some(broken);
+        self.idle.store(false, Ordering::SeqCst);
+        if !by_supervisor {
+            self.bell.ring();
+        }
+    }
+}
+
+/// Records a finished call, when tracing.
+fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
+    if let Some(submitted) = call.job.submitted {
+        shared.config.tracer.record_span(Span {
+            task: call.job.task,
+            worker: SpanWorker::Pid,
+            pid: w.switch.pid,
+            times: (submitted, call.started, Instant::now()),
+            ok,
+            peak_rss: w.peak_rss(),
+        });
+    }
+}
+
+/// A supervisor: owns worker slot `slot` for the pool's life. It starts
+/// the worker, replaces it when it dies or retires, enforces the task
+/// timeout and the memory limit, and handles replies nobody else read.
+/// Workers are spawned from this long-lived thread because
+/// PR_SET_PDEATHSIG fires when the spawning thread exits.
+pub(crate) fn supervise(
+    slot: Arc<Slot>,
+    shared: Arc<PoolShared>,
+    ready: Sender<Result<(), Error>>,
+) {
+    let config = &shared.config;
+    let set_live = |switch: Option<Arc<KillSwitch>>| {
+        shared.live.lock().unwrap_or_else(|p| p.into_inner())[slot.index] = switch;
+    };
+    // A second handle on the live worker's socket, polled without the lock.
+    let mut watch: Option<UnixStream> = None;
+    let install = |w: Worker, watch: &mut Option<UnixStream>| {
+        *watch = w.conn.socket().try_clone().ok();
+        set_live(Some(w.switch.clone()));
+        let mut io = slot.lock();
+        io.worker = Some(w);
+        slot.dispatch(&mut io, &shared, true);
+        release(io);
+    };
+    // After a failed start, when to try again if no call is waiting.
+    let mut retry_at = None;
+    match spawn_worker(slot.index, config) {
+        Ok(w) => {
+            install(w, &mut watch);
+            let _ = ready.send(Ok(()));
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            retry_at = Some(Instant::now() + SPAWN_BACKOFF);
+        }
+    }
+    drop(ready);
+    let closed = || *shared.closed.read().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let mut io = slot.lock();
+        slot.pump(&mut io, &shared, true);
+        slot.dispatch(&mut io, &shared, true);
+        let closing = io.call.is_none() && closed() && shared.rx.is_empty();
+        if io.worker.is_some() && (io.broken.is_some() || io.retiring || closing) {
+            // The worker goes: handle it outside the lock.
+            let worker = io.worker.take();
+            let call = io.call.take();
+            let broken = io.broken.take();
+            io.retiring = false;
+            slot.idle.store(false, Ordering::SeqCst);
+            release(io);
+            watch = None;
+            set_live(None);
+            if let Some(w) = worker {
+                end_worker(w, call, broken, &shared);
+            }
+            continue;
+        }
+        if io.worker.is_none() {
+            release(io);
+            if closed() && shared.rx.is_empty() {
+                break;
+            }
+            // Don't spin on a machine that can't start processes: after a
+            // failure, wait (a close rings the bell) unless calls wait.
+            if let Some(at) = retry_at.filter(|at| *at > Instant::now()) {
+                if shared.rx.is_empty() {
+                    park(&slot.bell, None, Some(at));
+                    slot.bell.drain();
+                    continue;
+                }
+            }
+            match spawn_worker(slot.index, config) {
+                Ok(w) => {
+                    retry_at = None;
+                    install(w, &mut watch);
+                }
+                Err(e) => {
+                    if let Ok(job) = shared.rx.try_recv() {
+                        job.deliver.finish(Err(TaskError::Broken {
+                            task: job.task.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                    retry_at = Some(Instant::now() + SPAWN_BACKOFF);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            continue;
+        }
+        let wake = io
+            .call
+            .is_some()
+            .then(|| deadlines(&mut io, config))
+            .flatten();
+        release(io);
+        park(&slot.bell, watch.as_ref(), wake);
+        slot.bell.drain();
+    }
+}
+
+/// Kills the running call's worker past the timeout or the memory limit;
+/// when the supervisor must look again.
+fn deadlines(io: &mut SlotIo, config: &Config) -> Option<Instant> {
+    let call = io.call.as_ref()?;
+    let w = io.worker.as_mut()?;
+    let now = Instant::now();
+    let mut wake = None;
+    if let Some(after) = config.task_timeout {
+        let at = call.started + after;
+        if now >= at {
+            w.switch
+                .kill(KillReason::Timeout(after), rustix::process::Signal::KILL);
+        } else {
+            wake = Some(at);
+        }
+    }
+    if let Some(limit) = config.memory_limit {
+        if let Some((rss, _)) = crate::info::rss_of(w.switch.pid) {
+            if rss > limit {
+                w.switch.kill(
+                    KillReason::Memory { limit, peak: rss },
+                    rustix::process::Signal::KILL,
+                );
+            }
+        }
+        let poll = now + MEMORY_POLL;
+        wake = Some(wake.map_or(poll, |t: Instant| t.min(poll)));
+    }
+    wake
+}
+
+/// Parks until the worker's socket is readable (a reply, or end-of-file),
+/// the bell rings, or `wake`.
+fn park(bell: &Bell, watch: Option<&UnixStream>, wake: Option<Instant>) {
+    use rustix::event::{PollFd, PollFlags};
+    let timeout = wake.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        }
+    });
+    let mut fds = [
+        PollFd::new(&bell.rx, PollFlags::IN),
+        PollFd::new(watch.unwrap_or(&bell.rx), PollFlags::IN),
+    ];
+    let n = if watch.is_some() { 2 } else { 1 };
+    let _ = rustix::event::poll(&mut fds[..n], timeout.as_ref());
+}
+
+/// A worker leaves its slot: retired (its socket closed, reaped), or dead
+/// (reaped; its call failed with the reason, or queued again for a retry).
+fn end_worker(w: Worker, call: Option<Call>, broken: Option<Broken>, shared: &PoolShared) {
+    let mut w = w;
+    match broken {
+        None => {
+            // Retiring or closing: the call, if any, was answered.
+            debug_assert!(call.is_none());
+            retire(w);
+        }
+        Some(Broken::Protocol(message)) => {
+            if let Some(call) = &call {
+                trace(shared, call, false, &mut w);
+            }
+            let _ = reap(w);
+            if let Some(call) = call {
+                call.job.deliver.finish(Err(TaskError::Codec {
+                    task: call.job.task.to_string(),
+                    message,
+                }));
+            }
+        }
+        Some(Broken::Gone) => {
+            if let Some(call) = &call {
+                trace(shared, call, false, &mut w);
+            }
+            let (pid, cause, reason) = reap(w);
+            let Some(call) = call else {
+                return;
+            };
+            let mut job = call.job;
+            if reason.is_none() && job.attempts < shared.config.max_retries {
+                job.attempts += 1;
+                // The receiver lives in `shared`, so the send can't fail.
+                let _ = shared.tx.send(job);
+                return;
+            }
+            job.deliver
+                .finish(Err(death_error(job.task, pid, cause, reason)));
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! The integration test binary: one `mod` per area (ripgrep-style), so the
+//! whole suite links once.
+
+// Worker processes of the pools under test are this binary started again.
+multitasking::enable_test_support!();
+
+mod cluster;
+mod conformance;
+mod examples;
+mod failure;
+mod process;
+mod tasks;
+mod trace;

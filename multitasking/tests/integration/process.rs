@@ -1,0 +1,353 @@
+//! The process pool's life cycle: worker reuse and replacement,
+//! initializers, whole-pool stops, reaping, `Process`, and workers dying
+//! with their parent.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multitasking::{Executor, Process, ProcessPool, Shutdown, TaskError};
+
+use crate::conformance::{get, LIMIT};
+use crate::tasks::{sleep_ms, spin_forever, whoami};
+
+/// Set by the `init_marker` initializer in each worker.
+static INITIALIZED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[multitasking::task]
+fn init_marker(_x: ()) {
+    INITIALIZED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+#[multitasking::task]
+fn was_initialized(_x: ()) -> bool {
+    INITIALIZED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+#[multitasking::task]
+fn failing_init(_x: ()) {
+    panic!("no database here");
+}
+
+/// True if `pid` is gone or a zombie (dead, waiting for a reaper that is
+/// not us).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Err(_) => true,
+        Ok(s) => s
+            .lines()
+            .find(|l| l.starts_with("State:"))
+            .is_some_and(|l| l.contains('Z') || l.contains('X')),
+    }
+}
+
+#[test]
+fn workers_are_reused_and_run_in_other_processes() {
+    let p = ProcessPool::builder().max_workers(2).build().unwrap();
+    let pids = p.worker_pids();
+    assert_eq!(pids.len(), 2);
+    assert!(!pids.contains(&std::process::id()));
+    let seen: std::collections::BTreeSet<u32> = p
+        .map(whoami, vec![(); 50])
+        .chunksize(1)
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        seen.iter().all(|pid| pids.contains(pid)),
+        "{seen:?} vs {pids:?}"
+    );
+    assert_eq!(p.spec(), "processes:2");
+}
+
+#[test]
+fn max_tasks_per_child_replaces_workers() {
+    let p = ProcessPool::builder()
+        .max_workers(1)
+        .max_tasks_per_child(3)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..7)
+        .map(|_| get(&p.submit(whoami, ()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(pids[0], pids[2]);
+    assert_ne!(pids[2], pids[3]);
+    assert_eq!(pids[3], pids[5]);
+    assert_ne!(pids[5], pids[6]);
+}
+
+#[test]
+fn the_initializer_runs_in_every_worker() {
+    let p = ProcessPool::builder()
+        .max_workers(2)
+        .initializer(init_marker)
+        .build()
+        .unwrap();
+    assert!(
+        !INITIALIZED.load(std::sync::atomic::Ordering::SeqCst),
+        "not in the parent"
+    );
+    for r in p.map(was_initialized, vec![(); 8]).chunksize(1) {
+        assert_eq!(r, Ok(true));
+    }
+}
+
+#[test]
+fn a_failing_initializer_fails_the_build_clearly() {
+    let t = Instant::now();
+    let e = ProcessPool::builder()
+        .max_workers(2)
+        .initializer(failing_init)
+        .build()
+        .expect_err("the initializer fails");
+    // The failed pool closes at once: its supervisors do not start the
+    // workers again first.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let text = e.to_string();
+    assert!(
+        text.contains("initializer") && text.contains("no database here"),
+        "{text}"
+    );
+}
+
+#[test]
+fn shutdown_and_drop_reap_every_worker() {
+    let p = ProcessPool::builder().max_workers(2).build().unwrap();
+    let pids = p.worker_pids();
+    let f = p.submit(sleep_ms, 100).unwrap();
+    drop(p);
+    assert_eq!(get(&f), Ok(100), "drop waited for running work");
+    for pid in pids {
+        // Reaped by the pool: no zombie, no process.
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "worker {pid} was not reaped"
+        );
+    }
+}
+
+#[test]
+fn kill_workers_stops_everything_at_once() {
+    let p = ProcessPool::builder().max_workers(1).build().unwrap();
+    let running = p.submit(spin_forever, ()).unwrap();
+    let queued = p.submit(sleep_ms, 10).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while !running.running() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let t = Instant::now();
+    p.kill_workers();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(matches!(get(&running), Err(TaskError::Terminated { .. })));
+    assert!(matches!(get(&queued), Err(TaskError::Cancelled { .. })));
+    let e = p.submit(sleep_ms, 1).expect_err("closed");
+    assert!(matches!(e.error, TaskError::Shutdown { .. }));
+    p.shutdown(Shutdown::default());
+}
+
+#[test]
+fn a_process_runs_one_task_and_exits() {
+    let p = Process::spawn(whoami, ()).unwrap();
+    let pid = p.pid();
+    assert_ne!(pid, std::process::id());
+    assert_eq!(p.join(), Ok(pid));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "reaped"
+    );
+}
+
+#[test]
+fn a_process_can_be_terminated() {
+    let mut p = Process::spawn(spin_forever, ()).unwrap();
+    assert!(p.join_timeout(Duration::from_millis(50)).is_none());
+    assert!(p.is_alive());
+    assert!(p.terminate());
+    match p.join_timeout(LIMIT).expect("it ends") {
+        Err(TaskError::WorkerDied { cause, .. }) => {
+            assert_eq!(cause, multitasking::ExitCause::Signal(15))
+        }
+        other => panic!("{other:?}"),
+    }
+    let status = p.exit_status().expect("reaped");
+    assert!(!status.success());
+}
+
+/// Not a test on its own: the child of `workers_die_with_their_parent`.
+#[test]
+#[ignore = "run by workers_die_with_their_parent"]
+fn orphan_parent() {
+    if std::env::var_os("MULTITASK_TEST_ORPHAN").is_none() {
+        return;
+    }
+    let p = ProcessPool::builder().max_workers(2).build().unwrap();
+    let pids: Vec<String> = p.worker_pids().iter().map(u32::to_string).collect();
+    println!("pids {}", pids.join(" "));
+    let _busy = p.submit(spin_forever, ()).unwrap();
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn workers_die_with_their_parent() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "process::orphan_parent",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("MULTITASK_TEST_ORPHAN", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("pids ") {
+                let _ = tx.send(rest.to_string());
+            }
+        }
+    });
+    let Ok(line) = rx.recv_timeout(LIMIT) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the parent never reported its workers");
+    };
+    let pids: Vec<u32> = line.split(' ').map(|p| p.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+    child.kill().unwrap(); // SIGKILL: no destructor, no shutdown.
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !pids.iter().all(|&p| gone(p)) {
+        assert!(
+            Instant::now() < deadline,
+            "workers {pids:?} outlived their SIGKILLed parent by 2 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_done_callback_may_submit_to_the_same_pool() {
+    // Futures are resolved outside the worker slot's lock: a callback
+    // that submits again must not deadlock, whoever resolves the future
+    // (the supervisor, or a caller spinning for its own result).
+    let p = std::sync::Arc::new(ProcessPool::builder().max_workers(2).build().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    for i in 0..20u64 {
+        let f = p.submit(crate::tasks::double, i).unwrap();
+        let (p2, tx) = (p.clone(), tx.clone());
+        f.add_done_callback(move |r| {
+            let again = p2
+                .submit(crate::tasks::double, *r.as_ref().unwrap())
+                .unwrap();
+            let _ = tx.send(again);
+        });
+        if i % 2 == 0 {
+            // Half are waited for at once: their caller reads the reply.
+            assert_eq!(get(&f), Ok(2 * i));
+        }
+    }
+    let mut got: Vec<u64> = (0..20)
+        .map(|_| get(&rx.recv_timeout(LIMIT).expect("every callback ran")).unwrap())
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..20u64).map(|i| 4 * i).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_idle_worker_that_dies_is_replaced_at_once() {
+    let p = ProcessPool::builder().max_workers(1).build().unwrap();
+    let old = p.worker_pids()[0];
+    assert!(rustix::process::kill_process(
+        rustix::process::Pid::from_raw(old as i32).unwrap(),
+        rustix::process::Signal::KILL
+    )
+    .is_ok());
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let pids = p.worker_pids();
+        if pids.len() == 1 && pids[0] != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker {old} was not replaced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(gone(old), "the dead worker was reaped");
+    let f = p.submit(whoami, ()).unwrap();
+    assert_eq!(get(&f), Ok(p.worker_pids()[0]));
+}
+
+#[test]
+fn many_threads_submitting_at_once_lose_no_call() {
+    // Submitters, waiters that read replies themselves, and supervisors
+    // all drive the same slots; every call must come back exactly once.
+    let p = ProcessPool::builder().max_workers(2).build().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let p = &p;
+            s.spawn(move || {
+                let mut pending = Vec::new();
+                for i in 0..500u64 {
+                    let x = t * 1000 + i;
+                    let f = p.submit(crate::tasks::double, x).unwrap();
+                    if i % 3 == 0 {
+                        assert_eq!(get(&f), Ok(2 * x));
+                    } else {
+                        pending.push((x, f));
+                    }
+                }
+                for (x, f) in pending {
+                    assert_eq!(get(&f), Ok(2 * x));
+                }
+            });
+        }
+    });
+}
+
+/// Shutdown with `cancel_futures` runs the cancelled futures' callbacks
+/// outside the pool's locks: a callback that submits again gets a clear
+/// refusal, not a deadlock.
+fn cancel_callbacks_may_call_back<E: Executor + Send + Sync + 'static>(ex: E) {
+    let ex = std::sync::Arc::new(ex);
+    let busy: Vec<_> = (0..ex.max_workers())
+        .map(|_| ex.submit(sleep_ms, 300).unwrap())
+        .collect();
+    crate::conformance::until_running(&busy);
+    let queued = ex.submit(sleep_ms, 1).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let again = ex.clone();
+    queued.add_done_callback(move |r| {
+        let refused = again.submit(sleep_ms, 1).err().map(|e| e.error);
+        let _ = tx.send((r.clone(), refused));
+    });
+    ex.shutdown(Shutdown {
+        wait: false,
+        cancel_futures: true,
+    });
+    let (outcome, refused) = rx.recv_timeout(LIMIT).expect("the callback ran");
+    assert!(
+        matches!(outcome, Err(TaskError::Cancelled { .. })),
+        "{outcome:?}"
+    );
+    assert!(
+        matches!(refused, Some(TaskError::Shutdown { .. })),
+        "{refused:?}"
+    );
+    for f in &busy {
+        assert_eq!(get(f), Ok(300));
+    }
+}
+
+#[test]
+fn cancel_callbacks_may_call_back_into_a_process_pool() {
+    cancel_callbacks_may_call_back(ProcessPool::builder().max_workers(2).build().unwrap());
+}
+
+#[test]
+fn cancel_callbacks_may_call_back_into_a_thread_pool() {
+    cancel_callbacks_may_call_back(multitasking::ThreadPool::new(2).unwrap());
+}

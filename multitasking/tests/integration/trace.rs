@@ -1,0 +1,90 @@
+//! Tracing on real pools: one event per task, on the worker that ran it,
+//! with times that add up; and the exporters on a real trace.
+
+use std::time::Duration;
+
+use multitasking::trace::{chrome, report::Report, svg, Tracer};
+use multitasking::{Executor, ProcessPool, ThreadPool};
+
+use crate::tasks::{flaky, sleep_ms};
+
+fn check(trace: &multitasking::trace::Trace, tasks: usize, workers: usize) {
+    assert_eq!(trace.events.len(), tasks);
+    let t = trace.trimmed();
+    for (w, busy) in t.busy_by_worker() {
+        assert!(
+            busy <= t.wall,
+            "worker {w} busy {busy:?} over wall {:?}",
+            t.wall
+        );
+    }
+    assert!(t.workers().len() <= workers);
+    for e in &t.events {
+        assert!(e.submitted <= e.started && e.started <= e.finished, "{e:?}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&chrome::to_chrome_json(trace)).unwrap();
+    assert_eq!(
+        json["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["ph"] == "X")
+            .count(),
+        tasks
+    );
+    roxmltree::Document::parse(&svg::timeline_svg(trace)).expect("timeline SVG parses");
+}
+
+#[test]
+fn a_thread_pool_traces_each_task_on_its_thread() {
+    let tracer = Tracer::new();
+    let pool = ThreadPool::builder()
+        .max_workers(2)
+        .thread_name_prefix("traced")
+        .tracer(tracer.clone())
+        .build()
+        .unwrap();
+    let out: Vec<_> = pool.map(sleep_ms, vec![20u64; 6]).chunksize(1).collect();
+    assert!(out.iter().all(Result::is_ok));
+    let trace = tracer.snapshot();
+    check(&trace, 6, 2);
+    assert!(trace.events.iter().all(|e| e.worker.starts_with("traced-")));
+    // Two workers, six 20 ms sleeps: about 60 ms of wall, 120 ms busy.
+    let r = Report::from_trace(&trace, Some(Duration::from_millis(120)), 2);
+    assert!(r.utilisation > 0.5, "{r:?}");
+    assert!(r.speedup.unwrap() > 1.2, "{r:?}");
+}
+
+#[test]
+fn a_process_pool_traces_pids_rss_and_failures() {
+    let tracer = Tracer::new();
+    let pool = ProcessPool::builder()
+        .max_workers(2)
+        .tracer(tracer.clone())
+        .build()
+        .unwrap();
+    let pids = pool.worker_pids();
+    let out: Vec<_> = pool.map(flaky, 0..10u64).chunksize(1).collect();
+    assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1);
+    let trace = tracer.snapshot();
+    check(&trace, 10, 2);
+    for e in &trace.events {
+        assert!(pids.contains(&e.pid), "{e:?}");
+        assert_eq!(e.worker, format!("pid {}", e.pid));
+        assert!(e.peak_rss.is_some_and(|r| r > 0));
+    }
+    // A chunk whose item panicked still ran: the chunk is ok; the item's
+    // error is in the map's output.
+    assert!(trace.events.iter().all(|e| e.ok));
+}
+
+#[test]
+fn a_serial_executor_traces_on_one_worker() {
+    let tracer = Tracer::new();
+    let ex = multitasking::SerialExecutor::new().with_tracer(tracer.clone());
+    let out: Vec<_> = ex.map(flaky, 0..5u64).chunksize(1).collect();
+    assert_eq!(out.iter().filter(|r| r.is_err()).count(), 1);
+    let trace = tracer.snapshot();
+    check(&trace, 5, 1);
+    assert_eq!(trace.workers(), vec!["serial".to_string()]);
+}

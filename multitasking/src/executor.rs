@@ -1,20 +1,59 @@
-//! The `Executor` trait every pool implements, the shutdown options, and
+//! The [`Executor`] trait every pool implements, the shutdown options, and
 //! executor spec strings (`serial`, `threads:8`, `processes:8`,
-//! `redis://host:6379/0?queue=q`).
+//! `redis://host:6379/0?queue=q`); and, for whoever writes an executor of
+//! their own, the plumbing the built-in ones are made of.
+//!
+//! A user needs only [`Executor`], [`Shutdown`] and [`ExecutorSpec`], which
+//! the crate root re-exports. The rest of this module is for executor
+//! writers:
+//!
+//! - [`pending`] makes a [`TaskFuture`] and the [`Promise`] that resolves
+//!   it; [`ready`] a future that is already done. The promise moves the
+//!   task to running ([`Promise::set_running`], which fails once the future
+//!   was cancelled) and delivers the outcome; a promise dropped unfulfilled
+//!   resolves its future with [`TaskError::Shutdown`](crate::TaskError).
+//! - [`Terminate`] is the handle a future's `terminate()` calls to kill the
+//!   worker that runs it.
+//! - [`Executor::submit_chunk`] is the one primitive the map engine needs:
+//!   `map` and `map_unordered` are written once, in the crate, on top of
+//!   it, for every executor. A chunk's outcomes travel as a [`Chunk`].
+//! - [`RawExecutor`] runs already-encoded batches of a registered task,
+//!   found with [`lookup`] or [`resolve`] and encoded with [`encode`] and
+//!   [`decode`]: how a cluster worker hands tasks to a local pool.
 //!
 //! An executor runs *named tasks* ([`Task`]): that is what crosses process
-//! and machine boundaries. `submit_chunk` is the one primitive the map
-//! engine needs; `map` and `map_unordered` are written once, in
-//! [`crate::map`], on top of it, for every executor.
+//! and machine boundaries.
 
 use std::fmt;
 use std::str::FromStr;
 
-use crate::chunk::Chunk;
 use crate::error::{Error, SubmitError};
 use crate::future::TaskFuture;
 use crate::map::Map;
-use crate::task::{Task, TaskEntry};
+use crate::task::Task;
+
+pub use crate::chunk::{Chunk, ChunkIter};
+pub use crate::future::{Promise, Terminate};
+pub use crate::task::{decode, encode, lookup, resolve, run_items, BatchFn, TaskEntry};
+pub use crate::wait::Signal;
+
+/// A pending future for `task` and the promise that resolves it.
+///
+/// ```
+/// use multitasking::executor;
+/// let (fut, promise) = executor::pending::<u32>("answer");
+/// assert!(promise.set_running());
+/// assert!(promise.complete(Ok(42)));
+/// assert_eq!(fut.result().unwrap(), 42);
+/// ```
+pub fn pending<T>(task: &'static str) -> (TaskFuture<T>, Promise<T>) {
+    TaskFuture::pending(task)
+}
+
+/// A future that is already done with `outcome`.
+pub fn ready<T>(task: &'static str, outcome: Result<T, crate::TaskError>) -> TaskFuture<T> {
+    TaskFuture::ready(task, outcome)
+}
 
 /// The future of a chunk's outcomes, one per input, in input order.
 pub type ChunkFuture<O> = TaskFuture<Chunk<O>>;
@@ -172,7 +211,7 @@ impl fmt::Display for ExecutorSpec {
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -194,7 +233,7 @@ pub(crate) fn run_chunk_here<T: Task>(task: T, inputs: Vec<T::Input>) -> Chunk<T
 /// Runs already-encoded batches of a registered task: how a cluster worker
 /// hands tasks it read from the broker to a local pool without knowing
 /// their types. The payload is an encoded `Vec<Input>`; the output an
-/// encoded [`Chunk<Output>`](Chunk) (see [`crate::task::TaskEntry`]).
+/// encoded [`Chunk<Output>`](Chunk) (see [`TaskEntry`]).
 pub trait RawExecutor: Send + Sync {
     /// Schedules `entry` over the encoded batch `payload`.
     fn submit_raw(

@@ -221,7 +221,7 @@ pub struct Promise<T> {
 
 impl<T> TaskFuture<T> {
     /// A pending future for `task` and the promise that resolves it.
-    pub fn pending(task: &'static str) -> (TaskFuture<T>, Promise<T>) {
+    pub(crate) fn pending(task: &'static str) -> (TaskFuture<T>, Promise<T>) {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 state: State::Pending,
@@ -244,7 +244,7 @@ impl<T> TaskFuture<T> {
     }
 
     /// A future that is already done with `outcome`.
-    pub fn ready(task: &'static str, outcome: Result<T, TaskError>) -> TaskFuture<T> {
+    pub(crate) fn ready(task: &'static str, outcome: Result<T, TaskError>) -> TaskFuture<T> {
         let (fut, promise) = TaskFuture::pending(task);
         promise.complete(outcome);
         fut

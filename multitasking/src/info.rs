@@ -125,7 +125,7 @@ fn cgroup_memory_limit() -> Option<u64> {
 
 /// Resident set size of process `pid` now and at its peak, in bytes, from
 /// `/proc/<pid>/status` (`VmRSS`, `VmHWM`).
-pub fn rss_of(pid: u32) -> Option<(u64, u64)> {
+pub(crate) fn rss_of(pid: u32) -> Option<(u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()

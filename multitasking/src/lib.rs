@@ -1,15 +1,36 @@
-//! multitask: one executor API from a thread pool to crash-isolated worker
-//! processes to a Redis cluster, with futures, a lazy map, and measurement
-//! built in.
+//! multitasking: Python's `concurrent.futures` and `multiprocessing` done in
+//! Rust. One executor API runs work on a thread pool, in crash-isolated
+//! worker processes, or across machines through Redis, chosen by one spec
+//! string; futures, `wait`, `as_completed`, a lazy `map` and measurement
+//! come with it.
 //!
-//! It is the toolkit of Python's `concurrent.futures` and `multiprocessing`
-//! done as a product: [`TaskFuture`] with `result`, `cancel` and done
-//! callbacks; [`wait`] and [`as_completed`]; an [`Executor`] trait with
-//! `submit`, a lazy windowed `map`, and `shutdown`; and executors chosen by a
-//! spec string ([`AnyExecutor::from_spec`]).
+//! # The names a Python user knows
+//!
+//! | Python | multitasking |
+//! | --- | --- |
+//! | `ThreadPoolExecutor(max_workers=4)` | [`ThreadPool::builder`]`().max_workers(4).build()` |
+//! | `ProcessPoolExecutor()` | [`ProcessPool::builder`]`().build()` |
+//! | `ex.submit(fn, arg)` | [`Executor::submit`] for a named task, [`ThreadPool::spawn`] for a closure |
+//! | `ex.map(fn, items)` | [`Executor::map`]: lazy, windowed, each item its own `Result` |
+//! | `ex.shutdown(wait, cancel_futures)` | [`Executor::shutdown`]`(`[`Shutdown`]`)`; dropping a pool shuts it down |
+//! | `Future.result()`, `.cancel()`, `.done()` | [`TaskFuture`]; also `.await` from async code |
+//! | `wait(fs, return_when=...)` | [`wait`] with [`ReturnWhen`] |
+//! | `as_completed(fs, timeout)` | [`as_completed`] (an iterator; [`AsCompleted::stream`] for async) |
+//! | `Thread`, `Process` | [`Thread`] with a [`StopToken`], [`Process`] |
+//! | `timeit` | [`timeit`] |
+//!
+//! Beyond Python: [`TaskFuture::terminate`] kills the worker running a
+//! task, `task_timeout` and `memory_limit` on a [`ProcessPool`] cost one
+//! task its worker and nothing else, [`ThreadPool::scope`] runs closures
+//! that borrow the caller's locals, [`trace`] records where each task ran
+//! and for how long, and [`AnyExecutor::from_spec`] picks the executor at
+//! run time (`serial`, `threads:8`, `processes:8`, `redis://...`).
+//!
+//! # Named tasks
 //!
 //! Closures run on threads. Work that crosses a process or machine boundary
-//! is a *named task*, a function registered at compile time:
+//! is a *named task*, a function registered at compile time; no code is
+//! ever sent over the wire:
 //!
 //! ```
 //! use multitasking::{Executor, ThreadPool};
@@ -27,6 +48,23 @@
 //! assert_eq!(verdicts, vec![true, false, true]);
 //! assert!(is_prime.call(7));
 //! ```
+//!
+//! A program that starts worker processes calls [`init`] first thing in
+//! `main` (or marks `main` with [`#[multitasking::main]`](main)): a worker
+//! is the program started again.
+//!
+//! # Where the rest lives
+//!
+//! [`cluster`] has the Redis worker and status; [`trace`] the timeline and
+//! speedup report; [`timeit`] the timers; [`executor`] the plumbing for
+//! writing an executor of your own.
+//!
+//! # Feature flags
+//!
+//! - `cluster` (default): [`ClusterPool`] and the [`cluster`] module, on
+//!   the `redis` crate with rustls.
+//! - `progress` (default): [`progress`], indicatif progress bars for `map`.
+//! - `stream` (default): [`AsCompleted::stream`], a `futures_core::Stream`.
 
 // Lets the macros' `::multitasking::` paths resolve inside this crate too.
 extern crate self as multitasking;
@@ -36,7 +74,7 @@ mod chunk;
 #[cfg(feature = "cluster")]
 pub mod cluster;
 mod error;
-mod executor;
+pub mod executor;
 mod future;
 mod info;
 mod map;
@@ -47,27 +85,26 @@ pub mod progress;
 mod remote;
 mod serial;
 mod sync;
-pub mod task;
+mod task;
 mod thread;
 pub mod timeit;
 pub mod trace;
 mod wait;
 
 pub use any::AnyExecutor;
-pub use chunk::{Chunk, ChunkIter};
 #[cfg(feature = "cluster")]
 pub use cluster::ClusterPool;
 pub use error::{Error, ExitCause, SubmitError, TaskError, WaitTimeout};
-pub use executor::{redact, ChunkFuture, Executor, ExecutorSpec, RawExecutor, Shutdown};
-pub use future::{Promise, TaskFuture, Terminate, Waitable};
-pub use info::{host_name, info, rss_of, usable_cpus, Info};
+pub use executor::{Executor, ExecutorSpec, Shutdown};
+pub use future::{TaskFuture, Waitable};
+pub use info::{host_name, info, usable_cpus, Info};
 pub use map::{Map, ProgressFn};
 pub use multitasking_macros::{main, task};
 pub use process::{Process, ProcessPool, ProcessPoolBuilder};
 pub use serial::SerialExecutor;
 pub use task::{register, Codec, Task};
 pub use thread::{StopToken, Thread, ThreadPool, ThreadPoolBuilder};
-pub use wait::{as_completed, wait, AsCompleted, ReturnWhen, Signal};
+pub use wait::{as_completed, wait, AsCompleted, ReturnWhen};
 
 /// Turns a start of this program as a worker process into a worker (which
 /// never returns); returns at once in a normal start. Call it first thing

@@ -56,7 +56,7 @@ pub trait Task: Copy + Default + Send + Sync + 'static {
 }
 
 /// Runs a batch: encoded `Vec<Input>` in, encoded
-/// [`Chunk<Output>`](crate::Chunk) out; each item's panic is caught.
+/// [`Chunk<Output>`](crate::chunk::Chunk) out; each item's panic is caught.
 pub type BatchFn = fn(&[u8]) -> Result<Vec<u8>, TaskError>;
 
 /// One registered task.
@@ -123,14 +123,6 @@ pub fn lookup(name: &str) -> Option<TaskEntry> {
     map.get(name).copied()
 }
 
-/// Every registered task, sorted by name.
-pub fn registered() -> Vec<TaskEntry> {
-    let map = registry().read().unwrap_or_else(|p| p.into_inner());
-    let mut v: Vec<_> = map.values().copied().collect();
-    v.sort_by_key(|e| e.name);
-    v
-}
-
 /// Finds `name` and checks its signature, as a worker does before a call.
 pub fn resolve(name: &str, signature: u64, worker: &str) -> Result<TaskEntry, TaskError> {
     let entry = lookup(name).ok_or_else(|| TaskError::UnknownTask {
@@ -177,7 +169,7 @@ pub fn decode<V: DeserializeOwned>(task: &str, codec: Codec, bytes: &[u8]) -> Re
 
 /// Runs task `T` on each input of `inputs` here, catching each item's
 /// panic: the engine of a chunk on every executor.
-pub fn run_items<T: Task>(task: T, inputs: Vec<T::Input>) -> crate::Chunk<T::Output> {
+pub fn run_items<T: Task>(task: T, inputs: Vec<T::Input>) -> crate::chunk::Chunk<T::Output> {
     crate::panic::catch_each(T::NAME, inputs, |input| task.run(input))
 }
 

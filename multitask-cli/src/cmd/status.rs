@@ -18,8 +18,12 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
             .to_string();
         url = format!("{base}?queue={q}");
     }
-    let st = multitasking::cluster::status(&url)
-        .with_context(|| format!("reading the status of {}", multitasking::redact(&url)))?;
+    let st = multitasking::cluster::status(&url).with_context(|| {
+        format!(
+            "reading the status of {}",
+            multitasking::cluster::redact(&url)
+        )
+    })?;
     let mut out = io::stdout().lock();
     if args.json {
         serde_json::to_writer_pretty(&mut out, &st)?;

@@ -28,12 +28,12 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
     }
     let worker = b
         .build()
-        .with_context(|| format!("joining {}", multitasking::redact(&args.broker)))?;
+        .with_context(|| format!("joining {}", multitasking::cluster::redact(&args.broker)))?;
     let _ = DRAIN.set(worker.stop_handle());
     term::note(format!(
         "worker {} serving {} (Ctrl-C or SIGTERM drains)",
         worker.consumer(),
-        multitasking::redact(&args.broker)
+        multitasking::cluster::redact(&args.broker)
     ));
     worker.run()?;
     term::note("drained: every running task finished");

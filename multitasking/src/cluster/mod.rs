@@ -55,3 +55,16 @@ mod worker;
 pub use client::ClusterPool;
 pub use status::{status, ClusterStatus, WorkerStatus};
 pub use worker::{serve, StopHandle, Worker, WorkerBuilder};
+
+/// A broker URL with any password replaced by `***`: the form to print in
+/// logs, errors and status output.
+///
+/// ```
+/// assert_eq!(
+///     multitasking::cluster::redact("redis://app:secret@host:6379/0"),
+///     "redis://app:***@host:6379/0"
+/// );
+/// ```
+pub fn redact(url: &str) -> String {
+    crate::executor::redact(url)
+}

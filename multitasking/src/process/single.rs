@@ -132,7 +132,7 @@ impl<T: Task> Process<T> {
             match conn.recv::<FromWorker>(deadline) {
                 Ok(FromWorker::Reply { outcome, .. }) => {
                     let value = outcome.and_then(|bytes| {
-                        let chunk: crate::Chunk<T::Output> =
+                        let chunk: crate::chunk::Chunk<T::Output> =
                             task::decode(T::NAME, T::CODEC, &bytes)?;
                         chunk.into_iter().next().unwrap_or_else(|| {
                             Err(TaskError::Codec {

@@ -124,7 +124,7 @@ fn run_initializer(spec: &str, me: &str) -> Result<(), TaskError> {
     let entry = task::resolve(name, signature, me)?;
     let unit = task::encode(name, entry.codec, &vec![()])?;
     let out = run_call(name, signature, &unit, me)?;
-    let chunk: crate::Chunk<()> = task::decode(name, entry.codec, &out)?;
+    let chunk: crate::chunk::Chunk<()> = task::decode(name, entry.codec, &out)?;
     match chunk.into_iter().next() {
         Some(Err(e)) => Err(e),
         _ => Ok(()),

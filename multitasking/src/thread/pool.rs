@@ -391,7 +391,7 @@ impl ThreadPool {
         &self,
         name: &'static str,
         chunk: Vec<X>,
-        run: impl FnOnce(Vec<X>) -> crate::Chunk<O> + Send + 'static,
+        run: impl FnOnce(Vec<X>) -> crate::chunk::Chunk<O> + Send + 'static,
     ) -> Result<ChunkFuture<O>, SubmitError<Vec<X>>>
     where
         X: Send + 'static,

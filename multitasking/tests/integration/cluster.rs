@@ -14,9 +14,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use multitasking::cluster::{status, StopHandle, Worker};
-use multitasking::{
-    ChunkFuture, ClusterPool, Executor, Shutdown, SubmitError, Task, TaskError, TaskFuture,
-};
+use multitasking::executor::ChunkFuture;
+use multitasking::{ClusterPool, Executor, Shutdown, SubmitError, Task, TaskError, TaskFuture};
 
 use crate::conformance::{get, Caps, LIMIT};
 use crate::tasks::{double, sleep_ms};

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use multitasking::{Executor, ExitCause, ProcessPool, RawExecutor, TaskError};
+use multitasking::executor::RawExecutor;
+use multitasking::{Executor, ExitCause, ProcessPool, TaskError};
 
 use crate::conformance::{get, LIMIT};
 use crate::tasks::{
@@ -196,8 +197,8 @@ fn an_oversized_payload_is_refused_with_the_input_back() {
 fn unknown_tasks_and_signature_mismatches_are_typed() {
     let p = pool();
     let real =
-        multitasking::task::lookup(<double as multitasking::Task>::NAME).expect("registered");
-    let unknown = multitasking::task::TaskEntry {
+        multitasking::executor::lookup(<double as multitasking::Task>::NAME).expect("registered");
+    let unknown = multitasking::executor::TaskEntry {
         name: "nowhere::missing",
         ..real
     };
@@ -209,7 +210,7 @@ fn unknown_tasks_and_signature_mismatches_are_typed() {
         }
         other => panic!("{other:?}"),
     }
-    let skewed = multitasking::task::TaskEntry {
+    let skewed = multitasking::executor::TaskEntry {
         signature: real.signature ^ 1,
         ..real
     };

@@ -67,6 +67,16 @@ impl<T> State<T> {
     }
 }
 
+/// Which states a transition to done may leave.
+#[derive(Clone, Copy)]
+enum FromState {
+    /// Any state that is not done: an outcome (or a shutdown) may end a
+    /// pending or a running task.
+    NotDone,
+    /// Only `Pending`: a cancel, which must never end a task that started.
+    Pending,
+}
+
 /// Everything behind the lock.
 struct Inner<T> {
     /// The current state; transitions only through the methods below.
@@ -96,14 +106,23 @@ struct Shared<T> {
     done: AtomicBool,
     /// The task's name, for errors.
     task: &'static str,
+    /// Set by [`TaskFuture::cancel_on_drop`]: dropping the future before it
+    /// is done cancels or terminates its task.
+    cancel_on_drop: AtomicBool,
 }
 
 impl<T> Shared<T> {
-    /// The one transition to done: stores the outcome, runs callbacks in
-    /// order, and wakes every waiter. False if the future was already done.
-    fn finish(&self, outcome: State<T>) -> bool {
+    /// The one transition to done: if the current state is one `from`
+    /// accepts, stores the outcome, runs callbacks in order, and wakes every
+    /// waiter, all under the one lock. False (and nothing changes) if the
+    /// state was not one `from` accepts.
+    fn finish(&self, from: FromState, outcome: State<T>) -> bool {
         let mut inner = lock(&self.inner);
-        if inner.state.is_done() {
+        let allowed = match from {
+            FromState::NotDone => !inner.state.is_done(),
+            FromState::Pending => matches!(inner.state, State::Pending),
+        };
+        if !allowed {
             return false;
         }
         inner.state = outcome;
@@ -234,6 +253,7 @@ impl<T> TaskFuture<T> {
             cond: Condvar::new(),
             done: AtomicBool::new(false),
             task,
+            cancel_on_drop: AtomicBool::new(false),
         });
         (
             TaskFuture {
@@ -280,17 +300,44 @@ impl<T> TaskFuture<T> {
     /// not stopped; see [`TaskFuture::terminate`]. A cancelled future is
     /// done at once: `wait` and `as_completed` see it immediately.
     pub fn cancel(&self) -> bool {
-        {
-            let inner = lock(&self.shared.inner);
-            match inner.state {
-                State::Pending => {}
-                State::Cancelled => return true,
-                _ => return false,
-            }
-        }
-        // Subtle: the state may move to Running between the two locks;
-        // `finish` re-checks, and then the task ran, so cancel fails.
-        self.shared.finish(State::Cancelled) || self.cancelled()
+        // One step under the lock: either the task is still pending and is
+        // now cancelled (a later `set_running` fails, so the body never
+        // runs), or it started and the cancel fails.
+        self.shared.finish(FromState::Pending, State::Cancelled) || self.cancelled()
+    }
+
+    /// Makes dropping this future, before it is done, stop its task: a
+    /// pending task is cancelled (it never runs) and a running one is
+    /// terminated where the executor can kill its worker (processes and the
+    /// cluster; a thread runs on). Off by default: as in Python, a future
+    /// dropped unread leaves its task to run.
+    ///
+    /// This is for async callers that give up on a future, with
+    /// `tokio::time::timeout` or `select!`: the work they abandoned stops and
+    /// frees its worker.
+    ///
+    /// ```
+    /// use multitasking::ThreadPool;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// let pool = ThreadPool::new(1).unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel::<()>();
+    /// let busy = pool.spawn(move || rx.recv()).unwrap(); // holds the one worker
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// let r = ran.clone();
+    /// let queued = pool.spawn(move || r.store(true, Ordering::SeqCst)).unwrap();
+    /// drop(queued.cancel_on_drop()); // still queued: cancelled, never runs
+    /// tx.send(()).unwrap();
+    /// busy.result().unwrap().unwrap();
+    /// drop(pool); // waits for the queue
+    /// assert!(!ran.load(Ordering::SeqCst));
+    /// ```
+    pub fn cancel_on_drop(self) -> Self {
+        // Relaxed: read by this future's own drop, on the thread that owns it.
+        self.shared
+            .cancel_on_drop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self
     }
 
     /// Stops a running task by killing the worker process that runs it; the
@@ -441,7 +488,8 @@ pub trait Waitable {
     /// Removes a registration made by `listen`.
     #[doc(hidden)]
     fn unlisten(&self, signal: &Arc<Signal>);
-    /// True if the task failed (or was cancelled).
+    /// True if the task finished with an error. A cancelled task did not
+    /// fail: as in Python, `wait(FirstException)` does not return for it.
     fn failed(&self) -> bool;
 }
 
@@ -468,8 +516,7 @@ impl<T> Waitable for TaskFuture<T> {
         let inner = lock(&self.shared.inner);
         match &inner.state {
             State::Finished(r) => r.is_err(),
-            State::Cancelled => true,
-            State::Taken(e) => e.is_some(),
+            State::Taken(Some(e)) => !e.is_cancelled(),
             _ => false,
         }
     }
@@ -488,6 +535,19 @@ impl<T> std::future::Future for TaskFuture<T> {
             _ => inner.waker = Some(cx.waker().clone()),
         }
         Poll::Pending
+    }
+}
+
+impl<T> Drop for TaskFuture<T> {
+    fn drop(&mut self) {
+        // Relaxed: written by `cancel_on_drop` through this same handle.
+        let stop = self
+            .shared
+            .cancel_on_drop
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if stop && !self.shared.done.load(std::sync::atomic::Ordering::Acquire) && !self.cancel() {
+            self.terminate();
+        }
     }
 }
 
@@ -516,7 +576,9 @@ impl<T> Promise<T> {
     }
 
     /// Moves the future to running: false if it was cancelled (then the
-    /// executor must not run the task).
+    /// executor must not run the task). The cancel and this start take the
+    /// same lock, so exactly one of them wins.
+    #[must_use = "a false start means the task was cancelled and must not run"]
     pub fn set_running(&self) -> bool {
         let mut inner = lock(&self.shared.inner);
         match inner.state {
@@ -545,14 +607,14 @@ impl<T> Promise<T> {
     /// Delivers the outcome; false if the future was already done
     /// (cancelled), in which case the outcome is dropped.
     pub fn complete(self, outcome: Result<T, TaskError>) -> bool {
-        self.shared.finish(State::Finished(outcome))
+        self.shared
+            .finish(FromState::NotDone, State::Finished(outcome))
     }
 
     /// Cancels the future from the executor's side (shutdown with
     /// `cancel_futures`); false if it was already running or done.
     pub fn cancel(self) -> bool {
-        let running = matches!(lock(&self.shared.inner).state, State::Running);
-        !running && self.shared.finish(State::Cancelled)
+        self.shared.finish(FromState::Pending, State::Cancelled)
     }
 }
 
@@ -561,9 +623,12 @@ impl<T> Drop for Promise<T> {
         // A promise dropped unfulfilled (its executor shut down, or a worker
         // thread unwound) must still resolve its future.
         let task = self.shared.task;
-        self.shared.finish(State::Finished(Err(TaskError::Shutdown {
-            task: task.to_string(),
-        })));
+        self.shared.finish(
+            FromState::NotDone,
+            State::Finished(Err(TaskError::Shutdown {
+                task: task.to_string(),
+            })),
+        );
     }
 }
 

@@ -104,6 +104,8 @@ pub use process::{Process, ProcessPool, ProcessPoolBuilder};
 pub use serial::SerialExecutor;
 pub use task::{register, Codec, Task};
 pub use thread::{StopToken, Thread, ThreadPool, ThreadPoolBuilder};
+#[cfg(feature = "stream")]
+pub use wait::AsCompletedStream;
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen};
 
 /// Turns a start of this program as a worker process into a worker (which

@@ -33,6 +33,58 @@ fn complete_races_cancel() {
     });
 }
 
+/// The promise of `cancel`: true means the task body never runs. A worker's
+/// start (`set_running`, then the body) races the caller's cancel; in every
+/// interleaving exactly one wins.
+#[test]
+fn cancel_true_means_the_body_never_ran() {
+    loom::model(|| {
+        let (fut, promise) = TaskFuture::<u32>::pending("t");
+        let ran = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let r = ran.clone();
+        let t = thread::spawn(move || {
+            if promise.set_running() {
+                r.store(true, Ordering::SeqCst);
+                promise.complete(Ok(7));
+            }
+        });
+        let cancelled = fut.cancel();
+        t.join().unwrap();
+        assert_eq!(cancelled, !ran.load(Ordering::SeqCst));
+        assert_eq!(cancelled, fut.cancelled());
+    });
+}
+
+/// A cancel races a start whose worker then unwinds (its promise dropped
+/// unfulfilled): the future is cancelled or fails with `Shutdown`, never
+/// both, and a true cancel means the body never ran.
+#[test]
+fn cancel_races_a_start_that_unwinds() {
+    loom::model(|| {
+        let (fut, promise) = TaskFuture::<u32>::pending("t");
+        let promise = Arc::new(promise);
+        let p = promise.clone();
+        let ran = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let r = ran.clone();
+        let t = thread::spawn(move || {
+            if p.set_running() {
+                r.store(true, Ordering::SeqCst);
+            }
+        });
+        let cancelled = fut.cancel();
+        t.join().unwrap();
+        assert_eq!(cancelled, !ran.load(Ordering::SeqCst));
+        drop(promise);
+        let outcome = fut.result();
+        if cancelled {
+            assert!(matches!(outcome, Err(TaskError::Cancelled { .. })));
+        } else {
+            // Started, then its promise went away unfulfilled.
+            assert!(matches!(outcome, Err(TaskError::Shutdown { .. })));
+        }
+    });
+}
+
 #[test]
 fn result_never_misses_completion() {
     loom::model(|| {

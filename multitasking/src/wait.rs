@@ -68,7 +68,8 @@ impl Signal {
 pub enum ReturnWhen {
     /// As soon as any future is done.
     FirstCompleted,
-    /// As soon as any future fails, or when all are done.
+    /// As soon as any future finishes with an error, or when all are done.
+    /// A cancelled future is done but did not fail, as in Python.
     FirstException,
     /// When all futures are done.
     AllCompleted,
@@ -217,8 +218,84 @@ impl<T> Iterator for AsCompleted<T> {
     }
 }
 
+impl<T> AsCompleted<T> {
+    /// The same futures as a [`futures_core::Stream`], for async code:
+    /// `while let Some(f) = stream.next().await`. A type of its own, so that
+    /// `StreamExt::next` and `Iterator::next` never clash.
+    ///
+    /// The timeout holds here too: a timer thread wakes the stream at the
+    /// deadline, which then yields one `Err` with the futures still pending.
+    ///
+    /// ```
+    /// use futures::StreamExt;
+    /// use multitasking::{as_completed, ThreadPool};
+    /// let pool = ThreadPool::new(2).unwrap();
+    /// let futs: Vec<_> = (1..=3u64).map(|i| pool.spawn(move || i * 10).unwrap()).collect();
+    /// let total = futures::executor::block_on(async {
+    ///     let mut done = as_completed(futs, None).stream();
+    ///     let mut total = 0;
+    ///     while let Some(f) = done.next().await {
+    ///         total += f.unwrap().await.unwrap();
+    ///     }
+    ///     total
+    /// });
+    /// assert_eq!(total, 60);
+    /// ```
+    #[cfg(feature = "stream")]
+    pub fn stream(self) -> AsCompletedStream<T> {
+        AsCompletedStream {
+            inner: self,
+            timer: false,
+        }
+    }
+}
+
+/// The async form of [`AsCompleted`]: a [`futures_core::Stream`] of futures
+/// in completion order; see [`AsCompleted::stream`].
 #[cfg(feature = "stream")]
-impl<T> futures_core::Stream for AsCompleted<T> {
+pub struct AsCompletedStream<T> {
+    /// The futures and their signal.
+    inner: AsCompleted<T>,
+    /// True once a timer thread waits for the deadline.
+    timer: bool,
+}
+
+#[cfg(feature = "stream")]
+impl<T> AsCompletedStream<T> {
+    /// Under loom there is no timer (the stream is not in the model).
+    #[cfg(loom)]
+    fn arm_timer(&mut self, _deadline: Instant) {}
+
+    /// Starts, once, a thread that wakes the stream at `deadline`: nothing
+    /// else would, if no future completes by then.
+    #[cfg(not(loom))]
+    fn arm_timer(&mut self, deadline: Instant) {
+        if self.timer {
+            return;
+        }
+        self.timer = true;
+        // A weak handle: a stream dropped early does not wait for its timer.
+        let signal = std::sync::Arc::downgrade(&self.inner.signal);
+        let started = std::thread::Builder::new()
+            .name("multitasking-as-completed-timer".into())
+            .spawn(move || {
+                let now = Instant::now();
+                if deadline > now {
+                    std::thread::sleep(deadline - now);
+                }
+                if let Some(signal) = signal.upgrade() {
+                    if let Some(w) = lock(&signal.waker).take() {
+                        w.wake();
+                    }
+                }
+            });
+        // Without a thread the deadline is checked on each completion only.
+        self.timer = started.is_ok();
+    }
+}
+
+#[cfg(feature = "stream")]
+impl<T> futures_core::Stream for AsCompletedStream<T> {
     type Item = Result<TaskFuture<T>, WaitTimeout<TaskFuture<T>>>;
 
     fn poll_next(
@@ -227,31 +304,39 @@ impl<T> futures_core::Stream for AsCompleted<T> {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         loop {
-            if self.left == 0 {
+            if self.inner.left == 0 {
                 return Poll::Ready(None);
             }
             // Register before looking, so a notify between the two wakes us.
-            *lock(&self.signal.waker) = Some(cx.waker().clone());
-            let next = lock(&self.signal.ready).pop_front();
+            *lock(&self.inner.signal.waker) = Some(cx.waker().clone());
+            let next = lock(&self.inner.signal.ready).pop_front();
             match next {
                 Some(i) => {
-                    if let Some(f) = self.take_ready(i) {
+                    if let Some(f) = self.inner.take_ready(i) {
                         return Poll::Ready(Some(Ok(f)));
                     }
                 }
                 None => {
-                    if let Some(d) = self.deadline {
+                    if let Some(d) = self.inner.deadline {
                         if Instant::now() >= d {
-                            let pending = self.pending();
+                            let pending = self.inner.pending();
                             return Poll::Ready(Some(Err(WaitTimeout { pending })));
                         }
-                        // NOTE: without a runtime timer, a deadline is only
-                        // checked when some future completes.
+                        self.arm_timer(d);
                     }
                     return Poll::Pending;
                 }
             }
         }
+    }
+}
+
+#[cfg(feature = "stream")]
+impl<T> std::fmt::Debug for AsCompletedStream<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsCompletedStream")
+            .field("left", &self.inner.left)
+            .finish_non_exhaustive()
     }
 }
 
@@ -272,27 +357,79 @@ impl<T> std::fmt::Debug for AsCompleted<T> {
     }
 }
 
-#[cfg(all(test, feature = "stream", not(loom)))]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use std::time::Duration;
 
-    use futures::StreamExt;
-
     use super::*;
+    use crate::error::TaskError;
     use crate::ThreadPool;
 
+    #[cfg(feature = "stream")]
     #[test]
     fn as_completed_is_a_stream() {
+        use futures::StreamExt;
         let pool = ThreadPool::new(2).unwrap();
         let futs: Vec<_> = (0..10u64)
             .map(|i| pool.spawn(move || i * 3).unwrap())
             .collect();
-        let stream = as_completed(futs, Some(Duration::from_secs(20)));
+        let stream = as_completed(futs, Some(Duration::from_secs(20))).stream();
         let mut got: Vec<u64> = futures::executor::block_on(
-            StreamExt::map(stream, |f| f.expect("in time").result().expect("ran"))
+            stream
+                .map(|f| f.expect("in time").result().expect("ran"))
                 .collect::<Vec<_>>(),
         );
         got.sort_unstable();
         assert_eq!(got, (0..10u64).map(|i| i * 3).collect::<Vec<_>>());
+    }
+
+    /// The deadline ends the stream even when no future completes: a timer
+    /// wakes it (before, it waited for a completion that never came).
+    #[cfg(feature = "stream")]
+    #[test]
+    fn a_stream_times_out_with_nothing_completing() {
+        use futures::StreamExt;
+        let (never, _promise) = TaskFuture::<u32>::pending("never");
+        let mut stream = as_completed(vec![never], Some(Duration::from_millis(50))).stream();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let first = futures::executor::block_on(stream.next());
+            let _ = tx.send(first.map(|r| r.map(|_| ()).map_err(|t| t.pending.len())));
+        });
+        let first = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the stream's timeout never fired");
+        assert_eq!(first, Some(Err(1)));
+    }
+
+    /// CPython's FIRST_EXCEPTION counts only futures that finished with an
+    /// exception: a cancelled one does not end the wait.
+    #[test]
+    fn first_exception_ignores_a_cancelled_future() {
+        let (cancelled, _p1) = TaskFuture::<u32>::pending("cancelled");
+        let (failing, p2) = TaskFuture::<u32>::pending("failing");
+        assert!(cancelled.cancel());
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(p2.set_running());
+            p2.complete(Err(TaskError::Panicked {
+                task: "failing".into(),
+                message: "boom".into(),
+                location: None,
+                backtrace: None,
+            }));
+        });
+        let futs = [cancelled, failing];
+        let (done, not_done) = wait(
+            &futs,
+            ReturnWhen::FirstException,
+            Some(Duration::from_secs(20)),
+        );
+        // It returned for the failure, not for the cancel (which was done
+        // before the wait began).
+        assert_eq!(done, vec![0, 1], "not done: {not_done:?}");
+        assert!(futs[1].failed());
+        assert!(!futs[0].failed());
+        t.join().unwrap();
     }
 }

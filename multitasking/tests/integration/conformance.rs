@@ -15,7 +15,7 @@ use multitasking::{
     TaskFuture, ThreadPool,
 };
 
-use crate::tasks::{add, boom, double, flaky, noop, sleep_ms};
+use crate::tasks::{add, boom, double, flaky, mark, marks, noop, sleep_ms};
 
 /// The bound on every wait in this suite.
 pub(crate) const LIMIT: Duration = Duration::from_secs(30);
@@ -124,6 +124,51 @@ pub(crate) fn cancel_pending_is_done_at_once<E: Executor>(ex: &E, caps: Caps) {
     for f in &busy {
         assert_eq!(get(f), Ok(400));
     }
+}
+
+/// `cancel()` true means the body never runs: tasks race their cancels
+/// (some still queued, some just taken by a worker), and the side effects
+/// must match the cancels that failed, exactly.
+pub(crate) fn cancel_true_means_it_never_ran<E: Executor>(ex: &E) {
+    let path = std::env::temp_dir().join(format!(
+        "multitasking-cancel-{}-{:?}.marks",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let path = path.to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&path);
+    let mut expected = Vec::new();
+    let mut futs = Vec::new();
+    for id in 0..300u64 {
+        let f = ex.submit(mark, (path.clone(), id)).expect("submit");
+        futs.push((id, f));
+        // Cancel a few submits back, so that some have just been taken.
+        if futs.len() > 3 {
+            let (id, f) = futs.remove(0);
+            if !f.cancel() {
+                expected.push(id);
+            }
+            assert!(f.wait_timeout(LIMIT), "task {id} hung");
+        }
+    }
+    for (id, f) in futs {
+        assert!(matches!(get(&f), Ok(i) if i == id));
+        expected.push(id);
+    }
+    expected.sort_unstable();
+    let ran = marks(&path);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        ran.len(),
+        expected.len(),
+        "{} tasks ran but only {} cancels failed",
+        ran.len(),
+        expected.len()
+    );
+    assert_eq!(
+        ran, expected,
+        "the tasks that ran are not those whose cancel failed"
+    );
 }
 
 pub(crate) fn map_in_order_and_keeps_going<E: Executor>(ex: &E) {
@@ -347,6 +392,10 @@ macro_rules! conformance {
             #[test]
             fn cancel_pending_is_done_at_once() {
                 c::cancel_pending_is_done_at_once(&$make, caps());
+            }
+            #[test]
+            fn cancel_true_means_it_never_ran() {
+                c::cancel_true_means_it_never_ran(&$make);
             }
             #[test]
             fn map_in_order_and_keeps_going() {

@@ -36,6 +36,33 @@ pub(crate) fn flaky(x: u64) -> u64 {
     x + 1
 }
 
+/// Appends `id` as a line to the file at `path` (one O_APPEND write, so
+/// lines from many processes never tear): a side effect that shows whether
+/// the task body ran, wherever it ran.
+#[multitasking::task]
+pub(crate) fn mark(path: String, id: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the mark file");
+    f.write_all(format!("{id}\n").as_bytes())
+        .expect("write the mark");
+    id
+}
+
+/// The ids that [`mark`] wrote to `path`, sorted.
+pub(crate) fn marks(path: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut ids: Vec<u64> = text
+        .lines()
+        .map(|l| l.parse().expect("a mark line"))
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
 /// Adds two numbers: a task with a tuple input.
 #[multitasking::task]
 pub(crate) fn add(a: u64, b: u64) -> u64 {

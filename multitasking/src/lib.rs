@@ -103,7 +103,7 @@ pub use multitasking_macros::{main, task};
 pub use process::{Process, ProcessPool, ProcessPoolBuilder};
 pub use serial::SerialExecutor;
 pub use task::{register, Codec, Task};
-pub use thread::{StopToken, Thread, ThreadPool, ThreadPoolBuilder};
+pub use thread::{Scope, StopToken, Thread, ThreadPool, ThreadPoolBuilder};
 #[cfg(feature = "stream")]
 pub use wait::AsCompletedStream;
 pub use wait::{as_completed, wait, AsCompleted, ReturnWhen};

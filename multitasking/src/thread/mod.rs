@@ -1,16 +1,20 @@
 //! Threads: the `ThreadPool` executor and the seed's `Thread` with a
 //! cooperative `StopToken`.
 //!
-//! The pool is a fixed set of worker threads fed by one crossbeam channel
-//! (the seed's queue-fed pool). A job is a boxed closure that either runs
+//! The pool is a set of worker threads, started as needed up to
+//! `max_workers`, fed by one crossbeam channel (the seed's queue-fed pool). A job is a boxed closure that either runs
 //! its task or, when the pool is shut down with `cancel_futures`, cancels
 //! it; either way its future resolves. Threads can't be killed: a task that
 //! never returns keeps its worker, and `result_timeout` only stops waiting.
+//! `ThreadPool::scope` (scope.rs) runs closures that borrow the caller's
+//! locals on the same workers.
 
 mod pool;
+mod scope;
 mod spawn;
 #[cfg(test)]
 mod test;
 
 pub use pool::{ThreadPool, ThreadPoolBuilder};
+pub use scope::Scope;
 pub use spawn::{StopToken, Thread};

@@ -1,4 +1,13 @@
 //! `ThreadPool`: the in-process executor for named tasks and closures.
+//!
+//! Worker threads start as needed, as CPython's ThreadPoolExecutor does: a
+//! submit starts a new one only when no idle worker can take its job, up to
+//! `max_workers`. A worker counts itself idle from the moment its task's
+//! body returns, before the task's future resolves, so a caller that
+//! submits again as soon as it sees a result finds it idle: sequential
+//! submit-and-wait calls use one thread. Once every worker has started the
+//! count is no longer kept, and a submit costs what it did with a fixed
+//! set of threads.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +25,7 @@ use crate::task::{Task, TaskEntry};
 use crate::trace::{Span, SpanWorker, Tracer};
 
 /// What a worker does with a job.
-enum Go {
+pub(super) enum Go {
     /// Run the task.
     Run,
     /// Cancel it (shutdown with `cancel_futures`).
@@ -38,11 +47,11 @@ struct Job {
 /// A job's body: applies a [`Go`] to its promise, and calls the hook with
 /// "the task did not fail" just before the promise resolves, so that
 /// whoever sees the future finished also sees the trace event.
-type Run = Box<dyn FnOnce(Go, &mut dyn FnMut(bool)) + Send>;
+pub(super) type Run = Box<dyn FnOnce(Go, &mut dyn FnMut(bool)) + Send>;
 
 /// Applies `go` to a job's promise; `run` produces the outcome; `done`
 /// hears whether it succeeded, before the promise resolves.
-fn settle<T>(
+pub(super) fn settle<T>(
     promise: Promise<T>,
     go: Go,
     done: &mut dyn FnMut(bool),
@@ -101,13 +110,14 @@ impl fmt::Debug for ThreadPoolBuilder {
 }
 
 impl ThreadPoolBuilder {
-    /// Worker threads. Default: min(32, usable CPUs + 4), as Python 3.13.
+    /// The most worker threads; they start as needed. Default: min(32,
+    /// usable CPUs + 4), as Python 3.13. At most 4096.
     pub fn max_workers(mut self, n: usize) -> Self {
         self.max_workers = Some(n);
         self
     }
 
-    /// Worker thread names are `{prefix}-{index}`. Default: `multitask`.
+    /// Worker thread names are `{prefix}-{index}`. Default: `multitasking`.
     pub fn thread_name_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
         self
@@ -128,10 +138,16 @@ impl ThreadPoolBuilder {
         self
     }
 
-    /// Starts the worker threads.
+    /// Makes the pool. No thread starts until the first submit; then one
+    /// starts each time no idle worker can take a job, up to `max_workers`.
     pub fn build(self) -> Result<ThreadPool, Error> {
         let workers = match self.max_workers {
             Some(0) => return Err(Error::Config("max_workers must be at least 1".to_string())),
+            Some(n) if n > MAX_THREADS => {
+                return Err(Error::Config(format!(
+                "max_workers {n} is more threads than a process can start (at most {MAX_THREADS})"
+            )))
+            }
             Some(n) => n,
             None => default_threads(),
         };
@@ -142,36 +158,34 @@ impl ThreadPoolBuilder {
             tx,
             rx,
             busy: AtomicUsize::new(0),
+            idle: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            max_workers: workers,
+            threads: Mutex::new(Threads {
+                handles: Vec::new(),
+                prefix: self.prefix,
+                initializer: self.initializer,
+            }),
             tracer: self.tracer,
         });
-        let mut handles = Vec::with_capacity(workers);
-        for i in 0..workers {
-            let shared = shared.clone();
-            let init = self.initializer.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("{}-{i}", self.prefix))
-                .spawn(move || worker_loop(&shared, init))
-                .map_err(|e| Error::io("starting a worker thread", e))?;
-            handles.push(h);
-        }
-        Ok(ThreadPool {
-            shared,
-            handles: Mutex::new(handles),
-            workers,
-            prefix: self.prefix,
-        })
+        Ok(ThreadPool { shared })
     }
 }
+
+/// The most worker threads a pool may have: past this, thread stacks alone
+/// would take terabytes of address space, and the OS refuses long before.
+pub(crate) const MAX_THREADS: usize = 4096;
 
 /// The default thread count: min(32, usable CPUs + 4).
 pub(crate) fn default_threads() -> usize {
     (crate::info::usable_cpus() + 4).min(32)
 }
 
-/// What the pool handle and its workers share.
-struct PoolShared {
-    /// True once shut down. Submits send under the read lock, so every job
-    /// sent before `shutdown` takes the write lock precedes its `Stop`s.
+/// What the pool handle, its scopes and its workers share.
+pub(super) struct PoolShared {
+    /// True once shut down. Submits send (and start workers) under the read
+    /// lock, so every job sent and every worker started before `shutdown`
+    /// takes the write lock precedes its `Stop`s.
     closed: RwLock<bool>,
     /// Why the pool is broken (an initializer panicked), if it is.
     broken: Mutex<Option<String>>,
@@ -181,8 +195,114 @@ struct PoolShared {
     rx: Receiver<Msg>,
     /// Tasks running now.
     busy: AtomicUsize,
+    /// Workers free to take a job: waiting on the channel, or done with a
+    /// task body and on their way back to it. Kept only while
+    /// `started < max_workers`; it decides whether a submit starts a worker.
+    idle: AtomicUsize,
+    /// Worker threads started; never decreases. Written under `threads`.
+    started: AtomicUsize,
+    /// The most worker threads.
+    max_workers: usize,
+    /// The started threads, and how to start another.
+    threads: Mutex<Threads>,
     /// Records each task.
     tracer: Tracer,
+}
+
+/// The pool's threads: those started, and what the next one needs.
+struct Threads {
+    /// Started threads not yet joined; emptied by a waiting shutdown.
+    handles: Vec<JoinHandle<()>>,
+    /// Worker thread names are `{prefix}-{index}`.
+    prefix: String,
+    /// Runs in each worker before its first task.
+    initializer: Option<Initializer>,
+}
+
+impl PoolShared {
+    /// True once every worker has started: then nobody reads `idle`.
+    fn full(&self) -> bool {
+        // SeqCst: a worker's choice to keep `idle` and a submitter's choice
+        // to read it must see the same `started`, or a count is skipped.
+        self.started.load(Ordering::SeqCst) >= self.max_workers
+    }
+
+    /// Starts a worker if no idle one can take one more job, and the pool
+    /// may grow. Called with `closed` read-locked. An error only when the
+    /// pool has no worker at all (then nothing would run the job).
+    fn grow(self: &Arc<Self>) -> Result<(), String> {
+        if self.full() {
+            return Ok(());
+        }
+        // SeqCst: pairs with the worker's increments of `idle`.
+        let idle = self.idle.load(Ordering::SeqCst);
+        let started = self.started.load(Ordering::SeqCst);
+        if started > 0 && self.rx.len() < idle {
+            return Ok(());
+        }
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        let index = self.started.load(Ordering::SeqCst);
+        if index >= self.max_workers {
+            return Ok(());
+        }
+        let shared = self.clone();
+        let init = threads.initializer.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}-{index}", threads.prefix))
+            .spawn(move || worker_loop(&shared, init));
+        match spawned {
+            Ok(h) => {
+                threads.handles.push(h);
+                self.started.store(index + 1, Ordering::SeqCst);
+                Ok(())
+            }
+            Err(e) if index == 0 => Err(format!("could not start a worker thread: {e}")),
+            // The workers there will take the job.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Sends a job whose promise is named `task`, starting a worker if
+    /// needed; hands `input` back if the pool is closed or broken.
+    pub(super) fn send<I>(
+        self: &Arc<Self>,
+        task: &'static str,
+        input: I,
+        job: impl FnOnce(I) -> Run,
+    ) -> Result<(), SubmitError<I>> {
+        let closed = self.closed.read().unwrap_or_else(|p| p.into_inner());
+        if *closed {
+            return Err(SubmitError {
+                input,
+                error: TaskError::Shutdown {
+                    task: task.to_string(),
+                },
+            });
+        }
+        let broken = self
+            .broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(reason) = broken.map_or_else(|| self.grow().err(), Some) {
+            return Err(SubmitError {
+                input,
+                error: TaskError::Broken {
+                    task: task.to_string(),
+                    reason,
+                },
+            });
+        }
+        let submitted = self.tracer.is_enabled().then(Instant::now);
+        // The receiver lives in `self`, so the send can't fail.
+        let _ = self.tx.send(Msg::Run(Job {
+            task,
+            submitted,
+            run: job(input),
+        }));
+        drop(closed);
+        Ok(())
+    }
 }
 
 fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
@@ -194,40 +314,51 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
     }
     // This thread's name, for traces: read once.
     let mut name: Option<Arc<str>> = None;
-    while let Ok(msg) = shared.rx.recv() {
-        match msg {
-            Msg::Run(job) => {
-                let broken = shared
-                    .broken
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                // Relaxed: `busy` is a gauge for observers; it orders nothing.
-                shared.busy.fetch_add(1, Ordering::Relaxed);
-                let go = broken.map_or(Go::Run, Go::Broken);
-                match job.submitted {
-                    None => (job.run)(go, &mut |_| {}),
-                    Some(submitted) => {
-                        let started = Instant::now();
-                        (job.run)(go, &mut |ok| {
-                            let me = name.get_or_insert_with(|| {
-                                std::thread::current().name().unwrap_or("worker").into()
-                            });
-                            shared.tracer.record_span(Span {
-                                task: job.task,
-                                worker: SpanWorker::Named(me.clone()),
-                                pid: std::process::id(),
-                                times: (submitted, started, Instant::now()),
-                                ok,
-                                peak_rss: None,
-                            });
-                        });
-                    }
-                }
-                shared.busy.fetch_sub(1, Ordering::Relaxed);
-            }
-            Msg::Stop => break,
+    // True when this worker already counted itself idle (its last task's
+    // body returned).
+    let mut counted = false;
+    loop {
+        let track = !shared.full();
+        if track && !counted {
+            shared.idle.fetch_add(1, Ordering::SeqCst);
         }
+        counted = false;
+        let msg = shared.rx.recv();
+        if track {
+            shared.idle.fetch_sub(1, Ordering::SeqCst);
+        }
+        let Ok(Msg::Run(job)) = msg else { break };
+        let broken = shared
+            .broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // Relaxed: `busy` is a gauge for observers; it orders nothing.
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        let go = broken.map_or(Go::Run, Go::Broken);
+        let started = job.submitted.map(|_| Instant::now());
+        // Runs when the body returned, before the promise resolves.
+        let mut done = |ok: bool| {
+            if let (Some(submitted), Some(started)) = (job.submitted, started) {
+                let me = name.get_or_insert_with(|| {
+                    std::thread::current().name().unwrap_or("worker").into()
+                });
+                shared.tracer.record_span(Span {
+                    task: job.task,
+                    worker: SpanWorker::Named(me.clone()),
+                    pid: std::process::id(),
+                    times: (submitted, started, Instant::now()),
+                    ok,
+                    peak_rss: None,
+                });
+            }
+            if !shared.full() {
+                shared.idle.fetch_add(1, Ordering::SeqCst);
+                counted = true;
+            }
+        };
+        (job.run)(go, &mut done);
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -248,22 +379,16 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
 /// assert_eq!(squares, vec![1, 4, 9, 16]);
 /// ```
 pub struct ThreadPool {
-    /// Shared with the workers.
+    /// Shared with the workers and with scopes.
     shared: Arc<PoolShared>,
-    /// Worker threads not yet joined; emptied by a waiting shutdown.
-    handles: Mutex<Vec<JoinHandle<()>>>,
-    /// How many workers were started.
-    workers: usize,
-    /// Thread name prefix.
-    prefix: String,
 }
 
 impl fmt::Debug for ThreadPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThreadPool")
-            .field("workers", &self.workers)
-            .field("prefix", &self.prefix)
-            .field("busy", &self.shared.busy.load(Ordering::Relaxed))
+            .field("max_workers", &self.shared.max_workers)
+            .field("started", &self.started())
+            .field("busy", &self.busy())
             .finish_non_exhaustive()
     }
 }
@@ -273,57 +398,30 @@ impl ThreadPool {
     pub fn builder() -> ThreadPoolBuilder {
         ThreadPoolBuilder {
             max_workers: None,
-            prefix: "multitask".to_string(),
+            prefix: "multitasking".to_string(),
             initializer: None,
             tracer: Tracer::disabled(),
         }
     }
 
-    /// A pool with `n` workers.
+    /// A pool of at most `n` workers.
     pub fn new(n: usize) -> Result<ThreadPool, Error> {
         ThreadPool::builder().max_workers(n).build()
     }
 
-    /// Sends a job whose promise is named `task`; hands `input` back if the
-    /// pool is closed or broken.
+    /// What this pool shares with its scopes.
+    pub(super) fn shared(&self) -> &Arc<PoolShared> {
+        &self.shared
+    }
+
+    /// Sends a job whose promise is named `task`.
     fn send<I>(
         &self,
         task: &'static str,
         input: I,
         job: impl FnOnce(I) -> Run,
     ) -> Result<(), SubmitError<I>> {
-        let closed = self.shared.closed.read().unwrap_or_else(|p| p.into_inner());
-        if *closed {
-            return Err(SubmitError {
-                input,
-                error: TaskError::Shutdown {
-                    task: task.to_string(),
-                },
-            });
-        }
-        if let Some(reason) = self
-            .shared
-            .broken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
-            return Err(SubmitError {
-                input,
-                error: TaskError::Broken {
-                    task: task.to_string(),
-                    reason,
-                },
-            });
-        }
-        // The receiver lives in `shared`, so the send can't fail.
-        let submitted = self.shared.tracer.is_enabled().then(Instant::now);
-        let _ = self.shared.tx.send(Msg::Run(Job {
-            task,
-            submitted,
-            run: job(input),
-        }));
-        Ok(())
+        self.shared.send(task, input, job)
     }
 
     /// Runs the closure `f` on a worker thread.
@@ -375,7 +473,7 @@ impl ThreadPool {
         Map::new(
             name,
             inputs.into_iter(),
-            self.workers,
+            self.shared.max_workers,
             ordered,
             Box::new(move |chunk: Vec<I::Item>| {
                 let f = f.clone();
@@ -407,6 +505,12 @@ impl ThreadPool {
     /// Tasks running now.
     pub fn busy(&self) -> usize {
         self.shared.busy.load(Ordering::Relaxed)
+    }
+
+    /// Worker threads started so far: they start as needed, up to
+    /// [`Executor::max_workers`], and stay until shutdown.
+    pub fn started(&self) -> usize {
+        self.shared.started.load(Ordering::SeqCst)
     }
 
     /// Tasks queued and not yet started.
@@ -453,7 +557,8 @@ impl Executor for ThreadPool {
                 if how.cancel_futures {
                     cancelled.extend(self.shared.rx.try_iter());
                 }
-                for _ in 0..self.workers {
+                // Workers start under the read lock: none starts now.
+                for _ in 0..self.started() {
                     let _ = self.shared.tx.send(Msg::Stop);
                 }
             }
@@ -467,8 +572,14 @@ impl Executor for ThreadPool {
         }
         if how.wait {
             let me = std::thread::current().id();
-            let handles =
-                std::mem::take(&mut *self.handles.lock().unwrap_or_else(|p| p.into_inner()));
+            let handles = std::mem::take(
+                &mut self
+                    .shared
+                    .threads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .handles,
+            );
             for h in handles {
                 // A task that shuts down its own pool must not join itself.
                 if h.thread().id() != me {
@@ -479,11 +590,11 @@ impl Executor for ThreadPool {
     }
 
     fn max_workers(&self) -> usize {
-        self.workers
+        self.shared.max_workers
     }
 
     fn spec(&self) -> String {
-        format!("threads:{}", self.workers)
+        format!("threads:{}", self.shared.max_workers)
     }
 }
 
@@ -505,6 +616,12 @@ impl RawExecutor for ThreadPool {
 
 impl Drop for ThreadPool {
     fn drop(&mut self) {
-        self.shutdown(Shutdown::default());
+        // A pool dropped while its owner unwinds cancels what has not
+        // started: the program is giving up, so queued work would only
+        // delay the panic (it waited for every queued task before).
+        self.shutdown(Shutdown {
+            wait: true,
+            cancel_futures: std::thread::panicking(),
+        });
     }
 }

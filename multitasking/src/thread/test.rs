@@ -39,8 +39,176 @@ fn initializer_runs_once_per_worker() {
         })
         .build()
         .unwrap();
+    // Three tasks that wait for each other need three workers at once.
+    let gate = Arc::new(std::sync::Barrier::new(3));
+    let futs: Vec<_> = (0..3)
+        .map(|_| {
+            let g = gate.clone();
+            pool.spawn(move || g.wait()).unwrap()
+        })
+        .collect();
+    for f in futs {
+        f.result_timeout(LIMIT)
+            .expect("three workers started")
+            .unwrap();
+    }
     pool.shutdown(Shutdown::default());
     assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+/// Threads start as needed, as CPython's do: sequential submit-and-wait
+/// calls use one thread, not `max_workers` of them.
+#[test]
+fn sequential_calls_use_one_thread() {
+    let pool = ThreadPool::new(8).unwrap();
+    assert_eq!(pool.started(), 0, "no thread before the first submit");
+    let mut names = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let name = pool
+            .spawn(|| std::thread::current().name().map(str::to_string))
+            .unwrap()
+            .result_timeout(LIMIT)
+            .expect("in time")
+            .unwrap();
+        names.insert(name);
+    }
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert_eq!(pool.started(), 1);
+}
+
+/// ... and grow to `max_workers` when work waits, never past it.
+#[test]
+fn threads_grow_to_max_workers_under_load() {
+    let pool = ThreadPool::new(4).unwrap();
+    let gate = Arc::new(std::sync::Barrier::new(4));
+    let futs: Vec<_> = (0..4)
+        .map(|_| {
+            let g = gate.clone();
+            pool.spawn(move || g.wait()).unwrap()
+        })
+        .collect();
+    for f in futs {
+        f.result_timeout(LIMIT)
+            .expect("four tasks that wait for each other ran at once")
+            .unwrap();
+    }
+    let more: Vec<_> = (0..100).map(|i| pool.spawn(move || i).unwrap()).collect();
+    for f in more {
+        f.result_timeout(LIMIT).expect("in time").unwrap();
+    }
+    assert_eq!(pool.started(), 4);
+}
+
+#[test]
+fn an_absurd_thread_count_is_a_clear_error() {
+    for n in [100_000, 99_999_999_999] {
+        let e = ThreadPool::new(n).unwrap_err().to_string();
+        assert!(e.contains("more threads than a process can start"), "{e}");
+    }
+}
+
+#[test]
+fn a_scope_borrows_locals_and_joins_every_job() {
+    let pool = ThreadPool::new(3).unwrap();
+    let input: Vec<u64> = (1..=100).collect();
+    let mut sums = [0u64; 4];
+    let total = AtomicUsize::new(0);
+    let got = pool.scope(|s| {
+        for (part, sum) in input.chunks(25).zip(sums.iter_mut()) {
+            let total = &total;
+            s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                *sum = part.iter().sum();
+                total.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let f = s.spawn(|| input.len());
+        f.result_timeout(LIMIT).expect("in time").unwrap()
+    });
+    assert_eq!(got, 100);
+    // Every job finished before scope returned, though none was joined.
+    assert_eq!(total.load(Ordering::SeqCst), 4);
+    assert_eq!(sums.iter().sum::<u64>(), 5050);
+}
+
+#[test]
+fn a_panic_in_a_scope_is_carried_back_after_every_job() {
+    let pool = ThreadPool::new(2).unwrap();
+    let finished = AtomicUsize::new(0);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.scope(|s| {
+            s.spawn(|| panic!("bad input 7"));
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        })
+    }));
+    let payload = caught.expect_err("the scope panics");
+    let text = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(text.contains("bad input 7"), "{text}");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "the slow job was joined first"
+    );
+    // The pool goes on.
+    assert_eq!(pool.spawn(|| 5).unwrap().result().unwrap(), 5);
+}
+
+#[test]
+fn a_scope_whose_body_panics_still_waits_for_its_jobs() {
+    let pool = ThreadPool::new(2).unwrap();
+    let finished = AtomicUsize::new(0);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pool.scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+            panic!("the body gave up");
+        })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_scope_on_a_closed_pool_resolves_at_once() {
+    let pool = ThreadPool::new(1).unwrap();
+    pool.shutdown(Shutdown::default());
+    let local = 3;
+    let r = pool.scope(|s| s.spawn(|| local * 2).result_timeout(LIMIT));
+    assert!(matches!(r, Some(Err(TaskError::Shutdown { .. }))), "{r:?}");
+}
+
+#[test]
+fn cancelled_scoped_jobs_never_run_and_the_scope_returns() {
+    let pool = ThreadPool::new(1).unwrap();
+    let ran = AtomicUsize::new(0);
+    pool.scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let hold = s.spawn(move || rx.recv_timeout(LIMIT));
+        let queued: Vec<_> = (0..5)
+            .map(|_| {
+                s.spawn(|| {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for q in &queued {
+            assert!(q.cancel());
+        }
+        tx.send(()).unwrap();
+        hold.result_timeout(LIMIT)
+            .expect("in time")
+            .unwrap()
+            .unwrap();
+    });
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
 }
 
 #[test]
@@ -167,4 +335,34 @@ fn fold_and_next_agree_with_errors_and_progress() {
         .map(Result::unwrap)
         .sum();
     assert_eq!(sum, 10_000 * 9_999 / 2);
+}
+
+#[test]
+fn a_pool_dropped_in_a_panic_cancels_what_has_not_started() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let queued = std::thread::spawn(move || {
+        let pool = ThreadPool::new(1).unwrap();
+        let mut futs = Vec::new();
+        for _ in 0..50 {
+            let r = r.clone();
+            futs.push(
+                pool.spawn(move || {
+                    std::thread::sleep(Duration::from_millis(20));
+                    r.fetch_add(1, Ordering::SeqCst);
+                })
+                .unwrap(),
+            );
+        }
+        let _keep = (pool, futs.split_off(1));
+        panic!("the owner gives up");
+    })
+    .join();
+    assert!(queued.is_err());
+    // One task may have started; the other 49 (a second of work) did not.
+    assert!(
+        ran.load(Ordering::SeqCst) <= 1,
+        "{}",
+        ran.load(Ordering::SeqCst)
+    );
 }

@@ -98,3 +98,18 @@ fn primes_agrees_with_the_seed() {
     }
     assert!(out.contains("speedup"), "{out}");
 }
+
+#[test]
+fn queue_pool_joins_the_queue_and_stops_every_worker() {
+    let out = run("queue_pool", &[]);
+    assert!(out.contains("queue joined: 12 jobs done"), "{out}");
+    assert_eq!(out.matches(" is prime: ").count(), 12, "{out}");
+    // 1000003 is the one prime among 1000003, 1000005, ..., 1000025.
+    assert_eq!(out.matches("is prime: true").count(), 1, "{out}");
+    assert!(out.contains("1000003 is prime: true"), "{out}");
+    assert!(out.contains("1000025 is prime: false"), "{out}");
+    assert!(
+        out.contains("workers stopped: 3 joined, 12 jobs between them"),
+        "{out}"
+    );
+}

@@ -4,6 +4,7 @@
 // Worker processes of the pools under test are this binary started again.
 multitasking::enable_test_support!();
 
+mod async_use;
 mod cluster;
 mod conformance;
 mod examples;

@@ -103,8 +103,11 @@ else
   cargo test "${TARGETS[@]}" --no-fail-fast "$@"
 fi
 
-say "doctests"
+say "doctests (the README's Rust blocks among them)"
 cargo test --workspace --doc
+
+say "the README's examples as a user's crate outside the workspace"
+bash scripts/user-crate.sh
 
 if [ "${MULTITASK_SKIP_LOOM:-}" != "1" ]; then
   say "loom model checks of the future state machine"

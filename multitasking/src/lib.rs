@@ -93,8 +93,10 @@ mod wait;
 
 pub use any::AnyExecutor;
 #[cfg(feature = "cluster")]
+#[doc(inline)]
 pub use cluster::ClusterPool;
 pub use error::{Error, ExitCause, SubmitError, TaskError, WaitTimeout};
+#[doc(inline)]
 pub use executor::{Executor, ExecutorSpec, Shutdown};
 pub use future::{TaskFuture, Waitable};
 pub use info::{host_name, info, usable_cpus, Info};
@@ -141,3 +143,8 @@ pub mod __private {
 
 #[cfg(all(test, loom))]
 mod model;
+
+// Every Rust block of the README runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+mod readme {}

@@ -211,14 +211,19 @@ impl fmt::Display for ExecutorSpec {
 }
 
 /// `url` with any password replaced by `***`, for logs and errors.
+///
+/// The credentials end at the *last* `@`: a password typed raw may hold
+/// `@`, `:` or `/` (it should be percent-encoded, but people paste what
+/// they have), and splitting at the first `@` printed the rest of it. A
+/// URL whose query holds an `@` may come out over-redacted; never leaked.
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (auth, host) = match rest.split_once('@') {
-        Some((a, h)) => (a, h),
-        None => return url.to_string(),
+    let Some(at) = rest.rfind('@') else {
+        return url.to_string();
     };
+    let (auth, host) = (&rest[..at], &rest[at + 1..]);
     match auth.split_once(':') {
         Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_string(),
@@ -269,6 +274,35 @@ mod tests {
         let spec: ExecutorSpec = url.parse().unwrap();
         assert_eq!(spec, ExecutorSpec::Redis(url.to_string()));
         assert_eq!(spec.to_string(), "redis://u:***@host:6379/0?queue=q");
+    }
+
+    #[test]
+    fn redact_hides_passwords_with_at_colon_and_slash() {
+        for (url, shown) in [
+            ("redis://u:p@ss@h:6379/0", "redis://u:***@h:6379/0"),
+            ("redis://u:a:b/c@d@h/0?queue=q", "redis://u:***@h/0?queue=q"),
+            ("rediss://:s3cret@h", "rediss://:***@h"),
+            ("redis://u:p%40ss@h", "redis://u:***@h"),
+            ("redis://h:6379/0", "redis://h:6379/0"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn redact_never_shows_a_password(
+            user in "[a-z]{0,8}",
+            password in "[ -~]{1,24}",
+            query in proptest::option::of("[a-z]{1,8}"),
+        ) {
+            let tail = query.map(|q| format!("?queue={q}")).unwrap_or_default();
+            let url = format!("redis://{user}:{password}@host:6379/0{tail}");
+            proptest::prop_assert_eq!(
+                redact(&url),
+                format!("redis://{user}:***@host:6379/0{tail}")
+            );
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use clap::Parser;
 use crate::args::Cli;
 
 /// Exit status after Ctrl-C: 128 + SIGINT, as a shell reports it.
-const INTERRUPTED: i32 = 130;
+pub(crate) const INTERRUPTED: i32 = 130;
 /// Exit status when stdout is closed early (`multitask primes | head -1`):
 /// 128 + SIGPIPE, what a tool killed by the signal would report.
 const BROKEN_PIPE: u8 = 141;
@@ -60,7 +60,7 @@ fn interrupted() {
             return;
         }
     }
-    shell::kill_all();
+    shell::stop_everything();
     term::note("interrupted");
     std::process::exit(INTERRUPTED);
 }

@@ -15,6 +15,13 @@
 //! worker's registry instead; there the shell is started with
 //! `PR_SET_PDEATHSIG`, so when the worker dies (it dies with the binary)
 //! the shell is killed too.
+//!
+//! That kills the shell, not what the shell started: a `sleep 300` in the
+//! job's group outlived a killed worker, reparented to init. So `multitask
+//! run` makes itself a child subreaper ([`adopt_orphans`]): whatever a dead
+//! worker or shell leaves behind is reparented to this process instead,
+//! and on Ctrl-C, SIGTERM or `--halt now` [`kill_descendants`] kills every
+//! process below this one, with its process group, until none is left.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -51,6 +58,141 @@ pub(crate) fn kill_all() {
     for &pgid in live.iter() {
         kill_group(pgid);
     }
+}
+
+/// Closes the executor of a run, so that no worker replaces one killed.
+static CLOSE: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>> = std::sync::OnceLock::new();
+
+/// Sets what [`stop_everything`] calls first: the run's executor closing,
+/// with its queued jobs cancelled.
+pub(crate) fn close_on_stop(close: impl Fn() + Send + Sync + 'static) {
+    let _ = CLOSE.set(Box::new(close));
+}
+
+/// Ctrl-C, SIGTERM and `--halt now`: closes the run's executor (no job
+/// starts, no worker is replaced), kills the jobs of this process, then
+/// every process below it, within [`STOP_LIMIT`].
+pub(crate) fn stop_everything() {
+    STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(close) = CLOSE.get() {
+        close();
+    }
+    kill_all();
+    kill_descendants(STOP_LIMIT);
+}
+
+/// Set by [`stop_everything`]: the process is about to exit.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True once [`stop_everything`] began: the run's outcomes from then on
+/// are its own doing (closed pool, killed jobs) and are not reported.
+pub(crate) fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// For the main thread when another thread (the Ctrl-C handler) stops the
+/// run: waits for that thread to exit the process, so that the run does
+/// not end first with an exit status of its own. Exits with `status`
+/// itself should that thread not get there.
+pub(crate) fn await_stop(status: i32) -> ! {
+    std::thread::sleep(STOP_LIMIT * 5);
+    std::process::exit(status)
+}
+
+/// How long [`stop_everything`] goes on killing what jobs left behind.
+const STOP_LIMIT: Duration = Duration::from_secs(2);
+
+/// Makes this process the one that orphans below it are reparented to, so
+/// that [`kill_descendants`] can find them. Call it before any job starts.
+///
+/// NOTE: an adopted orphan that exits stays a zombie until this process
+/// exits; reaping with `waitpid(-1)` would take the process pool's own
+/// workers' exits from it.
+pub(crate) fn adopt_orphans() {
+    // Without it (a kernel before 3.4) orphans go to init, as before.
+    let _ = rustix::process::set_child_subreaper(Some(rustix::process::getpid()));
+}
+
+/// Kills (SIGKILL) every process below this one and its process group, and
+/// goes on until none is left (orphans of the killed reach this process,
+/// see [`adopt_orphans`]) or `limit` passes; reaps the ones it killed.
+fn kill_descendants(limit: Duration) {
+    let me = std::process::id();
+    let my_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+    let deadline = Instant::now() + limit;
+    loop {
+        let below = descendants_of(me);
+        if below.is_empty() {
+            return;
+        }
+        for &(pid, pgid) in &below {
+            if pgid != my_group {
+                kill_group(pgid);
+            }
+            if let Some(pid) = Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, Signal::KILL);
+            }
+        }
+        for &(pid, _) in &below {
+            if let Some(pid) = Pid::from_raw(pid as i32) {
+                // Only this process's own children can be reaped; the rest
+                // are reparented here as their parents die.
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG);
+            }
+        }
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The live processes below `root` (zombies left out), with their process
+/// groups, from `/proc`.
+fn descendants_of(root: u32) -> Vec<(u32, u32)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // (pid, parent, group) of every live process.
+    let mut all = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid), Some(pgrp)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if state == "Z" || state == "X" {
+            continue;
+        }
+        if let (Ok(ppid), Ok(pgrp)) = (ppid.parse::<u32>(), pgrp.parse::<u32>()) {
+            all.push((pid, ppid, pgrp));
+        }
+    }
+    let mut below = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, ppid, pgrp) in &all {
+            if ppid == parent && pid != root {
+                below.push((pid, pgrp));
+                frontier.push(pid);
+            }
+        }
+    }
+    below
 }
 
 fn kill_group(pgid: u32) {

@@ -601,3 +601,162 @@ fn two_workers_and_a_client_behave_as_a_cluster() {
         assert!(err.contains("drained"), "{err}");
     }
 }
+
+/// The pids listed one per line in `path`, once `n` are there.
+fn wait_for_pids(path: &std::path::Path, n: usize, child: &mut std::process::Child) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pids: Vec<i32> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        if pids.len() >= n {
+            return pids;
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            panic!("multitask run exited ({status}) before its jobs started: {err}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the jobs never wrote their pids to {}", path.display());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// True while `pid` is a live process (not a zombie).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+        })
+        .is_some_and(|dead| !dead)
+}
+
+/// Waits (bounded) until none of `pids` is alive; the ones still alive.
+fn survivors(pids: &[i32]) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+        if left.is_empty() || Instant::now() > deadline {
+            for &p in &left {
+                if let Some(pid) = rustix::process::Pid::from_raw(p) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                }
+            }
+            return left;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Starts `multitask run` on the default executor (worker processes) with
+/// jobs that each start a `sleep 300` and write its pid to a file; returns
+/// the child, the file and the sleeps' pids once all `n` run.
+fn run_sleepers(extra: &[&str], n: usize) -> (std::process::Child, std::path::PathBuf, Vec<i32>) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "multitask-sleepers-{}-{}.pids",
+        std::process::id(),
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_file(&path);
+    // The job's own program: a grandchild of the worker, beside the shell.
+    let cmd = format!(": {{}}; sleep 300 & echo $! >> {}; wait", path.display());
+    let mut args = vec!["run", "-j", "2"];
+    args.extend_from_slice(extra);
+    args.push(&cmd);
+    args.push(":::");
+    let names: Vec<String> = (0..n).map(|i| format!("job{i}")).collect();
+    args.extend(names.iter().map(String::as_str));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn multitask");
+    let pids = wait_for_pids(&path, n, &mut child);
+    (child, path, pids)
+}
+
+/// Waits for `child` at most 30 s; its exit code.
+fn exit_of(child: &mut std::process::Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("multitask run did not exit after the signal");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn ctrl_c_and_sigterm_leave_no_job_program_alive() {
+    for signal in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
+        let (mut child, path, pids) = run_sleepers(&[], 2);
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, signal).unwrap();
+        assert_eq!(exit_of(&mut child), Some(130), "{signal:?}");
+        let left = survivors(&pids);
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            left.is_empty(),
+            "after {signal:?} these job programs live on: {left:?}"
+        );
+    }
+}
+
+#[test]
+fn halt_now_leaves_no_job_program_alive() {
+    let path = std::env::temp_dir().join(format!("multitask-halt-{}.pids", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let cmd = format!(
+        "case {{}} in f) sleep 1; exit 1;; *) sleep 300 & echo $! >> {}; wait;; esac",
+        path.display()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+        .args([
+            "run",
+            "-j",
+            "3",
+            "--halt",
+            "now,fail=1",
+            &cmd,
+            ":::",
+            "a",
+            "b",
+            "f",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn multitask");
+    let pids = wait_for_pids(&path, 2, &mut child);
+    assert_eq!(exit_of(&mut child), Some(1));
+    let left = survivors(&pids);
+    let _ = std::fs::remove_file(&path);
+    assert!(left.is_empty(), "after --halt now these live on: {left:?}");
+}
+
+#[test]
+fn a_timed_out_job_leaves_no_program_alive() {
+    let (mut child, path, pids) = run_sleepers(&["--timeout", "1"], 2);
+    // Both jobs time out; the run ends with two failures.
+    assert_eq!(exit_of(&mut child), Some(2));
+    let left = survivors(&pids);
+    let _ = std::fs::remove_file(&path);
+    assert!(left.is_empty(), "after --timeout these live on: {left:?}");
+}

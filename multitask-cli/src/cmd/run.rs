@@ -36,6 +36,7 @@ const MAX_FAILURE_STATUS: usize = 101;
 
 /// Runs the jobs and returns the exit status.
 pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
+    crate::shell::adopt_orphans();
     let (template, listed) = split_command(&args.command)?;
     let template = Template::parse(&template);
     let arguments: Box<dyn Iterator<Item = String>> = match listed {
@@ -52,7 +53,16 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     }
 
     let spec = with_jobs(&args.executor, args.jobs);
-    let ex = super::executor(&spec)?;
+    let ex = std::sync::Arc::new(super::executor(&spec)?);
+    let closing = std::sync::Arc::downgrade(&ex);
+    crate::shell::close_on_stop(move || {
+        if let Some(ex) = closing.upgrade() {
+            ex.shutdown(multitasking::Shutdown {
+                wait: false,
+                cancel_futures: true,
+            });
+        }
+    });
     let mut joblog = args.joblog.as_deref().map(JobLog::create).transpose()?;
     let timeout_ms = args.timeout.map(|t| t.as_millis() as u64);
 
@@ -83,6 +93,9 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     let mut failed = 0;
     let mut halting = None;
     for outcome in outcomes {
+        if crate::shell::stopping() {
+            crate::shell::await_stop(crate::INTERRUPTED);
+        }
         progress.borrow_mut().suspend();
         let failure = match outcome {
             Ok(o) => {
@@ -118,6 +131,9 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             }
         }
     }
+    if crate::shell::stopping() {
+        crate::shell::await_stop(crate::INTERRUPTED);
+    }
     progress.borrow_mut().finish();
     if let Some(log) = joblog.as_mut() {
         log.flush()?;
@@ -135,10 +151,10 @@ fn halt_now(status: u8, why: &str, joblog: Option<&mut JobLog>) -> ! {
         let _ = log.flush();
     }
     let _ = io::stdout().flush();
-    crate::shell::kill_all();
+    crate::shell::stop_everything();
     // NOTE: exiting is how the whole pool stops at once: thread workers end
-    // with the process, worker processes die with their parent, and the
-    // shells they started die with them (see `shell`). Dropping the pool
+    // with the process, and the worker processes, their shells and what
+    // those started are dead already (see `shell`). Dropping the pool
     // instead would wait for every running job.
     std::process::exit(status.into())
 }

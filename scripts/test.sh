@@ -2,7 +2,8 @@
 # Runs every test of the workspace on a fresh Debian machine:
 #   bash scripts/test.sh [extra nextest args]
 #
-# It installs what the tests need (redis-server, via apt-get, when missing),
+# It installs what the tests need (redis-server, chromium and chromedriver,
+# via apt-get, when missing),
 # starts a throwaway redis-server on a free loopback port for the cluster
 # tests, runs the whole suite with cargo-nextest (cargo test when nextest is
 # missing), the doctests, and the loom model checks of the future's state
@@ -13,6 +14,8 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=scripts/redis.sh
 source scripts/redis.sh
+# shellcheck source=scripts/browser.sh
+source scripts/browser.sh
 
 # The integration suite runs the example programs: build them first.
 say "cargo build --workspace --examples"

@@ -43,6 +43,9 @@ pub(crate) enum Command {
     /// Run CPU-bound and I/O-bound workloads on each executor at each worker
     /// count, and report speedups (the benchmark lab).
     Bench(BenchArgs),
+    /// Serve a live dashboard of a cluster queue in the browser.
+    #[cfg(feature = "dashboard")]
+    Dashboard(DashboardArgs),
 }
 
 /// `multitask bench`.
@@ -79,6 +82,11 @@ pub(crate) struct BenchArgs {
     /// Write a flamegraph (SVG) of this process, sampled while the lab ran.
     #[arg(long, value_name = "FILE")]
     pub(crate) profile: Option<PathBuf>,
+    /// Serve a live dashboard of the lab while it runs, on ADDR (default
+    /// 127.0.0.1:8265).
+    #[cfg(feature = "dashboard")]
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:8265")]
+    pub(crate) dashboard: Option<std::net::SocketAddr>,
 }
 
 /// `multitask primes`.
@@ -147,6 +155,28 @@ pub(crate) struct RunArgs {
     /// The command, then optionally ::: and the arguments.
     #[arg(value_name = "CMD", required = true, trailing_var_arg = true)]
     pub(crate) command: Vec<String>,
+}
+
+/// `multitask dashboard`.
+#[cfg(feature = "dashboard")]
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// The broker: redis://[user:password@]host:port/db[?queue=name].
+    #[arg(long, value_name = "URL")]
+    pub(crate) broker: String,
+    /// The queue (default: the URL's ?queue=, else "default").
+    #[arg(long)]
+    pub(crate) queue: Option<String>,
+    /// Where to listen. An address that is not loopback needs a token.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8265")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// A file whose first line is the token every request must carry
+    /// (also MULTITASK_DASHBOARD_TOKEN; never on the command line).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Let the page discard dead letters.
+    #[arg(long)]
+    pub(crate) allow_actions: bool,
 }
 
 /// Parses a positive number of seconds, fractions allowed (`0.5`).

@@ -65,6 +65,8 @@
 //!   the `redis` crate with rustls.
 //! - `progress` (default): [`progress`], indicatif progress bars for `map`.
 //! - `stream` (default): [`AsCompleted::stream`], a `futures_core::Stream`.
+//! - `dashboard`: `multitasking::dashboard`, a live page in the browser for
+//!   a pool's tracer or a cluster queue (axum on tokio).
 
 // Lets the macros' `::multitasking::` paths resolve inside this crate too.
 extern crate self as multitasking;
@@ -73,6 +75,8 @@ mod any;
 mod chunk;
 #[cfg(feature = "cluster")]
 pub mod cluster;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 mod error;
 pub mod executor;
 mod future;

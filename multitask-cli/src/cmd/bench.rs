@@ -183,6 +183,18 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
         None => None,
     };
 
+    // The dashboard follows whichever run is going on.
+    let current = std::sync::Arc::new(std::sync::Mutex::new(Tracer::new()));
+    #[cfg(feature = "dashboard")]
+    let _served = match args.dashboard {
+        Some(addr) => {
+            let served = super::dashboard::serve_lab(addr, current.clone())?;
+            crate::term::note(format!("dashboard at {}", served.url()));
+            Some(served)
+        }
+        None => None,
+    };
+
     let workers_list: Vec<usize> = args.workers.iter().map(|&w| usize::from(w)).collect();
     let mut rows: Vec<Row> = Vec::new();
     let mut showcase: Option<(String, Trace)> = None;
@@ -216,6 +228,7 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
             };
             for &workers in &counts {
                 let tracer = Tracer::new();
+                *current.lock().unwrap_or_else(|p| p.into_inner()) = tracer.clone();
                 let (wall, trace, spec) = run_one(kind, workers, &tracer, &work)?;
                 let kind = if is_cluster(kind) {
                     "cluster"

@@ -6,6 +6,8 @@
 //! line. `worker`, `status` and `bench` join as modules here.
 
 pub(crate) mod bench;
+#[cfg(feature = "dashboard")]
+pub(crate) mod dashboard;
 pub(crate) mod info;
 pub(crate) mod primes;
 pub(crate) mod run;
@@ -28,6 +30,8 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::main(args, cli.quiet),
         Command::Worker(args) => worker::main(args),
         Command::Status(args) => status::main(args),
+        #[cfg(feature = "dashboard")]
+        Command::Dashboard(args) => dashboard::main(args),
     }
 }
 

@@ -53,7 +53,9 @@ mod status;
 mod worker;
 
 pub use client::ClusterPool;
-pub use status::{status, ClusterStatus, WorkerStatus};
+pub use status::{
+    dead_letters, discard_dead_letter, status, tasks_read, ClusterStatus, DeadLetter, WorkerStatus,
+};
 pub use worker::{serve, StopHandle, Worker, WorkerBuilder};
 
 /// A broker URL with any password replaced by `***`: the form to print in

@@ -41,6 +41,116 @@ pub struct ClusterStatus {
     pub dead_letters: u64,
 }
 
+/// One entry of the dead-letter stream: a task given up, and why.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DeadLetter {
+    /// Its id in the dead-letter stream ([`discard_dead_letter`] takes it).
+    pub entry: String,
+    /// The task's name, as its entry gave it (may be garbage: that can be
+    /// why it is dead).
+    pub task: String,
+    /// Why it was given up.
+    pub reason: String,
+    /// How many times it was delivered.
+    pub deliveries: String,
+    /// The worker that gave it up.
+    pub worker: String,
+}
+
+/// The newest `count` dead letters of the queue at `url`, newest first.
+pub fn dead_letters(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
+    let broker = Broker::open(url)?;
+    let keys = Keys::new(&broker.url.queue);
+    let mut con = broker.connect(Duration::from_secs(5))?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.dead())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(count)
+        .query(&mut con)
+        .map_err(|e| broker.error(&e))?;
+    let field = |id: &redis::streams::StreamId, name: &str| -> String {
+        id.get::<String>(name).unwrap_or_default()
+    };
+    Ok(reply
+        .ids
+        .iter()
+        .map(|id| DeadLetter {
+            entry: id.id.clone(),
+            task: field(id, "task"),
+            reason: field(id, "reason"),
+            deliveries: field(id, "deliveries"),
+            worker: field(id, "worker"),
+        })
+        .collect())
+}
+
+/// Deletes the dead letter `entry` of the queue at `url`; false if there
+/// was none by that id.
+pub fn discard_dead_letter(url: &str, entry: &str) -> Result<bool, Error> {
+    let broker = Broker::open(url)?;
+    let keys = Keys::new(&broker.url.queue);
+    let mut con = broker.connect(Duration::from_secs(5))?;
+    let n: u64 = redis::cmd("XDEL")
+        .arg(keys.dead())
+        .arg(entry)
+        .query(&mut con)
+        .map_err(|e| broker.error(&e))?;
+    Ok(n > 0)
+}
+
+/// How many task entries the workers' group has read so far (Redis 7's
+/// `entries-read`): the difference between two readings is the tasks
+/// started in between. `None` where the server does not say.
+pub fn tasks_read(url: &str) -> Result<Option<u64>, Error> {
+    let broker = Broker::open(url)?;
+    let keys = Keys::new(&broker.url.queue);
+    let mut con = broker.connect(Duration::from_secs(5))?;
+    let groups: redis::Value = match redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(keys.tasks())
+        .query(&mut con)
+    {
+        Ok(v) => v,
+        // No stream yet: nothing was read.
+        Err(e) if e.code() == Some("ERR") => return Ok(Some(0)),
+        Err(e) => return Err(broker.error(&e)),
+    };
+    let redis::Value::Array(groups) = groups else {
+        return Ok(None);
+    };
+    for g in groups {
+        let fields: Vec<redis::Value> = match g {
+            redis::Value::Array(f) => f,
+            redis::Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+            _ => continue,
+        };
+        let mut name = None;
+        // Absent before Redis 7; nil until the group's first read.
+        let mut read = None;
+        for pair in fields.chunks(2) {
+            let key = match &pair[0] {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => continue,
+            };
+            match (key.as_str(), pair.get(1)) {
+                ("name", Some(redis::Value::BulkString(b))) => {
+                    name = Some(String::from_utf8_lossy(b).into_owned())
+                }
+                ("entries-read", Some(redis::Value::Int(n))) => read = Some(*n as u64),
+                ("entries-read", Some(redis::Value::Nil)) => read = Some(0),
+                _ => {}
+            }
+        }
+        if name.as_deref() == Some(GROUP) {
+            return Ok(read);
+        }
+    }
+    Ok(Some(0))
+}
+
 /// Reads the status of the queue at `url`.
 pub fn status(url: &str) -> Result<ClusterStatus, Error> {
     let broker = Broker::open(url)?;

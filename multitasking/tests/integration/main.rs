@@ -7,6 +7,8 @@ multitasking::enable_test_support!();
 mod async_use;
 mod cluster;
 mod conformance;
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod examples;
 mod failure;
 mod process;

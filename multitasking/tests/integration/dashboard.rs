@@ -1,0 +1,129 @@
+//! The dashboard's server from the library, over plain HTTP: a traced pool
+//! shows its workers, lanes and counts in `/api/state`; a token guards
+//! every request; a non-loopback address without a token is refused.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use multitasking::dashboard::Dashboard;
+use multitasking::trace::Tracer;
+use multitasking::{Executor, ThreadPool};
+
+use crate::conformance::{get, LIMIT};
+use crate::tasks::sleep_ms;
+
+/// GETs `path` with `header`; the status code and body.
+fn http_get(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("a response");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+#[test]
+fn a_traced_pool_shows_its_workers_and_tasks() {
+    let tracer = Tracer::new();
+    let pool = ThreadPool::builder()
+        .max_workers(2)
+        .thread_name_prefix("dash")
+        .tracer(tracer.clone())
+        .build()
+        .unwrap();
+    let served = Dashboard::new().tracer(&tracer).serve().unwrap();
+    let futs: Vec<_> = (0..6).map(|_| pool.submit(sleep_ms, 20).unwrap()).collect();
+    for f in &futs {
+        get(f).unwrap();
+    }
+    let deadline = Instant::now() + LIMIT;
+    let state = loop {
+        let (code, body) = http_get(served.addr(), "/api/state", "");
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON state");
+        if v["done"] == 6 {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the state never counted 6 tasks: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(state["source"], "local run");
+    let workers = state["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2, "{state}");
+    assert!(workers
+        .iter()
+        .all(|w| w["name"].as_str().unwrap().starts_with("dash-")));
+    let bars: usize = state["timeline"]["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["bars"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(bars, 6);
+    assert!(state["slowest"][0]["run_ms"].as_f64().unwrap() >= 20.0);
+    let (code, page) = http_get(served.addr(), "/", "");
+    assert_eq!(code, 200);
+    assert!(page.contains("multitask dashboard"));
+}
+
+#[test]
+fn a_token_guards_every_request() {
+    let served = Dashboard::new().token("s3cret").serve().unwrap();
+    for path in ["/", "/api/state", "/api/events"] {
+        let (code, _) = http_get(served.addr(), path, "");
+        assert_eq!(code, 401, "{path} without the token");
+        let (code, _) = http_get(served.addr(), &format!("{path}?token=wrong"), "");
+        assert_eq!(code, 401, "{path} with a wrong token");
+    }
+    let (code, _) = http_get(served.addr(), "/api/state?token=s3cret", "");
+    assert_eq!(code, 200);
+    let (code, _) = http_get(
+        served.addr(),
+        "/api/state",
+        "Authorization: Bearer s3cret\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(served.url().ends_with("/?token=s3cret"));
+}
+
+#[test]
+fn a_public_address_needs_a_token() {
+    let e = Dashboard::new()
+        .listen("0.0.0.0:0".parse().unwrap())
+        .serve()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("needs a token"), "{e}");
+}
+
+#[test]
+fn discards_are_refused_unless_allowed() {
+    let served = Dashboard::new().serve().unwrap();
+    let mut s = TcpStream::connect(served.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /api/dead/1-0/discard HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
+}

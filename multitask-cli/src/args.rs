@@ -101,6 +101,9 @@ pub(crate) struct PrimesArgs {
     /// Show the pid of the worker process that tested each number.
     #[arg(long)]
     pub(crate) show_worker: bool,
+    /// Rounds of a parallel and a serial run, for the medians and spread.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) repeat: u32,
     /// The numbers to test (default: the seed's six).
     #[arg(value_name = "NUMBERS")]
     pub(crate) numbers: Vec<u64>,

@@ -13,6 +13,7 @@ mod cmd;
 mod shell;
 mod tasks;
 mod term;
+mod verdict;
 
 use std::io;
 use std::process::ExitCode;

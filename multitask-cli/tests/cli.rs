@@ -103,14 +103,25 @@ fn assert_primes_report(ran: &Ran) {
     assert_eq!(lines[..6], SEED_VERDICTS);
     assert!(lines[6].starts_with("serial "), "{}", lines[6]);
     assert!(lines[7].starts_with("parallel "), "{}", lines[7]);
+    // `serial    0.054 s  (median of 3: 0.054-0.060)  this thread`
+    assert!(lines[6].contains("(median of 3: "), "{}", lines[6]);
+    // `speedup   1.85x  (1.70-2.12: faster)`, or a reason why not.
     let speedup = lines[8]
         .strip_prefix("speedup")
         .expect("speedup line")
         .trim();
-    let number = speedup.strip_suffix('x').expect("ends with x");
+    let (number, rest) = speedup
+        .split_once("x  (")
+        .expect("a speedup and its interval");
     assert!(
         number.parse::<f64>().is_ok() && number.split('.').nth(1).map(str::len) == Some(2),
         "speedup not formatted as {{:.2}}x: {speedup}"
+    );
+    assert!(
+        ["faster)", "slower)", "can't tell: the runs overlap)"]
+            .iter()
+            .any(|v| rest.ends_with(v)),
+        "{speedup}"
     );
 }
 
@@ -155,9 +166,28 @@ fn primes_json_has_the_documented_shape() {
         v["results"],
         serde_json::json!([{"n": 7, "prime": true}, {"n": 8, "prime": false}])
     );
-    for key in ["serial_s", "parallel_s", "speedup"] {
+    for key in ["serial_s", "parallel_s"] {
         assert!(v[key].as_f64().is_some(), "{key} in {v}");
     }
+    // Two tiny numbers are too short to time: no speedup is claimed.
+    assert_eq!(v["verdict"], "too_short", "{v}");
+    assert!(v["speedup"].is_null(), "{v}");
+    assert_eq!(v["serial_runs"].as_array().map(Vec::len), Some(3), "{v}");
+    assert!(v["load"]["cpus"].as_u64().is_some(), "{v}");
+    assert!(v["warnings"].is_array(), "{v}");
+}
+
+#[test]
+fn serial_claims_no_speedup_against_itself() {
+    let ran = multitask(&["primes", "-e", "serial", "--repeat", "1"]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    assert!(
+        ran.stdout
+            .contains("speedup   none: serial is the baseline"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("serial, 1 worker\n"), "{}", ran.stdout);
 }
 
 #[test]

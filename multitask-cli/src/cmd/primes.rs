@@ -3,7 +3,11 @@
 //! order, then times the same numbers serially on this thread and prints
 //! the speedup (serial time / parallel time).
 //!
-//! The parallel time covers the map only, not starting the pool. With
+//! Each of `--repeat` rounds (default 3) times a parallel run and then a
+//! serial one; the report gives medians, the spread, the speedup's interval
+//! and what it supports ("can't tell" when the runs overlap), and warns
+//! when the machine was busy. The parallel time covers the map only, not
+//! starting the pool. With
 //! `--show-worker` the task is `is_prime_with_pid`, and each verdict shows
 //! the pid of the process that computed it.
 
@@ -14,12 +18,13 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use multitasking::{Executor, TaskError};
+use multitasking::{Executor, ExecutorSpec, TaskError};
 use serde_json::json;
 
 use crate::args::PrimesArgs;
 use crate::tasks::{is_prime, is_prime_with_pid};
 use crate::term::Progress;
+use crate::verdict::{Comparison, Runs, Watch};
 
 /// The seed's numbers (one repeated, as there).
 pub(crate) const SEED: [u64; 6] = [
@@ -46,33 +51,52 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
     let tick = |done, total| progress.borrow_mut().tick(done, total);
     let mut out = io::stdout().lock();
 
-    let clock = Instant::now();
-    let verdicts: Verdicts<'_> = if args.show_worker {
-        let map = ex.map(is_prime_with_pid, numbers.clone()).progress(tick);
-        Box::new(map.map(|r| r.map(|(prime, pid)| (prime, Some(pid)))))
-    } else {
-        let map = ex.map(is_prime, numbers.clone()).progress(tick);
-        Box::new(map.map(|r| r.map(|prime| (prime, None))))
-    };
+    let watch = Watch::start();
+    let (mut serial, mut parallel) = (Runs::default(), Runs::default());
     let mut results = Vec::with_capacity(numbers.len());
-    for (&n, verdict) in numbers.iter().zip(verdicts) {
-        let (prime, pid) = verdict.with_context(|| format!("testing {n}"))?;
-        if !args.json {
-            progress.borrow_mut().suspend();
-            let by = pid.map(|p| format!("  (pid {p})")).unwrap_or_default();
-            writeln!(out, "{n} is prime: {prime}{by}")?;
+    // Rounds interleave a parallel run and a serial one, so that a change
+    // in the machine's load falls on both; the first round's verdicts are
+    // the ones printed.
+    for round in 0..args.repeat {
+        let clock = Instant::now();
+        let verdicts: Verdicts<'_> = if args.show_worker {
+            let map = ex.map(is_prime_with_pid, numbers.clone());
+            let map = if round == 0 { map.progress(tick) } else { map };
+            Box::new(map.map(|r| r.map(|(prime, pid)| (prime, Some(pid)))))
+        } else {
+            let map = ex.map(is_prime, numbers.clone());
+            let map = if round == 0 { map.progress(tick) } else { map };
+            Box::new(map.map(|r| r.map(|prime| (prime, None))))
+        };
+        for (&n, verdict) in numbers.iter().zip(verdicts) {
+            let (prime, pid) = verdict.with_context(|| format!("testing {n}"))?;
+            if round == 0 {
+                if !args.json {
+                    progress.borrow_mut().suspend();
+                    let by = pid.map(|p| format!("  (pid {p})")).unwrap_or_default();
+                    writeln!(out, "{n} is prime: {prime}{by}")?;
+                }
+                results.push((n, prime, pid));
+            }
         }
-        results.push((n, prime, pid));
-    }
-    let parallel = clock.elapsed().as_secs_f64();
-    progress.borrow_mut().finish();
+        parallel.push(clock.elapsed());
+        if round == 0 {
+            progress.borrow_mut().finish();
+        }
 
-    let clock = Instant::now();
-    for &n in &numbers {
-        black_box(is_prime.call(black_box(n)));
+        let clock = Instant::now();
+        for &n in &numbers {
+            black_box(is_prime.call(black_box(n)));
+        }
+        serial.push(clock.elapsed());
     }
-    let serial = clock.elapsed().as_secs_f64();
-    let speedup = serial / parallel.max(1e-9);
+    let load = watch.stop();
+    let baseline = matches!(args.executor, ExecutorSpec::Serial);
+    let cmp = Comparison::new(serial, parallel, baseline);
+    let warnings = load.warnings();
+    for w in &warnings {
+        crate::term::note(w);
+    }
 
     if args.json {
         let results: Vec<_> = results
@@ -86,20 +110,28 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
             "executor": ex.spec(),
             "workers": ex.max_workers(),
             "results": results,
-            "serial_s": serial,
-            "parallel_s": parallel,
-            "speedup": speedup,
+            "serial_s": cmp.serial.median(),
+            "parallel_s": cmp.parallel.median(),
+            "speedup": cmp.speedup,
+            "serial_runs": cmp.serial.0,
+            "parallel_runs": cmp.parallel.0,
+            "speedup_range": cmp.range.map(|(lo, hi)| [lo, hi]),
+            "verdict": cmp.verdict,
+            "load": load,
+            "warnings": warnings,
         });
         writeln!(out, "{report}")?;
     } else {
-        writeln!(out, "serial    {serial:.3} s  (this thread)")?;
+        writeln!(out, "serial    {}  this thread", cmp.serial.describe())?;
+        let workers = ex.max_workers();
         writeln!(
             out,
-            "parallel  {parallel:.3} s  ({}, {} workers)",
+            "parallel  {}  {}, {workers} worker{}",
+            cmp.parallel.describe(),
             ex.spec(),
-            ex.max_workers()
+            if workers == 1 { "" } else { "s" }
         )?;
-        writeln!(out, "speedup   {speedup:.2}x")?;
+        writeln!(out, "speedup   {}", cmp.describe())?;
     }
     Ok(ExitCode::SUCCESS)
 }

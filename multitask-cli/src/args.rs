@@ -73,6 +73,10 @@ pub(crate) struct BenchArgs {
     /// Tasks per workload.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub(crate) tasks: u32,
+    /// Rounds, each timing the serial baseline and every configuration; the
+    /// table gives medians and the report the spread.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) repeat: u32,
     /// Print one JSON object (`{"rows": [...]}`) instead of a table.
     #[arg(long)]
     pub(crate) json: bool,

@@ -500,8 +500,23 @@ fn bench_json_has_a_row_per_run() {
             "speedup = serial / parallel: {r}"
         );
         assert!(r["utilisation"].as_f64().unwrap() <= 1.0 + 1e-9, "{r}");
+        // The rounds' spread holds the median, and a verdict comes from it.
+        let (lo, hi) = (
+            r["speedup_range"][0].as_f64().unwrap(),
+            r["speedup_range"][1].as_f64().unwrap(),
+        );
+        assert!(lo <= speedup + 1e-9 && speedup <= hi + 1e-9, "{r}");
+        let (fast, slow) = (
+            r["wall_range_s"][0].as_f64().unwrap(),
+            r["wall_range_s"][1].as_f64().unwrap(),
+        );
+        assert!(fast <= wall && wall <= slow, "{r}");
+        assert!(r["verdict"].is_string(), "{r}");
     }
     assert!(v["amdahl"].is_object());
+    assert_eq!(v["rounds"], 3);
+    assert!(v["load"]["cpus"].as_u64().is_some(), "{v}");
+    assert!(v["warnings"].is_array());
 }
 
 #[test]

@@ -28,6 +28,7 @@ use crate::args::BenchArgs;
 use crate::cmd::primes::SEED;
 use crate::tasks::{bench_work, Work};
 use crate::term::Progress;
+use crate::verdict::{Comparison, Runs, Verdict, Watch};
 
 /// Milliseconds of each I/O task.
 const IO_MS: u64 = 20;
@@ -45,12 +46,19 @@ struct Row {
     workers: usize,
     /// Tasks run.
     tasks: usize,
-    /// Wall time of the run.
+    /// Wall time of the run: the median of the rounds.
     wall_s: f64,
-    /// The same tasks serially on this thread.
+    /// The fastest and slowest round.
+    wall_range_s: (f64, f64),
+    /// The same tasks serially on this thread: the median of the rounds.
     serial_s: f64,
-    /// serial / wall.
+    /// median serial / median wall.
     speedup: f64,
+    /// The speedups the rounds allow: slowest serial / fastest run, and
+    /// the reverse.
+    speedup_range: (f64, f64),
+    /// What the rounds support: faster, slower, can't tell, too short.
+    verdict: Verdict,
     /// speedup / workers.
     efficiency: f64,
     /// busy / (workers x wall).
@@ -211,70 +219,108 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
             .sum::<usize>();
     let mut progress = Progress::new("bench", quiet || args.json);
     let mut done = 0;
+    let rounds = args.repeat as usize;
+    let watch = Watch::start();
     for name in &args.workloads {
         let work = workload(name, args.tasks as usize)?;
-        let t = Instant::now();
-        for w in &work {
-            std::hint::black_box(bench_work.call(*w));
-        }
-        let serial = t.elapsed();
-        for kind in &kinds {
-            let counts: Vec<usize> = if kind == "serial" {
-                vec![1]
-            } else if is_cluster(kind) {
-                vec![cluster_slots(kind)?]
-            } else {
-                workers_list.clone()
-            };
-            for &workers in &counts {
+        let configs: Vec<(String, usize)> = kinds
+            .iter()
+            .map(|kind| {
+                Ok(if kind == "serial" {
+                    vec![(kind.clone(), 1)]
+                } else if is_cluster(kind) {
+                    vec![(kind.clone(), cluster_slots(kind)?)]
+                } else {
+                    workers_list.iter().map(|&w| (kind.clone(), w)).collect()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        // Each round times the serial baseline, then every configuration,
+        // so that a change in the machine's load falls on all of them.
+        let mut serial = Runs::default();
+        let mut walls: Vec<Runs> = vec![Runs::default(); configs.len()];
+        let mut last: Vec<Option<(Trace, String)>> = vec![None; configs.len()];
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for w in &work {
+                std::hint::black_box(bench_work.call(*w));
+            }
+            serial.push(t.elapsed());
+            for (i, (kind, workers)) in configs.iter().enumerate() {
                 let tracer = Tracer::new();
                 *current.lock().unwrap_or_else(|p| p.into_inner()) = tracer.clone();
-                let (wall, trace, spec) = run_one(kind, workers, &tracer, &work)?;
-                let kind = if is_cluster(kind) {
-                    "cluster"
-                } else {
-                    kind.as_str()
-                };
-                let report = Report::from_trace(&trace, Some(serial), workers);
-                let speedup = serial.as_secs_f64() / wall.as_secs_f64();
-                rows.push(Row {
-                    workload: name.clone(),
-                    executor: spec.clone(),
-                    kind: kind.to_string(),
-                    workers,
-                    tasks: work.len(),
-                    wall_s: wall.as_secs_f64(),
-                    serial_s: serial.as_secs_f64(),
-                    speedup,
-                    efficiency: speedup / workers as f64,
-                    // Serial runs are busy throughout; cluster runs are not
-                    // traced (their workers are elsewhere): unknown.
-                    utilisation: match kind {
-                        "serial" => 1.0,
-                        "cluster" => f64::NAN,
-                        _ => report.utilisation,
-                    },
-                    queue_wait_p50_ms: report.queue_wait_p50_ms,
-                    queue_wait_p99_ms: report.queue_wait_p99_ms,
-                });
-                if !trace.events.is_empty() {
-                    showcase = Some((format!("{name} on {spec}"), trace));
-                }
+                let (wall, trace, spec) = run_one(kind, *workers, &tracer, &work)?;
+                walls[i].push(wall);
+                last[i] = Some((trace, spec));
                 done += 1;
-                progress.tick(done, Some(total));
+                progress.tick(done, Some(total * rounds));
+            }
+        }
+        for (i, (kind, workers)) in configs.iter().enumerate() {
+            let workers = *workers;
+            let (trace, spec) = last[i].take().expect("every configuration ran");
+            let kind = if is_cluster(kind) {
+                "cluster"
+            } else {
+                kind.as_str()
+            };
+            let cmp = Comparison::new(serial.clone(), walls[i].clone(), false);
+            let report = Report::from_trace(
+                &trace,
+                Some(Duration::from_secs_f64(cmp.serial.median())),
+                workers,
+            );
+            let speedup = cmp.serial.median() / cmp.parallel.median().max(1e-12);
+            rows.push(Row {
+                workload: name.clone(),
+                executor: spec.clone(),
+                kind: kind.to_string(),
+                workers,
+                tasks: work.len(),
+                wall_s: cmp.parallel.median(),
+                wall_range_s: (cmp.parallel.min(), cmp.parallel.max()),
+                serial_s: cmp.serial.median(),
+                speedup,
+                speedup_range: cmp.range.unwrap_or((speedup, speedup)),
+                verdict: cmp.verdict,
+                efficiency: speedup / workers as f64,
+                // Serial runs are busy throughout; cluster runs are not
+                // traced (their workers are elsewhere): unknown.
+                utilisation: match kind {
+                    "serial" => 1.0,
+                    "cluster" => f64::NAN,
+                    _ => report.utilisation,
+                },
+                queue_wait_p50_ms: report.queue_wait_p50_ms,
+                queue_wait_p99_ms: report.queue_wait_p99_ms,
+            });
+            if !trace.events.is_empty() {
+                showcase = Some((format!("{name} on {spec}"), trace));
             }
         }
     }
     progress.finish();
+    let load = watch.stop();
+    let warnings = load.warnings();
+    for w in &warnings {
+        crate::term::note(w);
+    }
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        writeln!(out, "{}", json!({ "rows": rows, "amdahl": amdahl(&rows) }))?;
+        writeln!(
+            out,
+            "{}",
+            json!({ "rows": rows, "amdahl": amdahl(&rows), "rounds": rounds, "load": load, "warnings": warnings })
+        )?;
     } else {
         write!(out, "{}", table(&rows))?;
     }
     if let Some(dir) = &args.out {
-        write_files(dir, &rows, showcase.as_ref())?;
+        write_files(dir, &rows, showcase.as_ref(), &warnings)?;
         if !args.json {
             writeln!(
                 out,
@@ -367,7 +413,12 @@ fn percent(v: f64) -> String {
 }
 
 /// Writes chart.svg, timeline.svg, trace.json and report.md into `dir`.
-fn write_files(dir: &Path, rows: &[Row], showcase: Option<&(String, Trace)>) -> Result<()> {
+fn write_files(
+    dir: &Path,
+    rows: &[Row],
+    showcase: Option<&(String, Trace)>,
+    warnings: &[String],
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let series: Vec<Series> = groups(rows)
         .into_iter()
@@ -391,29 +442,50 @@ fn write_files(dir: &Path, rows: &[Row], showcase: Option<&(String, Trace)>) -> 
     let (label, trace) = showcase.unwrap_or(&empty);
     write("timeline.svg", &timeline_svg(trace))?;
     write("trace.json", &chrome::to_chrome_json(trace))?;
-    write("report.md", &report_md(rows, label, cpus))?;
+    write("report.md", &report_md(rows, label, cpus, warnings))?;
     Ok(())
+}
+
+/// Whether `b` (more workers than cores) scales past `a` (at the core
+/// count), in words the rounds support: past only if every speedup `b`'s
+/// rounds allow beats every one of `a`'s; stopped only if `b` can't be a
+/// quarter better; else the runs overlap too much to tell.
+fn scaling(a: &Row, b: &Row) -> &'static str {
+    if matches!(a.verdict, Verdict::TooShort) || matches!(b.verdict, Verdict::TooShort) {
+        "can't tell: the runs are too short to time"
+    } else if b.speedup_range.0 > a.speedup_range.1 {
+        "keeps scaling past the core count"
+    } else if b.speedup_range.1 < a.speedup_range.0 * 1.25 {
+        "stops scaling at the core count"
+    } else {
+        "can't tell whether it scales past the core count: the runs overlap"
+    }
 }
 
 /// The lab's report: the table, the Amdahl fits, and the lessons the
 /// numbers show.
-fn report_md(rows: &[Row], timeline: &str, cpus: usize) -> String {
+fn report_md(rows: &[Row], timeline: &str, cpus: usize, warnings: &[String]) -> String {
     let mut s = String::from("# multitask bench report\n\n");
     let _ = writeln!(
         s,
-        "{cpus} usable CPUs. Speedup = serial time of the same tasks on one thread / wall time of the run.\n"
+        "{cpus} usable CPUs. Speedup = the median serial time of the same tasks on one thread / the median wall time of the run; the range is every speedup the rounds allow (slowest serial / fastest run, and the reverse).\n"
     );
-    s.push_str("| workload | executor | workers | wall s | speedup | efficiency | utilisation | queue p50 ms | queue p99 ms |\n");
-    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    for w in warnings {
+        let _ = writeln!(s, "**Warning:** {w}.\n");
+    }
+    s.push_str("| workload | executor | workers | wall s | speedup | range | efficiency | utilisation | queue p50 ms | queue p99 ms |\n");
+    s.push_str("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.3} | {:.2}x | {:.0}% | {} | {:.3} | {:.3} |",
+            "| {} | {} | {} | {:.3} | {:.2}x | {:.2}-{:.2} | {:.0}% | {} | {:.3} | {:.3} |",
             r.workload,
             r.executor,
             r.workers,
             r.wall_s,
             r.speedup,
+            r.speedup_range.0,
+            r.speedup_range.1,
             r.efficiency * 100.0,
             percent(r.utilisation),
             r.queue_wait_p50_ms,
@@ -437,15 +509,18 @@ fn report_md(rows: &[Row], timeline: &str, cpus: usize) -> String {
         let most = pts.iter().max_by_key(|r| r.workers);
         if let (Some(a), Some(b)) = (at_cores, most) {
             if b.workers > a.workers {
-                let verb = if b.speedup > a.speedup * 1.25 {
-                    "keeps scaling past"
-                } else {
-                    "stops scaling at"
-                };
                 let _ = writeln!(
                     s,
-                    "- {workload} on {kind} {verb} the core count: {:.2}x with {} workers, {:.2}x with {}.",
-                    a.speedup, a.workers, b.speedup, b.workers
+                    "- {workload} on {kind}: {}; {:.2}x ({:.2}-{:.2}) with {} workers, {:.2}x ({:.2}-{:.2}) with {}.",
+                    scaling(a, b),
+                    a.speedup,
+                    a.speedup_range.0,
+                    a.speedup_range.1,
+                    a.workers,
+                    b.speedup,
+                    b.speedup_range.0,
+                    b.speedup_range.1,
+                    b.workers
                 );
             }
         }

@@ -301,6 +301,44 @@ struct SlotIo {
     /// Futures to resolve once the lock is released (a done callback may
     /// submit again, which takes this lock).
     outbox: Vec<Outcome>,
+    /// When the supervisor, parked in `poll`, decided to look again (see
+    /// [`Parked`]); `None` while it is awake or has been rung.
+    parked: Option<Parked>,
+}
+
+/// What a parked supervisor waits for, decided from the slot's state under
+/// its lock just before it parked.
+///
+/// Subtle: the supervisor parks on the worker's socket and its bell, but
+/// a caller spinning for its result reads replies from that same socket.
+/// If the caller reads the reply the supervisor was waiting for, the
+/// socket is quiet again, and a supervisor that decided "a call is in
+/// flight, wait for its reply" sleeps on a state that no longer holds: the
+/// pool closed meanwhile, the slot went idle, nobody rings, and the pool's
+/// drop joins that supervisor forever. So the rule is: whoever changes the
+/// slot under its lock checks, as it releases the lock, whether the parked
+/// supervisor's decision still stands ([`Slot::release`]), and rings the
+/// bell if it must act now or look earlier. One ring per park: the rung
+/// supervisor decides again.
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    /// When it wakes by itself; `None`: only the socket or the bell wake it.
+    wake: Option<Instant>,
+    /// The id of the call in flight it planned for: its deadlines are in
+    /// `wake` already.
+    call: Option<u64>,
+}
+
+impl Parked {
+    /// True if a supervisor parked on this plan must look at `io` now.
+    fn is_stale(&self, io: &SlotIo, shared: &PoolShared) -> bool {
+        match supervisor_due(io, shared) {
+            Due::Now => true,
+            Due::Never => false,
+            _ if io.call.as_ref().map(|c| c.id) == self.call => false,
+            Due::At(at) => self.wake.is_none_or(|w| at < w),
+        }
+    }
 }
 
 impl SlotIo {
@@ -382,20 +420,8 @@ impl Terminate for Control {
         let Ok(mut io) = self.slot.io.try_lock() else {
             return;
         };
-        self.slot.pump(&mut io, &pool, false);
-        release(io);
-    }
-}
-
-/// Releases a slot's lock, then resolves the futures it collected.
-fn release(mut io: MutexGuard<'_, SlotIo>) {
-    if io.outbox.is_empty() {
-        return;
-    }
-    let out = std::mem::take(&mut io.outbox);
-    drop(io);
-    for (deliver, outcome) in out {
-        deliver.finish(outcome);
+        self.slot.pump(&mut io, &pool);
+        self.slot.release(io, &pool);
     }
 }
 
@@ -419,6 +445,26 @@ impl Slot {
         self.bell.ring();
     }
 
+    /// Releases the slot's lock, then resolves the futures it collected.
+    /// If the supervisor is parked on a decision the lock holder made stale
+    /// (see [`Parked`]), rings it first.
+    fn release(&self, mut io: MutexGuard<'_, SlotIo>, shared: &PoolShared) {
+        if let Some(parked) = io.parked {
+            if parked.is_stale(&io, shared) {
+                io.parked = None;
+                self.bell.ring();
+            }
+        }
+        if io.outbox.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut io.outbox);
+        drop(io);
+        for (deliver, outcome) in out {
+            deliver.finish(outcome);
+        }
+    }
+
     /// Starts queued calls on this slot if it is idle; called by whoever
     /// enqueued one, and by whoever made the slot idle.
     pub(crate) fn offer(self: &Arc<Self>, shared: &Arc<PoolShared>) {
@@ -426,13 +472,13 @@ impl Slot {
         // fences in `dispatch` and `ProcessPool::send` close the race.
         if self.idle.load(Ordering::Relaxed) {
             let mut io = self.lock();
-            self.dispatch(&mut io, shared, false);
-            release(io);
+            self.dispatch(&mut io, shared);
+            self.release(io, shared);
         }
     }
 
     /// Writes queued calls to the worker while it is idle.
-    fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+    fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
         loop {
             while io.is_idle() {
                 let Ok(job) = shared.rx.try_recv() else {
@@ -453,11 +499,6 @@ impl Slot {
             if shared.rx.is_empty() {
                 break;
             }
-        }
-        let watched = shared.config.task_timeout.is_some() || shared.config.memory_limit.is_some();
-        if !by_supervisor && ((io.call.is_some() && watched) || io.broken.is_some()) {
-            // The supervisor may be parked with no deadline.
-            self.bell.ring();
         }
     }
 
@@ -507,7 +548,7 @@ impl Slot {
     }
 
     /// Reads what the worker sent: finishes the call and starts the next.
-    fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+    fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
         if io.broken.is_some() {
             return;
         }
@@ -529,11 +570,8 @@ impl Slot {
                     .is_some_and(|max| w.tasks >= max)
                 {
                     io.retiring = true;
-                    if !by_supervisor {
-                        self.bell.ring();
-                    }
                 }
-                self.dispatch(io, shared, by_supervisor);
+                self.dispatch(io, shared);
                 return;
             }
             Ok(Some(other)) => Broken::Protocol(format!(
@@ -549,9 +587,6 @@ impl Slot {
         }
         io.broken = Some(broken);
         self.idle.store(false, Ordering::SeqCst);
-        if !by_supervisor {
-            self.bell.ring();
-        }
     }
 }
 
@@ -590,8 +625,8 @@ pub(crate) fn supervise(
         set_live(Some(w.switch.clone()));
         let mut io = slot.lock();
         io.worker = Some(w);
-        slot.dispatch(&mut io, &shared, true);
-        release(io);
+        slot.dispatch(&mut io, &shared);
+        slot.release(io, &shared);
     };
     // After a failed start, when to try again if no call is waiting.
     let mut retry_at = None;
@@ -608,18 +643,21 @@ pub(crate) fn supervise(
     drop(ready);
     let closed = || *shared.closed.read().unwrap_or_else(|p| p.into_inner());
     loop {
+        // Before the state is read: a ring after this is seen by the next
+        // `park`, one before it is about a change this look sees.
+        slot.bell.drain();
         let mut io = slot.lock();
-        slot.pump(&mut io, &shared, true);
-        slot.dispatch(&mut io, &shared, true);
-        let closing = io.call.is_none() && closed() && shared.rx.is_empty();
-        if io.worker.is_some() && (io.broken.is_some() || io.retiring || closing) {
+        io.parked = None;
+        slot.pump(&mut io, &shared);
+        slot.dispatch(&mut io, &shared);
+        if io.worker.is_some() && matches!(supervisor_due(&io, &shared), Due::Now) {
             // The worker goes: handle it outside the lock.
             let worker = io.worker.take();
             let call = io.call.take();
             let broken = io.broken.take();
             io.retiring = false;
             slot.idle.store(false, Ordering::SeqCst);
-            release(io);
+            slot.release(io, &shared);
             watch = None;
             set_live(None);
             if let Some(w) = worker {
@@ -628,7 +666,7 @@ pub(crate) fn supervise(
             continue;
         }
         if io.worker.is_none() {
-            release(io);
+            slot.release(io, &shared);
             if closed() && shared.rx.is_empty() {
                 break;
             }
@@ -637,7 +675,6 @@ pub(crate) fn supervise(
             if let Some(at) = retry_at.filter(|at| *at > Instant::now()) {
                 if shared.rx.is_empty() {
                     park(&slot.bell, None, Some(at));
-                    slot.bell.drain();
                     continue;
                 }
             }
@@ -664,9 +701,46 @@ pub(crate) fn supervise(
             .is_some()
             .then(|| deadlines(&mut io, config))
             .flatten();
-        release(io);
+        io.parked = Some(Parked {
+            wake,
+            call: io.call.as_ref().map(|c| c.id),
+        });
+        slot.release(io, &shared);
         park(&slot.bell, watch.as_ref(), wake);
-        slot.bell.drain();
+    }
+}
+
+/// When a slot's supervisor must next look at it, judged from its state.
+enum Due {
+    /// Now: the worker is broken, retiring, or the pool closed and the
+    /// slot has nothing left to run.
+    Now,
+    /// At this instant: a running call's timeout or memory check.
+    At(Instant),
+    /// Only when the worker's socket or the bell wakes it.
+    Never,
+}
+
+/// When the supervisor of the slot in `io` must next look at it.
+fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
+    if io.broken.is_some() || io.retiring {
+        return Due::Now;
+    }
+    let Some(call) = &io.call else {
+        let closed = *shared.closed.read().unwrap_or_else(|p| p.into_inner());
+        return if closed && shared.rx.is_empty() {
+            Due::Now
+        } else {
+            Due::Never
+        };
+    };
+    let config = &shared.config;
+    let timeout = config.task_timeout.map(|after| call.started + after);
+    let memory = config.memory_limit.map(|_| call.started + MEMORY_POLL);
+    match (timeout, memory) {
+        (Some(a), Some(b)) => Due::At(a.min(b)),
+        (Some(at), None) | (None, Some(at)) => Due::At(at),
+        (None, None) => Due::Never,
     }
 }
 

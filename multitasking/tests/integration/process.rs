@@ -351,3 +351,45 @@ fn cancel_callbacks_may_call_back_into_a_process_pool() {
 fn cancel_callbacks_may_call_back_into_a_thread_pool() {
     cancel_callbacks_may_call_back(multitasking::ThreadPool::new(2).unwrap());
 }
+
+/// Runs `f` on a helper thread and fails the test if it does not return
+/// within `limit`: a hang becomes a failure with a message.
+pub(crate) fn bounded<R: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+#[test]
+fn drop_returns_after_the_caller_drove_the_last_calls() {
+    // Shutdown rings every supervisor; a supervisor that then saw a call in
+    // flight parks on the worker's socket. If the caller, spinning for its
+    // results, reads the last reply itself, nothing is left on the socket:
+    // the supervisor must still be told that the slot is idle and the pool
+    // closed, or the drop joins it forever.
+    for round in 0..60 {
+        let p = ProcessPool::builder().max_workers(1).build().unwrap();
+        let futs: Vec<_> = (0..10u64)
+            .map(|i| p.submit(crate::tasks::double, i).unwrap())
+            .collect();
+        p.shutdown(Shutdown {
+            wait: false,
+            cancel_futures: false,
+        });
+        for (i, f) in futs.iter().enumerate() {
+            assert_eq!(get(f), Ok(2 * i as u64));
+        }
+        bounded(
+            &format!("round {round}: the pool's drop"),
+            LIMIT,
+            move || drop(p),
+        );
+    }
+}

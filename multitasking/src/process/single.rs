@@ -144,7 +144,7 @@ impl<T: Task> Process<T> {
                     self.outcome = Some(value);
                 }
                 Err(WireError::Timeout) => return None,
-                Ok(_) | Err(_) => {
+                Ok(_) | Err(WireError::Eof) | Err(WireError::Io(_)) => {
                     // The process died (or broke the protocol) before it
                     // replied: its exit status says how.
                     self.conn = None;
@@ -158,6 +158,17 @@ impl<T: Task> Process<T> {
                         task: T::NAME.to_string(),
                         pid: self.pid,
                         cause,
+                    }));
+                }
+                Err(e) => {
+                    // It broke the protocol (a malformed or stalled frame):
+                    // it can't be trusted to exit on its own.
+                    self.conn = None;
+                    let _ = self.signal(rustix::process::Signal::KILL);
+                    self.reap(deadline)?;
+                    return Some(Err(TaskError::Codec {
+                        task: T::NAME.to_string(),
+                        message: format!("process pid {}: {e}", self.pid),
                     }));
                 }
             }

@@ -327,6 +327,8 @@ struct Parked {
     /// The id of the call in flight it planned for: its deadlines are in
     /// `wake` already.
     call: Option<u64>,
+    /// The stall deadline of the frame in progress it planned for.
+    stall: Option<Instant>,
 }
 
 impl Parked {
@@ -335,7 +337,7 @@ impl Parked {
         match supervisor_due(io, shared) {
             Due::Now => true,
             Due::Never => false,
-            _ if io.call.as_ref().map(|c| c.id) == self.call => false,
+            _ if io.call.as_ref().map(|c| c.id) == self.call && stall_of(io) == self.stall => false,
             Due::At(at) => self.wake.is_none_or(|w| at < w),
         }
     }
@@ -701,9 +703,15 @@ pub(crate) fn supervise(
             .is_some()
             .then(|| deadlines(&mut io, config))
             .flatten();
+        let stall = stall_of(&io);
+        let wake = match (wake, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         io.parked = Some(Parked {
             wake,
             call: io.call.as_ref().map(|c| c.id),
+            stall,
         });
         slot.release(io, &shared);
         park(&slot.bell, watch.as_ref(), wake);
@@ -726,22 +734,30 @@ fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
     if io.broken.is_some() || io.retiring {
         return Due::Now;
     }
+    // A frame in progress is watched even with no call in flight: a worker
+    // that sends half a frame unasked holds the slot as surely.
+    let stall = stall_of(io);
     let Some(call) = &io.call else {
         let closed = *shared.closed.read().unwrap_or_else(|p| p.into_inner());
         return if closed && shared.rx.is_empty() {
             Due::Now
         } else {
-            Due::Never
+            stall.map_or(Due::Never, Due::At)
         };
     };
     let config = &shared.config;
     let timeout = config.task_timeout.map(|after| call.started + after);
     let memory = config.memory_limit.map(|_| call.started + MEMORY_POLL);
-    match (timeout, memory) {
-        (Some(a), Some(b)) => Due::At(a.min(b)),
-        (Some(at), None) | (None, Some(at)) => Due::At(at),
-        (None, None) => Due::Never,
-    }
+    [timeout, memory, stall]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Due::Never, Due::At)
+}
+
+/// The stall deadline of the frame the slot's worker is part-way through.
+fn stall_of(io: &SlotIo) -> Option<Instant> {
+    io.worker.as_ref().and_then(|w| w.conn.stall_deadline())
 }
 
 /// Kills the running call's worker past the timeout or the memory limit;

@@ -41,6 +41,18 @@ fn gone(pid: u32) -> bool {
     }
 }
 
+/// Waits up to `limit` for `pid` to be gone; true if it went.
+pub(crate) fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !gone(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
 #[test]
 fn workers_are_reused_and_run_in_other_processes() {
     let p = ProcessPool::builder().max_workers(2).build().unwrap();

@@ -224,3 +224,18 @@ pub(crate) fn crash_once(marker: String) -> u32 {
     }
     std::process::id()
 }
+
+/// Writes the start of a reply frame (a header announcing 1000 bytes and
+/// three of them) straight onto the worker's control socket, then hangs:
+/// a worker that stalls part-way through a frame.
+#[multitasking::task]
+pub(crate) fn truncated_reply(_x: ()) -> u64 {
+    // SAFETY: fd 3 is the worker's control socket, open for the worker's
+    // life; it is only borrowed for this one write.
+    let sock = unsafe { rustix::fd::BorrowedFd::borrow_raw(3) };
+    let mut frame = 1000u32.to_le_bytes().to_vec();
+    frame.extend([1, 2, 0]);
+    let _ = rustix::io::write(sock, &frame);
+    std::thread::sleep(Duration::from_secs(300));
+    0
+}

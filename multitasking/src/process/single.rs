@@ -45,7 +45,11 @@ pub struct Process<T: Task> {
 
 impl<T: Task> Process<T> {
     /// Starts `task(input)` in a new process.
+    ///
+    /// In a worker start that has not run `multitasking::init()`, exits at
+    /// once, as [`crate::ProcessPoolBuilder::build`] does.
     pub fn spawn(_task: T, input: T::Input) -> Result<Process<T>, Error> {
+        crate::process::worker::refuse_nested_start();
         let config = Config::single();
         let worker = spawn_worker(0, &config)?;
         let (child, mut conn, pid) = worker.into_parts();

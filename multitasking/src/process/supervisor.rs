@@ -17,7 +17,7 @@ use crate::future::Terminate;
 use crate::process::pool::{Config, Job, PoolShared};
 use crate::process::sys;
 use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
-use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
+use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER, EXIT_NO_INIT};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::remote::Deliver;
 use crate::trace::{Span, SpanWorker, Tracer};
@@ -187,6 +187,15 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
         ),
         Err(WireError::Eof) => {
             let status = child.wait().ok();
+            if status.and_then(|s| s.code()) == Some(EXIT_NO_INIT) {
+                return Err(Error::Protocol(format!(
+                    "worker {}-{index} is this program started again, and its main started workers \
+                     of its own before calling multitasking::init(): call multitasking::init() \
+                     first thing in main (or use #[multitasking::main]; in tests and benches, \
+                     multitasking::enable_test_support!())",
+                    config.name
+                )));
+            }
             Err(Error::Protocol(format!(
                 "worker {}-{index} exited before it started ({}); does main call multitasking::init() first?",
                 config.name,

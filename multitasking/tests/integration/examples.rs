@@ -98,3 +98,59 @@ fn primes_agrees_with_the_seed() {
     }
     assert!(out.contains("speedup"), "{out}");
 }
+
+#[test]
+fn forgetting_init_fails_fast_with_one_process_per_slot() {
+    let pids = std::env::temp_dir().join(format!("multitask-forgot-init-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pids);
+    let count = || {
+        std::fs::read_to_string(&pids)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    let mut child = Command::new(example("forgot_init"))
+        .env("FORGOT_INIT_PIDS", &pids)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn example");
+    // The program and its two worker starts; more is a process storm.
+    let most = 3;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        // SIGKILL ends the storm too: every worker dies with its parent.
+        let n = count();
+        if n > most || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&pids);
+            panic!(
+                "forgot_init started {n} processes (at most {most} expected) in {:?}",
+                t.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = t.elapsed();
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let started = count();
+    let _ = std::fs::remove_file(&pids);
+    assert!(started <= most, "{started} processes started");
+    assert!(
+        stdout.contains("the pool did not start")
+            && stdout.contains("call multitasking::init() first thing in main"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("before calling multitasking::init(); exiting"),
+        "each worker start says why it exits: {stderr}"
+    );
+    // Well before the 10 s start timeout: the first attempt reports it.
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+}

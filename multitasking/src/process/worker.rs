@@ -75,6 +75,8 @@ fn take_env(key: &str) -> Option<String> {
 /// Serves calls until the pool closes the socket; the exit code.
 fn serve() -> i32 {
     take_env(ENV_WORKER);
+    // A worker sent SIGSEGV or SIGBUS must die of it, not swallow it.
+    sys::default_fault_signals();
     let name = take_env(ENV_NAME).unwrap_or_else(|| "worker".to_string());
     let cap = take_env(ENV_CAP)
         .and_then(|c| c.parse().ok())

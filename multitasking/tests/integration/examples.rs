@@ -154,3 +154,24 @@ fn forgetting_init_fails_fast_with_one_process_per_slot() {
     // Well before the 10 s start timeout: the first attempt reports it.
     assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
 }
+
+#[test]
+fn a_worker_started_from_main_dies_of_a_sigsegv_sent_to_it() {
+    // The example's workers start from `init()` in `main`, after std has
+    // installed its SIGSEGV handler: the signal must still kill them.
+    let out = run("crash_isolation", &[]);
+    let line = |how: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{how}:")))
+            .unwrap_or_else(|| panic!("no {how} line: {out}"))
+            .to_string()
+    };
+    assert!(line("panic").contains("panicked"), "{out}");
+    assert!(line("abort").contains("signal 6"), "{out}");
+    let segv = line("segfault");
+    assert!(
+        segv.starts_with("segfault: worker_died") && segv.contains("signal 11 (SIGSEGV)"),
+        "{out}"
+    );
+    assert!(line("nothing").contains("ran in pid"), "{out}");
+}

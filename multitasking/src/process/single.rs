@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitCause, TaskError};
 use crate::process::pool::Config;
-use crate::process::supervisor::spawn_worker;
+use crate::process::supervisor::{reap_group, signal_group, spawn_worker};
 use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
 use crate::task::{self, Task};
 
@@ -98,20 +98,21 @@ impl<T: Task> Process<T> {
         }
     }
 
-    /// Asks the process to stop (SIGTERM).
+    /// Asks the process, and the processes its task started, to stop
+    /// (SIGTERM to its process group).
     pub fn terminate(&self) -> bool {
         self.signal(rustix::process::Signal::TERM)
     }
 
-    /// Kills the process (SIGKILL).
+    /// Kills the process and the processes its task started (SIGKILL to
+    /// its process group).
     pub fn kill(&self) -> bool {
         self.signal(rustix::process::Signal::KILL)
     }
 
     fn signal(&self, sig: rustix::process::Signal) -> bool {
-        self.child.is_some()
-            && rustix::process::Pid::from_raw(self.pid as i32)
-                .is_some_and(|pid| rustix::process::kill_process(pid, sig).is_ok())
+        // The whole group: what the task started goes with it.
+        self.child.is_some() && signal_group(self.pid, sig)
     }
 
     /// Waits for the task's outcome and the process's exit.
@@ -202,18 +203,11 @@ impl<T: Task> Drop for Process<T> {
         // Never leave a zombie or an orphan behind.
         self.conn = None;
         if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_millis(500);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => return,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-                }
-            }
+            reap_group(
+                &mut child,
+                Instant::now() + Duration::from_millis(500),
+                Duration::from_millis(1),
+            );
         }
     }
 }

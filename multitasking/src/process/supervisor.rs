@@ -61,10 +61,7 @@ impl KillSwitch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(reason);
-        match rustix::process::Pid::from_raw(self.pid as i32) {
-            Some(pid) => rustix::process::kill_process(pid, signal).is_ok(),
-            None => false,
-        }
+        signal_group(self.pid, signal)
     }
 
     fn reason(&self) -> Option<KillReason> {
@@ -76,6 +73,42 @@ impl Terminate for KillSwitch {
     fn terminate(&self) -> bool {
         self.kill(KillReason::Terminated, rustix::process::Signal::KILL)
     }
+}
+
+/// Sends `signal` to worker `pid`'s process group: the worker and every
+/// process it started that did not leave the group. A worker leads a group
+/// of its own (see `spawn_worker`), so a task's `sleep 300` dies with it.
+pub(crate) fn signal_group(pid: u32, signal: rustix::process::Signal) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|pid| rustix::process::kill_process_group(pid, signal).is_ok())
+}
+
+/// Waits until `deadline` for `child` (a group leader) to exit, then kills
+/// what is left of its group and reaps it; past the deadline it kills the
+/// whole group first. Its exit status, if it could be had.
+///
+/// Subtle: the group is killed while the leader is a zombie, not after it
+/// is reaped: until then its pid, which is the group's id, can't be reused,
+/// so the signal can't reach a stranger's group.
+pub(crate) fn reap_group(
+    child: &mut Child,
+    deadline: Instant,
+    poll: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32)?;
+    let options = rustix::process::WaitIdOptions::EXITED
+        | rustix::process::WaitIdOptions::NOHANG
+        | rustix::process::WaitIdOptions::NOWAIT;
+    loop {
+        match rustix::process::waitid(rustix::process::WaitId::Pid(pid), options) {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(poll),
+            // Past the deadline, or it can't be waited for: no more waiting.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    child.wait().ok()
 }
 
 /// A live worker process, owned by its supervisor.
@@ -145,7 +178,11 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
         .env(ENV_WORKER, wire::VERSION.to_string())
         .env(ENV_NAME, format!("{}-{index}", config.name))
         .env(ENV_CAP, config.max_payload.to_string())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // A group of its own: killing the worker's group kills what its
+        // tasks started too. Terminal signals (Ctrl-C) no longer reach it;
+        // it dies with the pool instead (PR_SET_PDEATHSIG, socket EOF).
+        .process_group(0);
     if let Some((name, sig)) = config.initializer {
         cmd.env(ENV_INIT, format!("{name}\t{sig}"));
     }
@@ -207,21 +244,15 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
 }
 
 /// Closes a worker's socket, lets it exit, and reaps it; kills it if it
-/// does not exit within the grace period.
+/// does not exit within the grace period. Whatever it left running in its
+/// process group is killed too.
 fn retire(mut w: Worker) {
     drop(w.conn);
-    let deadline = Instant::now() + RETIRE_GRACE;
-    loop {
-        match w.child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-                return;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
+    reap_group(
+        &mut w.child,
+        Instant::now() + RETIRE_GRACE,
+        Duration::from_millis(1),
+    );
 }
 
 /// Reaps a worker that died or was killed; how it ended.
@@ -229,18 +260,11 @@ fn reap(mut w: Worker) -> (u32, ExitCause, Option<KillReason>) {
     let pid = w.switch.pid;
     let reason = w.switch.reason();
     drop(w.conn);
-    let deadline = Instant::now() + RETIRE_GRACE;
-    let status = loop {
-        match w.child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Err(_) => break None,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = w.child.kill();
-                break w.child.wait().ok();
-            }
-            Ok(None) => std::thread::sleep(Duration::from_micros(200)),
-        }
-    };
+    let status = reap_group(
+        &mut w.child,
+        Instant::now() + RETIRE_GRACE,
+        Duration::from_micros(200),
+    );
     let cause = match status {
         Some(s) => match (s.signal(), s.code()) {
             (Some(sig), _) => ExitCause::Signal(sig),

@@ -405,3 +405,113 @@ fn drop_returns_after_the_caller_drove_the_last_calls() {
         );
     }
 }
+
+/// A fresh path for a `spawn_sleeper` pid file.
+fn pid_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("multitask-{name}-{}", std::process::id()))
+}
+
+/// Waits (bounded) for the pid `spawn_sleeper` wrote to `path`.
+fn sleeper_pid(path: &std::path::Path) -> u32 {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            let _ = std::fs::remove_file(path);
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never started its sleep"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts the task's `sleep 300` died with its worker.
+fn assert_sleeper_gone(pid: u32, when: &str) {
+    let alive = !wait_gone(pid, Duration::from_secs(5));
+    if alive {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    assert!(
+        !alive,
+        "{when}: the task's child {pid} outlived its worker by 5 s"
+    );
+}
+
+fn sleeper_pool(b: multitasking::ProcessPoolBuilder) -> ProcessPool {
+    b.max_workers(1).build().unwrap()
+}
+
+#[test]
+fn a_timed_out_task_takes_the_processes_it_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder().task_timeout(Duration::from_millis(500)));
+    let path = pid_file("timeout");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Hang))
+        .unwrap();
+    let pid = sleeper_pid(&path);
+    assert!(matches!(get(&f), Err(TaskError::TimedOut { .. })));
+    assert_sleeper_gone(pid, "timeout");
+}
+
+#[test]
+fn a_terminated_task_takes_the_processes_it_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder());
+    let path = pid_file("terminate");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Hang))
+        .unwrap();
+    let pid = sleeper_pid(&path);
+    assert!(f.terminate());
+    assert!(matches!(get(&f), Err(TaskError::Terminated { .. })));
+    assert_sleeper_gone(pid, "terminate");
+}
+
+#[test]
+fn a_memory_kill_takes_the_processes_it_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder().memory_limit(64 << 20));
+    let path = pid_file("memory");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Hog))
+        .unwrap();
+    let pid = sleeper_pid(&path);
+    let r = get(&f);
+    assert!(matches!(r, Err(TaskError::MemoryExceeded { .. })), "{r:?}");
+    assert_sleeper_gone(pid, "memory kill");
+}
+
+#[test]
+fn shutdown_takes_what_the_workers_started_with_them() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder());
+    let path = pid_file("shutdown");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Return))
+        .unwrap();
+    let pid = get(&f).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!gone(pid), "the sleep runs on after its task returned");
+    bounded("the pool's drop", LIMIT, move || drop(p));
+    assert_sleeper_gone(pid, "shutdown");
+}
+
+#[test]
+fn killing_a_process_takes_what_its_task_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let path = pid_file("single");
+    let mut p = Process::spawn(spawn_sleeper, (path.display().to_string(), Then::Hang)).unwrap();
+    let pid = sleeper_pid(&path);
+    assert!(p.kill());
+    assert!(p.join_timeout(LIMIT).expect("it ends").is_err());
+    assert_sleeper_gone(pid, "Process::kill");
+}

@@ -239,3 +239,36 @@ pub(crate) fn truncated_reply(_x: ()) -> u64 {
     std::thread::sleep(Duration::from_secs(300));
     0
 }
+
+/// What `spawn_sleeper` does once its `sleep 300` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Then {
+    /// Returns (the sleep runs on).
+    Return,
+    /// Never returns.
+    Hang,
+    /// Allocates and holds 256 MiB.
+    Hog,
+}
+
+/// Starts `sleep 300` as a child of the worker, writes its pid to `path`,
+/// then does as `then` says; returns the sleep's pid.
+#[multitasking::task]
+pub(crate) fn spawn_sleeper(path: String, then: Then) -> u32 {
+    let sleep = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("start sleep");
+    let pid = sleep.id();
+    std::fs::write(&path, pid.to_string()).expect("write the pid");
+    match then {
+        Then::Return => {}
+        Then::Hang => std::thread::sleep(Duration::from_secs(300)),
+        Then::Hog => {
+            let v = vec![1u8; 256 << 20];
+            std::thread::sleep(Duration::from_secs(300));
+            std::hint::black_box(&v);
+        }
+    }
+    pid
+}

@@ -8,6 +8,7 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitCause, TaskError};
@@ -41,6 +42,9 @@ pub struct Process<T: Task> {
     status: Option<ExitStatus>,
     /// The reply, once read.
     outcome: Option<Result<T::Output, TaskError>>,
+    /// Set once `terminate` or `kill` signalled it: its death is then
+    /// [`TaskError::Terminated`], not a crash.
+    stopped: AtomicBool,
 }
 
 impl<T: Task> Process<T> {
@@ -69,6 +73,7 @@ impl<T: Task> Process<T> {
             pid,
             status: None,
             outcome: None,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -112,7 +117,13 @@ impl<T: Task> Process<T> {
 
     fn signal(&self, sig: rustix::process::Signal) -> bool {
         // The whole group: what the task started goes with it.
-        self.child.is_some() && signal_group(self.pid, sig)
+        let sent = self.child.is_some() && signal_group(self.pid, sig);
+        if sent {
+            // Relaxed: read after the reply channel's EOF, which the kernel
+            // orders after the signal; nothing else hangs on it.
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Waits for the task's outcome and the process's exit.
@@ -159,6 +170,12 @@ impl<T: Task> Process<T> {
                         (None, Some(c)) => ExitCause::Code(c),
                         _ => ExitCause::Unknown,
                     };
+                    if self.stopped.load(Ordering::Relaxed) && cause != ExitCause::Code(0) {
+                        return Some(Err(TaskError::Terminated {
+                            task: T::NAME.to_string(),
+                            pid: self.pid,
+                        }));
+                    }
                     return Some(Err(TaskError::WorkerDied {
                         task: T::NAME.to_string(),
                         pid: self.pid,

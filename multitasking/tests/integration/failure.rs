@@ -98,7 +98,7 @@ fn exit_3_is_worker_died_with_code_3() {
                 }
             ));
             let text = e.to_string();
-            assert!(text.contains("exited with code 3"), "{text}");
+            assert!(text.contains("which exited with code 3"), "{text}");
         }
         other => panic!("{other:?}"),
     }

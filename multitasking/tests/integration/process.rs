@@ -170,14 +170,16 @@ fn a_process_runs_one_task_and_exits() {
 }
 
 #[test]
-fn a_process_can_be_terminated() {
+fn a_terminated_process_ends_as_terminated() {
     let mut p = Process::spawn(spin_forever, ()).unwrap();
     assert!(p.join_timeout(Duration::from_millis(50)).is_none());
     assert!(p.is_alive());
     assert!(p.terminate());
+    let pid = p.pid();
     match p.join_timeout(LIMIT).expect("it ends") {
-        Err(TaskError::WorkerDied { cause, .. }) => {
-            assert_eq!(cause, multitasking::ExitCause::Signal(15))
+        Err(e @ TaskError::Terminated { .. }) => {
+            assert!(matches!(e, TaskError::Terminated { pid: got, .. } if got == pid));
+            assert!(e.to_string().contains("killed on request"), "{e}");
         }
         other => panic!("{other:?}"),
     }
@@ -514,4 +516,23 @@ fn killing_a_process_takes_what_its_task_started_with_it() {
     assert!(p.kill());
     assert!(p.join_timeout(LIMIT).expect("it ends").is_err());
     assert_sleeper_gone(pid, "Process::kill");
+}
+
+#[test]
+fn a_process_that_crashes_says_how_without_claiming_a_replacement() {
+    let p = Process::spawn(crate::tasks::crash, crate::tasks::Crash::SigKill).unwrap();
+    match p.join() {
+        Err(e @ TaskError::WorkerDied { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("which was killed by signal 9 (SIGKILL)"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("took its place"),
+                "a lone process is not replaced: {text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }

@@ -13,9 +13,46 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitCause, TaskError};
 use crate::process::pool::Config;
-use crate::process::supervisor::{reap_group, signal_group, spawn_worker};
+use crate::process::supervisor::{await_hello, reap_group, signal_group, start_worker, Started};
 use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
 use crate::task::{self, Task};
+
+/// A request to the spawner thread: the settings, and where to send the
+/// started child.
+type SpawnRequest = (Config, crossbeam_channel::Sender<Result<Started, Error>>);
+
+/// Starts a `Process`'s child from one long-lived thread, not the caller's.
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+/// not the process (see DESIGN's pitfalls): a `Process` spawned from a
+/// short-lived thread would be SIGKILLed as that thread ended. The spawner
+/// thread lives as long as the program, so "the parent died" means what it
+/// says. Only the fork and exec happen there; the caller waits for the
+/// child's hello itself, so slow starts don't queue behind each other.
+fn start_on_spawner(config: &Config) -> Result<Started, Error> {
+    static SPAWNER: std::sync::OnceLock<crossbeam_channel::Sender<SpawnRequest>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
+        let started = std::thread::Builder::new()
+            .name("multitask-process-spawner".to_string())
+            .spawn(move || {
+                for (config, reply) in rx {
+                    let _ = reply.send(start_worker(0, &config));
+                }
+            });
+        // Without the thread every request below fails with a clear error.
+        drop(started);
+        tx
+    });
+    let (reply, started) = crossbeam_channel::bounded(1);
+    spawner
+        .send((config.clone(), reply))
+        .map_err(|_| Error::Protocol("the process spawner thread is gone".to_string()))?;
+    started
+        .recv()
+        .map_err(|_| Error::Protocol("the process spawner thread is gone".to_string()))?
+}
 
 /// One named task running in its own process.
 ///
@@ -55,7 +92,7 @@ impl<T: Task> Process<T> {
     pub fn spawn(_task: T, input: T::Input) -> Result<Process<T>, Error> {
         crate::process::worker::refuse_nested_start();
         let config = Config::single();
-        let worker = spawn_worker(0, &config)?;
+        let worker = await_hello(start_on_spawner(&config)?, 0, &config)?;
         let (child, mut conn, pid) = worker.into_parts();
         let payload = task::encode(T::NAME, T::CODEC, &vec![input])
             .map_err(|e| Error::Protocol(e.to_string()))?;

@@ -169,6 +169,25 @@ impl Worker {
 
 /// Starts worker `index` and waits for its hello.
 pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Error> {
+    let started = start_worker(index, config)?;
+    await_hello(started, index, config)
+}
+
+/// A worker process started and not yet heard from.
+#[derive(Debug)]
+pub(crate) struct Started {
+    /// The process.
+    child: Child,
+    /// Its control socket.
+    conn: Conn,
+    /// When its start began: `start_timeout` counts from here.
+    at: Instant,
+}
+
+/// Starts worker `index`: forks and execs it, with its socket. The calling
+/// thread is the one whose exit PR_SET_PDEATHSIG watches.
+pub(crate) fn start_worker(index: usize, config: &Config) -> Result<Started, Error> {
+    let at = Instant::now();
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::io("creating a worker socket", e))?;
     let theirs = std::os::fd::OwnedFd::from(theirs);
@@ -187,13 +206,27 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
         cmd.env(ENV_INIT, format!("{name}\t{sig}"));
     }
     sys::configure_child(&mut cmd, &theirs);
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| Error::io("starting a worker process", e))?;
     drop(theirs);
-    let mut conn = Conn::new(ours, config.max_payload)
+    let conn = Conn::new(ours, config.max_payload)
         .map_err(|e| Error::io("setting up a worker socket", e))?;
-    let deadline = Instant::now() + config.start_timeout;
+    Ok(Started { child, conn, at })
+}
+
+/// Waits for the hello of the worker `index` started as `started`.
+pub(crate) fn await_hello(
+    started: Started,
+    index: usize,
+    config: &Config,
+) -> Result<Worker, Error> {
+    let Started {
+        mut child,
+        mut conn,
+        at,
+    } = started;
+    let deadline = at + config.start_timeout;
     let failed = |child: &mut Child, why: String| {
         let _ = child.kill();
         let _ = child.wait();

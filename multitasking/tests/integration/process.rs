@@ -536,3 +536,14 @@ fn a_process_that_crashes_says_how_without_claiming_a_replacement() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_process_outlives_the_thread_that_spawned_it() {
+    // PR_SET_PDEATHSIG fires when the spawning *thread* exits: a Process
+    // spawned from a thread that ends at once must still run to the end.
+    let p = std::thread::spawn(|| Process::spawn(sleep_ms, 300).unwrap())
+        .join()
+        .unwrap();
+    let mut p = p;
+    assert_eq!(p.join_timeout(LIMIT), Some(Ok(300)));
+}

@@ -232,7 +232,16 @@ pub(crate) fn await_hello(
         let _ = child.wait();
         Err(Error::Protocol(why))
     };
-    match conn.recv::<FromWorker>(Some(deadline)) {
+    // Set once the worker said it runs its initializer: a timeout after
+    // that is a slow initializer, not a missing `init()`.
+    let mut initializing = false;
+    let first = loop {
+        match conn.recv::<FromWorker>(Some(deadline)) {
+            Ok(FromWorker::Initializing) if !initializing => initializing = true,
+            other => break other,
+        }
+    };
+    match first {
         Ok(FromWorker::Hello { pid }) => Ok(Worker {
             child,
             conn,
@@ -243,15 +252,29 @@ pub(crate) fn await_hello(
             tasks: 0,
             rss: None,
         }),
-        Ok(FromWorker::InitFailed { error }) => {
-            failed(&mut child, format!("the worker initializer failed: {error}"))
-        }
-        Ok(other) => failed(&mut child, format!("a new worker sent {other:?} before hello")),
+        Ok(FromWorker::InitFailed { error }) => failed(
+            &mut child,
+            format!("the worker initializer failed: {error}"),
+        ),
+        Ok(other) => failed(
+            &mut child,
+            format!("a new worker sent {other:?} before hello"),
+        ),
+        Err(WireError::Timeout) if initializing => failed(
+            &mut child,
+            format!(
+                "worker {}-{index} started, but its initializer did not finish within the {:?} \
+                 start timeout: make the initializer faster or raise start_timeout",
+                config.name, config.start_timeout
+            ),
+        ),
         Err(WireError::Timeout) => failed(
             &mut child,
             format!(
-                "worker {}-{index} did not start within {:?}: call multitasking::init() first thing in main \
-                 (or multitasking::enable_test_support!() in tests and benches)",
+                "worker {}-{index} did not start within the {:?} start timeout: either the program \
+                 does not call multitasking::init() first thing in main (or \
+                 multitasking::enable_test_support!() in tests and benches), or its start was too \
+                 slow: raise start_timeout",
                 config.name, config.start_timeout
             ),
         ),

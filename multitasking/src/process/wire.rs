@@ -76,6 +76,10 @@ pub(crate) enum FromWorker {
         /// The encoded `Chunk<Output>`, or why the batch did not run.
         outcome: Result<Vec<u8>, TaskError>,
     },
+    /// The worker has started and now runs its initializer; `Hello` (or
+    /// `InitFailed`) follows. Lets a slow initializer be told from a start
+    /// that never reached `init()`.
+    Initializing,
 }
 
 /// What can go wrong on the wire.

@@ -93,6 +93,9 @@ fn serve() -> i32 {
     };
 
     if let Some(spec) = init {
+        if conn.send(&FromWorker::Initializing).is_err() {
+            return 0;
+        }
         if let Err(error) = run_initializer(&spec, &me) {
             let _ = conn.send(&FromWorker::InitFailed { error });
             return 1;

@@ -29,6 +29,11 @@ fn failing_init(_x: ()) {
     panic!("no database here");
 }
 
+#[multitasking::task]
+fn slow_init(_x: ()) {
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 /// True if `pid` is gone or a zombie (dead, waiting for a reaper that is
 /// not us).
 fn gone(pid: u32) -> bool {
@@ -546,4 +551,22 @@ fn a_process_outlives_the_thread_that_spawned_it() {
         .unwrap();
     let mut p = p;
     assert_eq!(p.join_timeout(LIMIT), Some(Ok(300)));
+}
+
+#[test]
+fn a_slow_initializer_is_reported_as_slow_not_as_a_missing_init() {
+    let t = Instant::now();
+    let e = ProcessPool::builder()
+        .max_workers(1)
+        .initializer(slow_init)
+        .start_timeout(Duration::from_millis(500))
+        .build()
+        .expect_err("the initializer is too slow");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let text = e.to_string();
+    assert!(
+        text.contains("initializer did not finish") && text.contains("raise start_timeout"),
+        "{text}"
+    );
+    assert!(!text.contains("init() first"), "{text}");
 }

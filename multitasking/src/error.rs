@@ -98,7 +98,7 @@ pub enum TaskError {
         pid: u32,
     },
     /// The worker process running the task died.
-    #[error("task {task} lost its worker (pid {pid}), which {cause}; a new worker took its place")]
+    #[error("task {task} lost its worker (pid {pid}), which {}", ended(cause))]
     WorkerDied {
         /// The task's name.
         task: String,
@@ -195,6 +195,14 @@ fn at(location: &Option<String>) -> String {
         .as_ref()
         .map(|l| format!(" (at {l})"))
         .unwrap_or_default()
+}
+
+/// How a worker ended, as the end of "its worker, which ...".
+fn ended(cause: &ExitCause) -> String {
+    match cause {
+        ExitCause::Signal(_) => format!("was {cause}"),
+        ExitCause::Code(_) | ExitCause::Unknown => cause.to_string(),
+    }
 }
 
 fn killed(pid: &Option<u32>) -> String {

@@ -35,8 +35,10 @@
 //! Each starts its worker (so that PR_SET_PDEATHSIG, which fires when the
 //! *spawning thread* exits, means "when the pool is gone") and waits for
 //! its hello. Then it parks in `poll` on the worker's socket and on its
-//! bell (a self-pipe rung when a call with a deadline starts, a worker is
-//! to retire, or the pool closes), and does what nobody else did: reads a
+//! bell (a self-pipe rung by the closing pool, and by whoever changes the
+//! slot so that the reason the supervisor parked for no longer holds: a
+//! call with a deadline started, the worker must retire, the caller read
+//! the last reply of a closed pool; see `Parked`), and does what nobody else did: reads a
 //! reply nobody was waiting for and starts the next call, kills the worker
 //! past the task timeout or above the memory limit (RSS polled every
 //! 20 ms), and, when the socket reaches end-of-file, reaps the worker,

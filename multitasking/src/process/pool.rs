@@ -124,10 +124,16 @@ impl ProcessPoolBuilder {
 
     /// Starts the workers and waits until each has said hello.
     ///
+    /// In a process that was started as a worker and has not run
+    /// `multitasking::init()` (its `main` forgot it), prints why on stderr
+    /// and exits at once, so that the forgotten call costs one process per
+    /// worker, not a process storm; the pool that started it fails.
+    ///
     /// Fails if a worker can't be started, does not say hello in time (the
     /// program does not call `multitasking::init()` first thing in `main`), or
     /// its initializer fails.
     pub fn build(self) -> Result<ProcessPool, Error> {
+        crate::process::worker::refuse_nested_start();
         let config = self.config;
         if config.workers == 0 {
             return Err(Error::Config("max_workers must be at least 1".to_string()));

@@ -8,13 +8,51 @@
 
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ExitCause, TaskError};
 use crate::process::pool::Config;
-use crate::process::supervisor::spawn_worker;
+use crate::process::supervisor::{await_hello, reap_group, signal_group, start_worker, Started};
 use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
 use crate::task::{self, Task};
+
+/// A request to the spawner thread: the settings, and where to send the
+/// started child.
+type SpawnRequest = (Config, crossbeam_channel::Sender<Result<Started, Error>>);
+
+/// Starts a `Process`'s child from one long-lived thread, not the caller's.
+///
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits,
+/// not the process (see DESIGN's pitfalls): a `Process` spawned from a
+/// short-lived thread would be SIGKILLed as that thread ended. The spawner
+/// thread lives as long as the program, so "the parent died" means what it
+/// says. Only the fork and exec happen there; the caller waits for the
+/// child's hello itself, so slow starts don't queue behind each other.
+fn start_on_spawner(config: &Config) -> Result<Started, Error> {
+    static SPAWNER: std::sync::OnceLock<crossbeam_channel::Sender<SpawnRequest>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = crossbeam_channel::unbounded::<SpawnRequest>();
+        let started = std::thread::Builder::new()
+            .name("multitask-process-spawner".to_string())
+            .spawn(move || {
+                for (config, reply) in rx {
+                    let _ = reply.send(start_worker(0, &config));
+                }
+            });
+        // Without the thread every request below fails with a clear error.
+        drop(started);
+        tx
+    });
+    let (reply, started) = crossbeam_channel::bounded(1);
+    spawner
+        .send((config.clone(), reply))
+        .map_err(|_| Error::Protocol("the process spawner thread is gone".to_string()))?;
+    started
+        .recv()
+        .map_err(|_| Error::Protocol("the process spawner thread is gone".to_string()))?
+}
 
 /// One named task running in its own process.
 ///
@@ -41,13 +79,20 @@ pub struct Process<T: Task> {
     status: Option<ExitStatus>,
     /// The reply, once read.
     outcome: Option<Result<T::Output, TaskError>>,
+    /// Set once `terminate` or `kill` signalled it: its death is then
+    /// [`TaskError::Terminated`], not a crash.
+    stopped: AtomicBool,
 }
 
 impl<T: Task> Process<T> {
     /// Starts `task(input)` in a new process.
+    ///
+    /// In a worker start that has not run `multitasking::init()`, exits at
+    /// once, as [`crate::ProcessPoolBuilder::build`] does.
     pub fn spawn(_task: T, input: T::Input) -> Result<Process<T>, Error> {
+        crate::process::worker::refuse_nested_start();
         let config = Config::single();
-        let worker = spawn_worker(0, &config)?;
+        let worker = await_hello(start_on_spawner(&config)?, 0, &config)?;
         let (child, mut conn, pid) = worker.into_parts();
         let payload = task::encode(T::NAME, T::CODEC, &vec![input])
             .map_err(|e| Error::Protocol(e.to_string()))?;
@@ -65,6 +110,7 @@ impl<T: Task> Process<T> {
             pid,
             status: None,
             outcome: None,
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -94,20 +140,27 @@ impl<T: Task> Process<T> {
         }
     }
 
-    /// Asks the process to stop (SIGTERM).
+    /// Asks the process, and the processes its task started, to stop
+    /// (SIGTERM to its process group).
     pub fn terminate(&self) -> bool {
         self.signal(rustix::process::Signal::TERM)
     }
 
-    /// Kills the process (SIGKILL).
+    /// Kills the process and the processes its task started (SIGKILL to
+    /// its process group).
     pub fn kill(&self) -> bool {
         self.signal(rustix::process::Signal::KILL)
     }
 
     fn signal(&self, sig: rustix::process::Signal) -> bool {
-        self.child.is_some()
-            && rustix::process::Pid::from_raw(self.pid as i32)
-                .is_some_and(|pid| rustix::process::kill_process(pid, sig).is_ok())
+        // The whole group: what the task started goes with it.
+        let sent = self.child.is_some() && signal_group(self.pid, sig);
+        if sent {
+            // Relaxed: read after the reply channel's EOF, which the kernel
+            // orders after the signal; nothing else hangs on it.
+            self.stopped.store(true, Ordering::Relaxed);
+        }
+        sent
     }
 
     /// Waits for the task's outcome and the process's exit.
@@ -144,7 +197,7 @@ impl<T: Task> Process<T> {
                     self.outcome = Some(value);
                 }
                 Err(WireError::Timeout) => return None,
-                Ok(_) | Err(_) => {
+                Ok(_) | Err(WireError::Eof) | Err(WireError::Io(_)) => {
                     // The process died (or broke the protocol) before it
                     // replied: its exit status says how.
                     self.conn = None;
@@ -154,10 +207,27 @@ impl<T: Task> Process<T> {
                         (None, Some(c)) => ExitCause::Code(c),
                         _ => ExitCause::Unknown,
                     };
+                    if self.stopped.load(Ordering::Relaxed) && cause != ExitCause::Code(0) {
+                        return Some(Err(TaskError::Terminated {
+                            task: T::NAME.to_string(),
+                            pid: self.pid,
+                        }));
+                    }
                     return Some(Err(TaskError::WorkerDied {
                         task: T::NAME.to_string(),
                         pid: self.pid,
                         cause,
+                    }));
+                }
+                Err(e) => {
+                    // It broke the protocol (a malformed or stalled frame):
+                    // it can't be trusted to exit on its own.
+                    self.conn = None;
+                    let _ = self.signal(rustix::process::Signal::KILL);
+                    self.reap(deadline)?;
+                    return Some(Err(TaskError::Codec {
+                        task: T::NAME.to_string(),
+                        message: format!("process pid {}: {e}", self.pid),
                     }));
                 }
             }
@@ -187,18 +257,11 @@ impl<T: Task> Drop for Process<T> {
         // Never leave a zombie or an orphan behind.
         self.conn = None;
         if let Some(mut child) = self.child.take() {
-            let deadline = Instant::now() + Duration::from_millis(500);
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => return,
-                    Ok(None) if Instant::now() >= deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-                }
-            }
+            reap_group(
+                &mut child,
+                Instant::now() + Duration::from_millis(500),
+                Duration::from_millis(1),
+            );
         }
     }
 }

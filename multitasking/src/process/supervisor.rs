@@ -17,7 +17,7 @@ use crate::future::Terminate;
 use crate::process::pool::{Config, Job, PoolShared};
 use crate::process::sys;
 use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
-use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER};
+use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER, EXIT_NO_INIT};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::remote::Deliver;
 use crate::trace::{Span, SpanWorker, Tracer};
@@ -61,10 +61,7 @@ impl KillSwitch {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get_or_insert(reason);
-        match rustix::process::Pid::from_raw(self.pid as i32) {
-            Some(pid) => rustix::process::kill_process(pid, signal).is_ok(),
-            None => false,
-        }
+        signal_group(self.pid, signal)
     }
 
     fn reason(&self) -> Option<KillReason> {
@@ -76,6 +73,42 @@ impl Terminate for KillSwitch {
     fn terminate(&self) -> bool {
         self.kill(KillReason::Terminated, rustix::process::Signal::KILL)
     }
+}
+
+/// Sends `signal` to worker `pid`'s process group: the worker and every
+/// process it started that did not leave the group. A worker leads a group
+/// of its own (see `spawn_worker`), so a task's `sleep 300` dies with it.
+pub(crate) fn signal_group(pid: u32, signal: rustix::process::Signal) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|pid| rustix::process::kill_process_group(pid, signal).is_ok())
+}
+
+/// Waits until `deadline` for `child` (a group leader) to exit, then kills
+/// what is left of its group and reaps it; past the deadline it kills the
+/// whole group first. Its exit status, if it could be had.
+///
+/// Subtle: the group is killed while the leader is a zombie, not after it
+/// is reaped: until then its pid, which is the group's id, can't be reused,
+/// so the signal can't reach a stranger's group.
+pub(crate) fn reap_group(
+    child: &mut Child,
+    deadline: Instant,
+    poll: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32)?;
+    let options = rustix::process::WaitIdOptions::EXITED
+        | rustix::process::WaitIdOptions::NOHANG
+        | rustix::process::WaitIdOptions::NOWAIT;
+    loop {
+        match rustix::process::waitid(rustix::process::WaitId::Pid(pid), options) {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(poll),
+            // Past the deadline, or it can't be waited for: no more waiting.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    child.wait().ok()
 }
 
 /// A live worker process, owned by its supervisor.
@@ -136,6 +169,25 @@ impl Worker {
 
 /// Starts worker `index` and waits for its hello.
 pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Error> {
+    let started = start_worker(index, config)?;
+    await_hello(started, index, config)
+}
+
+/// A worker process started and not yet heard from.
+#[derive(Debug)]
+pub(crate) struct Started {
+    /// The process.
+    child: Child,
+    /// Its control socket.
+    conn: Conn,
+    /// When its start began: `start_timeout` counts from here.
+    at: Instant,
+}
+
+/// Starts worker `index`: forks and execs it, with its socket. The calling
+/// thread is the one whose exit PR_SET_PDEATHSIG watches.
+pub(crate) fn start_worker(index: usize, config: &Config) -> Result<Started, Error> {
+    let at = Instant::now();
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()
         .map_err(|e| Error::io("creating a worker socket", e))?;
     let theirs = std::os::fd::OwnedFd::from(theirs);
@@ -145,24 +197,51 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
         .env(ENV_WORKER, wire::VERSION.to_string())
         .env(ENV_NAME, format!("{}-{index}", config.name))
         .env(ENV_CAP, config.max_payload.to_string())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        // A group of its own: killing the worker's group kills what its
+        // tasks started too. Terminal signals (Ctrl-C) no longer reach it;
+        // it dies with the pool instead (PR_SET_PDEATHSIG, socket EOF).
+        .process_group(0);
     if let Some((name, sig)) = config.initializer {
         cmd.env(ENV_INIT, format!("{name}\t{sig}"));
     }
     sys::configure_child(&mut cmd, &theirs);
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(|e| Error::io("starting a worker process", e))?;
     drop(theirs);
-    let mut conn = Conn::new(ours, config.max_payload)
+    let conn = Conn::new(ours, config.max_payload)
         .map_err(|e| Error::io("setting up a worker socket", e))?;
-    let deadline = Instant::now() + config.start_timeout;
+    Ok(Started { child, conn, at })
+}
+
+/// Waits for the hello of the worker `index` started as `started`.
+pub(crate) fn await_hello(
+    started: Started,
+    index: usize,
+    config: &Config,
+) -> Result<Worker, Error> {
+    let Started {
+        mut child,
+        mut conn,
+        at,
+    } = started;
+    let deadline = at + config.start_timeout;
     let failed = |child: &mut Child, why: String| {
         let _ = child.kill();
         let _ = child.wait();
         Err(Error::Protocol(why))
     };
-    match conn.recv::<FromWorker>(Some(deadline)) {
+    // Set once the worker said it runs its initializer: a timeout after
+    // that is a slow initializer, not a missing `init()`.
+    let mut initializing = false;
+    let first = loop {
+        match conn.recv::<FromWorker>(Some(deadline)) {
+            Ok(FromWorker::Initializing) if !initializing => initializing = true,
+            other => break other,
+        }
+    };
+    match first {
         Ok(FromWorker::Hello { pid }) => Ok(Worker {
             child,
             conn,
@@ -173,20 +252,43 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
             tasks: 0,
             rss: None,
         }),
-        Ok(FromWorker::InitFailed { error }) => {
-            failed(&mut child, format!("the worker initializer failed: {error}"))
-        }
-        Ok(other) => failed(&mut child, format!("a new worker sent {other:?} before hello")),
+        Ok(FromWorker::InitFailed { error }) => failed(
+            &mut child,
+            format!("the worker initializer failed: {error}"),
+        ),
+        Ok(other) => failed(
+            &mut child,
+            format!("a new worker sent {other:?} before hello"),
+        ),
+        Err(WireError::Timeout) if initializing => failed(
+            &mut child,
+            format!(
+                "worker {}-{index} started, but its initializer did not finish within the {:?} \
+                 start timeout: make the initializer faster or raise start_timeout",
+                config.name, config.start_timeout
+            ),
+        ),
         Err(WireError::Timeout) => failed(
             &mut child,
             format!(
-                "worker {}-{index} did not start within {:?}: call multitasking::init() first thing in main \
-                 (or multitasking::enable_test_support!() in tests and benches)",
+                "worker {}-{index} did not start within the {:?} start timeout: either the program \
+                 does not call multitasking::init() first thing in main (or \
+                 multitasking::enable_test_support!() in tests and benches), or its start was too \
+                 slow: raise start_timeout",
                 config.name, config.start_timeout
             ),
         ),
         Err(WireError::Eof) => {
             let status = child.wait().ok();
+            if status.and_then(|s| s.code()) == Some(EXIT_NO_INIT) {
+                return Err(Error::Protocol(format!(
+                    "worker {}-{index} is this program started again, and its main started workers \
+                     of its own before calling multitasking::init(): call multitasking::init() \
+                     first thing in main (or use #[multitasking::main]; in tests and benches, \
+                     multitasking::enable_test_support!())",
+                    config.name
+                )));
+            }
             Err(Error::Protocol(format!(
                 "worker {}-{index} exited before it started ({}); does main call multitasking::init() first?",
                 config.name,
@@ -198,21 +300,15 @@ pub(crate) fn spawn_worker(index: usize, config: &Config) -> Result<Worker, Erro
 }
 
 /// Closes a worker's socket, lets it exit, and reaps it; kills it if it
-/// does not exit within the grace period.
+/// does not exit within the grace period. Whatever it left running in its
+/// process group is killed too.
 fn retire(mut w: Worker) {
     drop(w.conn);
-    let deadline = Instant::now() + RETIRE_GRACE;
-    loop {
-        match w.child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = w.child.kill();
-                let _ = w.child.wait();
-                return;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-        }
-    }
+    reap_group(
+        &mut w.child,
+        Instant::now() + RETIRE_GRACE,
+        Duration::from_millis(1),
+    );
 }
 
 /// Reaps a worker that died or was killed; how it ended.
@@ -220,18 +316,11 @@ fn reap(mut w: Worker) -> (u32, ExitCause, Option<KillReason>) {
     let pid = w.switch.pid;
     let reason = w.switch.reason();
     drop(w.conn);
-    let deadline = Instant::now() + RETIRE_GRACE;
-    let status = loop {
-        match w.child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Err(_) => break None,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = w.child.kill();
-                break w.child.wait().ok();
-            }
-            Ok(None) => std::thread::sleep(Duration::from_micros(200)),
-        }
-    };
+    let status = reap_group(
+        &mut w.child,
+        Instant::now() + RETIRE_GRACE,
+        Duration::from_micros(200),
+    );
     let cause = match status {
         Some(s) => match (s.signal(), s.code()) {
             (Some(sig), _) => ExitCause::Signal(sig),
@@ -301,6 +390,46 @@ struct SlotIo {
     /// Futures to resolve once the lock is released (a done callback may
     /// submit again, which takes this lock).
     outbox: Vec<Outcome>,
+    /// When the supervisor, parked in `poll`, decided to look again (see
+    /// [`Parked`]); `None` while it is awake or has been rung.
+    parked: Option<Parked>,
+}
+
+/// What a parked supervisor waits for, decided from the slot's state under
+/// its lock just before it parked.
+///
+/// Subtle: the supervisor parks on the worker's socket and its bell, but
+/// a caller spinning for its result reads replies from that same socket.
+/// If the caller reads the reply the supervisor was waiting for, the
+/// socket is quiet again, and a supervisor that decided "a call is in
+/// flight, wait for its reply" sleeps on a state that no longer holds: the
+/// pool closed meanwhile, the slot went idle, nobody rings, and the pool's
+/// drop joins that supervisor forever. So the rule is: whoever changes the
+/// slot under its lock checks, as it releases the lock, whether the parked
+/// supervisor's decision still stands ([`Slot::release`]), and rings the
+/// bell if it must act now or look earlier. One ring per park: the rung
+/// supervisor decides again.
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    /// When it wakes by itself; `None`: only the socket or the bell wake it.
+    wake: Option<Instant>,
+    /// The id of the call in flight it planned for: its deadlines are in
+    /// `wake` already.
+    call: Option<u64>,
+    /// The stall deadline of the frame in progress it planned for.
+    stall: Option<Instant>,
+}
+
+impl Parked {
+    /// True if a supervisor parked on this plan must look at `io` now.
+    fn is_stale(&self, io: &SlotIo, shared: &PoolShared) -> bool {
+        match supervisor_due(io, shared) {
+            Due::Now => true,
+            Due::Never => false,
+            _ if io.call.as_ref().map(|c| c.id) == self.call && stall_of(io) == self.stall => false,
+            Due::At(at) => self.wake.is_none_or(|w| at < w),
+        }
+    }
 }
 
 impl SlotIo {
@@ -382,20 +511,8 @@ impl Terminate for Control {
         let Ok(mut io) = self.slot.io.try_lock() else {
             return;
         };
-        self.slot.pump(&mut io, &pool, false);
-        release(io);
-    }
-}
-
-/// Releases a slot's lock, then resolves the futures it collected.
-fn release(mut io: MutexGuard<'_, SlotIo>) {
-    if io.outbox.is_empty() {
-        return;
-    }
-    let out = std::mem::take(&mut io.outbox);
-    drop(io);
-    for (deliver, outcome) in out {
-        deliver.finish(outcome);
+        self.slot.pump(&mut io, &pool);
+        self.slot.release(io, &pool);
     }
 }
 
@@ -419,6 +536,26 @@ impl Slot {
         self.bell.ring();
     }
 
+    /// Releases the slot's lock, then resolves the futures it collected.
+    /// If the supervisor is parked on a decision the lock holder made stale
+    /// (see [`Parked`]), rings it first.
+    fn release(&self, mut io: MutexGuard<'_, SlotIo>, shared: &PoolShared) {
+        if let Some(parked) = io.parked {
+            if parked.is_stale(&io, shared) {
+                io.parked = None;
+                self.bell.ring();
+            }
+        }
+        if io.outbox.is_empty() {
+            return;
+        }
+        let out = std::mem::take(&mut io.outbox);
+        drop(io);
+        for (deliver, outcome) in out {
+            deliver.finish(outcome);
+        }
+    }
+
     /// Starts queued calls on this slot if it is idle; called by whoever
     /// enqueued one, and by whoever made the slot idle.
     pub(crate) fn offer(self: &Arc<Self>, shared: &Arc<PoolShared>) {
@@ -426,13 +563,13 @@ impl Slot {
         // fences in `dispatch` and `ProcessPool::send` close the race.
         if self.idle.load(Ordering::Relaxed) {
             let mut io = self.lock();
-            self.dispatch(&mut io, shared, false);
-            release(io);
+            self.dispatch(&mut io, shared);
+            self.release(io, shared);
         }
     }
 
     /// Writes queued calls to the worker while it is idle.
-    fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+    fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
         loop {
             while io.is_idle() {
                 let Ok(job) = shared.rx.try_recv() else {
@@ -453,11 +590,6 @@ impl Slot {
             if shared.rx.is_empty() {
                 break;
             }
-        }
-        let watched = shared.config.task_timeout.is_some() || shared.config.memory_limit.is_some();
-        if !by_supervisor && ((io.call.is_some() && watched) || io.broken.is_some()) {
-            // The supervisor may be parked with no deadline.
-            self.bell.ring();
         }
     }
 
@@ -507,7 +639,7 @@ impl Slot {
     }
 
     /// Reads what the worker sent: finishes the call and starts the next.
-    fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>, by_supervisor: bool) {
+    fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
         if io.broken.is_some() {
             return;
         }
@@ -529,11 +661,8 @@ impl Slot {
                     .is_some_and(|max| w.tasks >= max)
                 {
                     io.retiring = true;
-                    if !by_supervisor {
-                        self.bell.ring();
-                    }
                 }
-                self.dispatch(io, shared, by_supervisor);
+                self.dispatch(io, shared);
                 return;
             }
             Ok(Some(other)) => Broken::Protocol(format!(
@@ -549,9 +678,6 @@ impl Slot {
         }
         io.broken = Some(broken);
         self.idle.store(false, Ordering::SeqCst);
-        if !by_supervisor {
-            self.bell.ring();
-        }
     }
 }
 
@@ -590,8 +716,8 @@ pub(crate) fn supervise(
         set_live(Some(w.switch.clone()));
         let mut io = slot.lock();
         io.worker = Some(w);
-        slot.dispatch(&mut io, &shared, true);
-        release(io);
+        slot.dispatch(&mut io, &shared);
+        slot.release(io, &shared);
     };
     // After a failed start, when to try again if no call is waiting.
     let mut retry_at = None;
@@ -608,18 +734,21 @@ pub(crate) fn supervise(
     drop(ready);
     let closed = || *shared.closed.read().unwrap_or_else(|p| p.into_inner());
     loop {
+        // Before the state is read: a ring after this is seen by the next
+        // `park`, one before it is about a change this look sees.
+        slot.bell.drain();
         let mut io = slot.lock();
-        slot.pump(&mut io, &shared, true);
-        slot.dispatch(&mut io, &shared, true);
-        let closing = io.call.is_none() && closed() && shared.rx.is_empty();
-        if io.worker.is_some() && (io.broken.is_some() || io.retiring || closing) {
+        io.parked = None;
+        slot.pump(&mut io, &shared);
+        slot.dispatch(&mut io, &shared);
+        if io.worker.is_some() && matches!(supervisor_due(&io, &shared), Due::Now) {
             // The worker goes: handle it outside the lock.
             let worker = io.worker.take();
             let call = io.call.take();
             let broken = io.broken.take();
             io.retiring = false;
             slot.idle.store(false, Ordering::SeqCst);
-            release(io);
+            slot.release(io, &shared);
             watch = None;
             set_live(None);
             if let Some(w) = worker {
@@ -628,7 +757,7 @@ pub(crate) fn supervise(
             continue;
         }
         if io.worker.is_none() {
-            release(io);
+            slot.release(io, &shared);
             if closed() && shared.rx.is_empty() {
                 break;
             }
@@ -637,7 +766,6 @@ pub(crate) fn supervise(
             if let Some(at) = retry_at.filter(|at| *at > Instant::now()) {
                 if shared.rx.is_empty() {
                     park(&slot.bell, None, Some(at));
-                    slot.bell.drain();
                     continue;
                 }
             }
@@ -664,10 +792,61 @@ pub(crate) fn supervise(
             .is_some()
             .then(|| deadlines(&mut io, config))
             .flatten();
-        release(io);
+        let stall = stall_of(&io);
+        let wake = match (wake, stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        io.parked = Some(Parked {
+            wake,
+            call: io.call.as_ref().map(|c| c.id),
+            stall,
+        });
+        slot.release(io, &shared);
         park(&slot.bell, watch.as_ref(), wake);
-        slot.bell.drain();
     }
+}
+
+/// When a slot's supervisor must next look at it, judged from its state.
+enum Due {
+    /// Now: the worker is broken, retiring, or the pool closed and the
+    /// slot has nothing left to run.
+    Now,
+    /// At this instant: a running call's timeout or memory check.
+    At(Instant),
+    /// Only when the worker's socket or the bell wakes it.
+    Never,
+}
+
+/// When the supervisor of the slot in `io` must next look at it.
+fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
+    if io.broken.is_some() || io.retiring {
+        return Due::Now;
+    }
+    // A frame in progress is watched even with no call in flight: a worker
+    // that sends half a frame unasked holds the slot as surely.
+    let stall = stall_of(io);
+    let Some(call) = &io.call else {
+        let closed = *shared.closed.read().unwrap_or_else(|p| p.into_inner());
+        return if closed && shared.rx.is_empty() {
+            Due::Now
+        } else {
+            stall.map_or(Due::Never, Due::At)
+        };
+    };
+    let config = &shared.config;
+    let timeout = config.task_timeout.map(|after| call.started + after);
+    let memory = config.memory_limit.map(|_| call.started + MEMORY_POLL);
+    [timeout, memory, stall]
+        .into_iter()
+        .flatten()
+        .min()
+        .map_or(Due::Never, Due::At)
+}
+
+/// The stall deadline of the frame the slot's worker is part-way through.
+fn stall_of(io: &SlotIo) -> Option<Instant> {
+    io.worker.as_ref().and_then(|w| w.conn.stall_deadline())
 }
 
 /// Kills the running call's worker past the timeout or the memory limit;

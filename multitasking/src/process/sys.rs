@@ -1,6 +1,7 @@
 //! The few system calls the process pool needs that have no safe wrapper:
-//! the child's set-up between `fork` and `exec`, and adopting the inherited
-//! socket in a worker. Every `unsafe` block of the process pool is here.
+//! the child's set-up between `fork` and `exec`, adopting the inherited
+//! socket in a worker, and the worker's fault-signal dispositions. Every
+//! `unsafe` block of the process pool is here.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -67,4 +68,33 @@ pub(crate) fn inherited_socket() -> UnixStream {
     // Keep it out of the task's own child processes.
     let _ = rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC);
     UnixStream::from(fd)
+}
+
+/// Puts SIGSEGV and SIGBUS back to their default action in a worker, so a
+/// worker sent one dies of it.
+///
+/// std's runtime installs a handler for both before `main` (it reports a
+/// stack overflow). For a signal that is not a fault of the running code,
+/// one sent by `kill` or `raise`, that handler resets the disposition and
+/// returns, and since nothing faults again the signal is lost: the worker
+/// lives on and its task ends some other way (or never). A worker started
+/// from `init()` in `main` has that handler; one started from the test
+/// support constructor runs before std installs it. With the default
+/// action both die alike, and the task fails with `WorkerDied` (signal 11
+/// or 7). The cost: a stack overflow in a task kills its worker with
+/// SIGSEGV, without std's message.
+pub(crate) fn default_fault_signals() {
+    for signal in [libc::SIGSEGV, libc::SIGBUS] {
+        // SAFETY: `sigaction` is given a fully initialised struct (zeroed,
+        // which is a valid `sigaction` with an empty flag set, then an
+        // emptied mask and SIG_DFL as the action) and a null pointer for
+        // the old action, which it accepts. Setting SIG_DFL runs no code of
+        // ours in signal context, so no async-signal-safety claim is made.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = libc::SIG_DFL;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
 }

@@ -34,6 +34,12 @@ const READ_CHUNK: usize = 64 * 1024;
 /// How long a reader spins before it parks in `poll`.
 const SPIN: Duration = Duration::from_micros(60);
 
+/// How long a frame in progress may go without a new byte before its
+/// sender is taken for stalled. A peer writes a frame at memory speed once
+/// it has started; one that sends half a frame and stops would otherwise
+/// hold its reader (and, in a pool, the task and the slot) forever.
+pub(crate) const FRAME_STALL: Duration = Duration::from_secs(5);
+
 /// A message from the pool to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ToWorker {
@@ -70,6 +76,10 @@ pub(crate) enum FromWorker {
         /// The encoded `Chunk<Output>`, or why the batch did not run.
         outcome: Result<Vec<u8>, TaskError>,
     },
+    /// The worker has started and now runs its initializer; `Hello` (or
+    /// `InitFailed`) follows. Lets a slow initializer be told from a start
+    /// that never reached `init()`.
+    Initializing,
 }
 
 /// What can go wrong on the wire.
@@ -101,6 +111,24 @@ pub(crate) enum WireError {
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
+    /// A frame stopped part-way: nothing more came for the stall limit.
+    #[error(
+        "a frame stopped after {have} bytes{} and nothing more came for {after:?}",
+        announced(want)
+    )]
+    Stalled {
+        /// The bytes of the frame received, its header included.
+        have: usize,
+        /// The frame's size, its header included, if its header came.
+        want: Option<usize>,
+        /// How long nothing came.
+        after: Duration,
+    },
+}
+
+fn announced(want: &Option<usize>) -> String {
+    want.map(|w| format!(" of the {w} announced"))
+        .unwrap_or_default()
 }
 
 /// Encodes `msg` as one frame (length, version, body).
@@ -151,6 +179,11 @@ pub(crate) struct Conn {
     end: usize,
     /// The body-size cap.
     cap: usize,
+    /// When bytes last came in: with a frame in progress, the stall clock.
+    last_read: Instant,
+    /// How long a frame in progress may wait for its next byte
+    /// ([`FRAME_STALL`]; shorter in unit tests).
+    stall: Duration,
 }
 
 impl Conn {
@@ -163,7 +196,38 @@ impl Conn {
             start: 0,
             end: 0,
             cap,
+            last_read: Instant::now(),
+            stall: FRAME_STALL,
         })
+    }
+
+    /// When the frame in progress, if any, counts as stalled unless more
+    /// of it comes.
+    pub(crate) fn stall_deadline(&self) -> Option<Instant> {
+        (self.start < self.end).then(|| self.last_read + self.stall)
+    }
+
+    /// Fails with [`WireError::Stalled`] if a frame in progress is past
+    /// its stall deadline.
+    fn check_stall(&self) -> Result<(), WireError> {
+        match self.stall_deadline() {
+            Some(at) if Instant::now() >= at => {
+                let have = self.end - self.start;
+                let want = match self.buf.get(self.start..self.start + HEADER) {
+                    Some(h) if have >= HEADER => {
+                        let size = u32::from_le_bytes(h.try_into().expect("4 bytes")) as usize;
+                        Some(HEADER + size)
+                    }
+                    _ => None,
+                };
+                Err(WireError::Stalled {
+                    have,
+                    want,
+                    after: self.stall,
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Sends `msg` as one frame.
@@ -211,6 +275,7 @@ impl Conn {
                 Ok(false) => {}
                 Err(e) => return Err(e),
             }
+            self.check_stall()?;
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Err(WireError::Timeout);
@@ -219,7 +284,15 @@ impl Conn {
                 std::thread::yield_now();
                 continue;
             }
-            self.park(rustix::event::PollFlags::IN, deadline)?;
+            let wake = match (deadline, self.stall_deadline()) {
+                (Some(d), Some(s)) => Some(d.min(s)),
+                (d, s) => d.or(s),
+            };
+            match self.park(rustix::event::PollFlags::IN, wake) {
+                // The stall deadline passed: the next turn says so.
+                Err(WireError::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => {}
+                r => r?,
+            }
         }
     }
 
@@ -234,6 +307,7 @@ impl Conn {
                 return msg.map(Some);
             }
             if !self.fill()? {
+                self.check_stall()?;
                 return Ok(None);
             }
         }
@@ -295,6 +369,7 @@ impl Conn {
             Ok(0) => Err(WireError::Eof),
             Ok(n) => {
                 self.end += n;
+                self.last_read = Instant::now();
                 Ok(true)
             }
             Err(e) => match e.kind() {
@@ -414,6 +489,34 @@ mod tests {
         let r = b.recv::<ToWorker>(Some(Instant::now() + Duration::from_secs(5)));
         assert!(
             matches!(r, Err(WireError::TooLarge { size, cap: 16 }) if size == u32::MAX as usize)
+        );
+    }
+
+    #[test]
+    fn a_frame_that_stops_part_way_is_stalled_not_waited_for() {
+        let (mut a, mut b) = pair(1024);
+        b.stall = Duration::from_millis(50);
+        use std::io::Write;
+        // A header announcing 100 bytes, then 3 of them.
+        a.sock.write_all(&100u32.to_le_bytes()).unwrap();
+        a.sock.write_all(&[VERSION, 0, 0]).unwrap();
+        let t = Instant::now();
+        let r = b.recv::<ToWorker>(None);
+        assert!(
+            matches!(&r, Err(WireError::Stalled { have: 7, want, .. }) if *want == Some(104)),
+            "{r:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        let (mut a, mut b) = pair(1024);
+        b.stall = Duration::from_millis(50);
+        a.sock.write_all(&[1, 0]).unwrap();
+        assert!(matches!(b.try_recv::<ToWorker>(), Ok(None)));
+        assert!(b.stall_deadline().is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        let r = b.try_recv::<ToWorker>();
+        assert!(
+            matches!(r, Err(WireError::Stalled { have: 2, .. })),
+            "{r:?}"
         );
     }
 

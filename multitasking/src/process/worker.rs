@@ -21,6 +21,33 @@ pub(crate) const ENV_CAP: &str = "MULTITASK_WORKER_CAP";
 /// The initializer task: `name` TAB `signature`.
 pub(crate) const ENV_INIT: &str = "MULTITASK_WORKER_INIT";
 
+/// The exit code of a worker start that reached a pool's build (or a
+/// `Process::spawn`) before `init()`: the pool that started it reports
+/// "call multitasking::init() first thing in main".
+pub(crate) const EXIT_NO_INIT: i32 = 73;
+
+/// Exits at once, with [`EXIT_NO_INIT`] and a line on stderr, if this
+/// process was started as a worker and `init()` has not run: it is about to
+/// start workers of its own.
+///
+/// A worker re-runs `main`; without `init()` first, that `main` builds a
+/// pool again, whose workers re-run `main` in turn: thousands of processes
+/// in seconds before any start times out. Refusing here bounds the damage
+/// to one process per slot, and the distinctive code lets the pool tell
+/// this mistake from a crash.
+pub(crate) fn refuse_nested_start() {
+    // `serve` takes the variable out of the environment, so a task that
+    // builds a pool of its own is not refused.
+    if std::env::var_os(ENV_WORKER).is_some() {
+        eprintln!(
+            "multitasking: this process was started as a pool's worker, but its main started \
+             workers of its own before calling multitasking::init(); exiting. \
+             Call multitasking::init() first thing in main."
+        );
+        std::process::exit(EXIT_NO_INIT);
+    }
+}
+
 /// Runs a worker if this process was started as one, and exits; returns at
 /// once otherwise.
 pub(crate) fn maybe_run() {
@@ -48,6 +75,8 @@ fn take_env(key: &str) -> Option<String> {
 /// Serves calls until the pool closes the socket; the exit code.
 fn serve() -> i32 {
     take_env(ENV_WORKER);
+    // A worker sent SIGSEGV or SIGBUS must die of it, not swallow it.
+    sys::default_fault_signals();
     let name = take_env(ENV_NAME).unwrap_or_else(|| "worker".to_string());
     let cap = take_env(ENV_CAP)
         .and_then(|c| c.parse().ok())
@@ -64,6 +93,9 @@ fn serve() -> i32 {
     };
 
     if let Some(spec) = init {
+        if conn.send(&FromWorker::Initializing).is_err() {
+            return 0;
+        }
         if let Err(error) = run_initializer(&spec, &me) {
             let _ = conn.send(&FromWorker::InitFailed { error });
             return 1;

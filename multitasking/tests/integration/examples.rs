@@ -113,3 +113,80 @@ fn queue_pool_joins_the_queue_and_stops_every_worker() {
         "{out}"
     );
 }
+
+#[test]
+fn forgetting_init_fails_fast_with_one_process_per_slot() {
+    let pids = std::env::temp_dir().join(format!("multitask-forgot-init-{}", std::process::id()));
+    let _ = std::fs::remove_file(&pids);
+    let count = || {
+        std::fs::read_to_string(&pids)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    let mut child = Command::new(example("forgot_init"))
+        .env("FORGOT_INIT_PIDS", &pids)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn example");
+    // The program and its two worker starts; more is a process storm.
+    let most = 3;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        // SIGKILL ends the storm too: every worker dies with its parent.
+        let n = count();
+        if n > most || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_file(&pids);
+            panic!(
+                "forgot_init started {n} processes (at most {most} expected) in {:?}",
+                t.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = t.elapsed();
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let started = count();
+    let _ = std::fs::remove_file(&pids);
+    assert!(started <= most, "{started} processes started");
+    assert!(
+        stdout.contains("the pool did not start")
+            && stdout.contains("call multitasking::init() first thing in main"),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("before calling multitasking::init(); exiting"),
+        "each worker start says why it exits: {stderr}"
+    );
+    // Well before the 10 s start timeout: the first attempt reports it.
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+}
+
+#[test]
+fn a_worker_started_from_main_dies_of_a_sigsegv_sent_to_it() {
+    // The example's workers start from `init()` in `main`, after std has
+    // installed its SIGSEGV handler: the signal must still kill them.
+    let out = run("crash_isolation", &[]);
+    let line = |how: &str| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{how}:")))
+            .unwrap_or_else(|| panic!("no {how} line: {out}"))
+            .to_string()
+    };
+    assert!(line("panic").contains("panicked"), "{out}");
+    assert!(line("abort").contains("signal 6"), "{out}");
+    let segv = line("segfault");
+    assert!(
+        segv.starts_with("segfault: worker_died") && segv.contains("signal 11 (SIGSEGV)"),
+        "{out}"
+    );
+    assert!(line("nothing").contains("ran in pid"), "{out}");
+}

@@ -12,7 +12,8 @@ use multitasking::{Executor, ExitCause, ProcessPool, TaskError};
 
 use crate::conformance::{get, LIMIT};
 use crate::tasks::{
-    crash, crash_once, double, hog, poisoned, spin_forever, Crash, PoisonIn, PoisonOut, Stage,
+    crash, crash_once, double, hog, poisoned, spin_forever, truncated_reply, Crash, PoisonIn,
+    PoisonOut, Stage,
 };
 
 fn pool() -> ProcessPool {
@@ -97,7 +98,7 @@ fn exit_3_is_worker_died_with_code_3() {
                 }
             ));
             let text = e.to_string();
-            assert!(text.contains("exited with code 3"), "{text}");
+            assert!(text.contains("which exited with code 3"), "{text}");
         }
         other => panic!("{other:?}"),
     }
@@ -323,4 +324,32 @@ fn max_retries_reruns_a_task_whose_worker_died() {
     let pid = get(&p.submit(crash_once, marker("b")).unwrap()).expect("the retry succeeds");
     assert_ne!(pid, first, "the retry ran on the replacement worker");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_worker_that_stalls_part_way_through_a_frame_is_killed_and_replaced() {
+    // No task timeout: only the frame's own deadline can end this.
+    let p = ProcessPool::builder().max_workers(1).build().unwrap();
+    let victim = p.worker_pids()[0];
+    let f = p.submit(truncated_reply, ()).unwrap();
+    // Queued behind it: it must run on the replacement.
+    let next = p.submit(double, 4).unwrap();
+    match get(&f) {
+        Err(TaskError::Codec { message, .. }) => {
+            assert!(message.contains("stopped after 7 bytes"), "{message}");
+            assert!(message.contains(&victim.to_string()), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(get(&next), Ok(8));
+    assert_ne!(
+        p.worker_pids(),
+        vec![victim],
+        "a fresh worker took its place"
+    );
+    assert!(
+        crate::process::wait_gone(victim, LIMIT),
+        "the stalled worker {victim} was killed and reaped"
+    );
+    crate::process::bounded("the pool's drop", LIMIT, move || drop(p));
 }

@@ -29,6 +29,11 @@ fn failing_init(_x: ()) {
     panic!("no database here");
 }
 
+#[multitasking::task]
+fn slow_init(_x: ()) {
+    std::thread::sleep(Duration::from_secs(3));
+}
+
 /// True if `pid` is gone or a zombie (dead, waiting for a reaper that is
 /// not us).
 fn gone(pid: u32) -> bool {
@@ -39,6 +44,18 @@ fn gone(pid: u32) -> bool {
             .find(|l| l.starts_with("State:"))
             .is_some_and(|l| l.contains('Z') || l.contains('X')),
     }
+}
+
+/// Waits up to `limit` for `pid` to be gone; true if it went.
+pub(crate) fn wait_gone(pid: u32, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !gone(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
 }
 
 #[test]
@@ -158,14 +175,16 @@ fn a_process_runs_one_task_and_exits() {
 }
 
 #[test]
-fn a_process_can_be_terminated() {
+fn a_terminated_process_ends_as_terminated() {
     let mut p = Process::spawn(spin_forever, ()).unwrap();
     assert!(p.join_timeout(Duration::from_millis(50)).is_none());
     assert!(p.is_alive());
     assert!(p.terminate());
+    let pid = p.pid();
     match p.join_timeout(LIMIT).expect("it ends") {
-        Err(TaskError::WorkerDied { cause, .. }) => {
-            assert_eq!(cause, multitasking::ExitCause::Signal(15))
+        Err(e @ TaskError::Terminated { .. }) => {
+            assert!(matches!(e, TaskError::Terminated { pid: got, .. } if got == pid));
+            assert!(e.to_string().contains("killed on request"), "{e}");
         }
         other => panic!("{other:?}"),
     }
@@ -350,4 +369,204 @@ fn cancel_callbacks_may_call_back_into_a_process_pool() {
 #[test]
 fn cancel_callbacks_may_call_back_into_a_thread_pool() {
     cancel_callbacks_may_call_back(multitasking::ThreadPool::new(2).unwrap());
+}
+
+/// Runs `f` on a helper thread and fails the test if it does not return
+/// within `limit`: a hang becomes a failure with a message.
+pub(crate) fn bounded<R: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+#[test]
+fn drop_returns_after_the_caller_drove_the_last_calls() {
+    // Shutdown rings every supervisor; a supervisor that then saw a call in
+    // flight parks on the worker's socket. If the caller, spinning for its
+    // results, reads the last reply itself, nothing is left on the socket:
+    // the supervisor must still be told that the slot is idle and the pool
+    // closed, or the drop joins it forever.
+    for round in 0..60 {
+        let p = ProcessPool::builder().max_workers(1).build().unwrap();
+        let futs: Vec<_> = (0..10u64)
+            .map(|i| p.submit(crate::tasks::double, i).unwrap())
+            .collect();
+        p.shutdown(Shutdown {
+            wait: false,
+            cancel_futures: false,
+        });
+        for (i, f) in futs.iter().enumerate() {
+            assert_eq!(get(f), Ok(2 * i as u64));
+        }
+        bounded(
+            &format!("round {round}: the pool's drop"),
+            LIMIT,
+            move || drop(p),
+        );
+    }
+}
+
+/// A fresh path for a `spawn_sleeper` pid file.
+fn pid_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("multitask-{name}-{}", std::process::id()))
+}
+
+/// Waits (bounded) for the pid `spawn_sleeper` wrote to `path`.
+fn sleeper_pid(path: &std::path::Path) -> u32 {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            let _ = std::fs::remove_file(path);
+            return pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the task never started its sleep"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts the task's `sleep 300` died with its worker.
+fn assert_sleeper_gone(pid: u32, when: &str) {
+    let alive = !wait_gone(pid, Duration::from_secs(5));
+    if alive {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    assert!(
+        !alive,
+        "{when}: the task's child {pid} outlived its worker by 5 s"
+    );
+}
+
+fn sleeper_pool(b: multitasking::ProcessPoolBuilder) -> ProcessPool {
+    b.max_workers(1).build().unwrap()
+}
+
+#[test]
+fn a_timed_out_task_takes_the_processes_it_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder().task_timeout(Duration::from_millis(500)));
+    let path = pid_file("timeout");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Hang))
+        .unwrap();
+    let pid = sleeper_pid(&path);
+    assert!(matches!(get(&f), Err(TaskError::TimedOut { .. })));
+    assert_sleeper_gone(pid, "timeout");
+}
+
+#[test]
+fn a_terminated_task_takes_the_processes_it_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder());
+    let path = pid_file("terminate");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Hang))
+        .unwrap();
+    let pid = sleeper_pid(&path);
+    assert!(f.terminate());
+    assert!(matches!(get(&f), Err(TaskError::Terminated { .. })));
+    assert_sleeper_gone(pid, "terminate");
+}
+
+#[test]
+fn a_memory_kill_takes_the_processes_it_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder().memory_limit(64 << 20));
+    let path = pid_file("memory");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Hog))
+        .unwrap();
+    let pid = sleeper_pid(&path);
+    let r = get(&f);
+    assert!(matches!(r, Err(TaskError::MemoryExceeded { .. })), "{r:?}");
+    assert_sleeper_gone(pid, "memory kill");
+}
+
+#[test]
+fn shutdown_takes_what_the_workers_started_with_them() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let p = sleeper_pool(ProcessPool::builder());
+    let path = pid_file("shutdown");
+    let f = p
+        .submit(spawn_sleeper, (path.display().to_string(), Then::Return))
+        .unwrap();
+    let pid = get(&f).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(!gone(pid), "the sleep runs on after its task returned");
+    bounded("the pool's drop", LIMIT, move || drop(p));
+    assert_sleeper_gone(pid, "shutdown");
+}
+
+#[test]
+fn killing_a_process_takes_what_its_task_started_with_it() {
+    use crate::tasks::{spawn_sleeper, Then};
+    let path = pid_file("single");
+    let mut p = Process::spawn(spawn_sleeper, (path.display().to_string(), Then::Hang)).unwrap();
+    let pid = sleeper_pid(&path);
+    assert!(p.kill());
+    assert!(p.join_timeout(LIMIT).expect("it ends").is_err());
+    assert_sleeper_gone(pid, "Process::kill");
+}
+
+#[test]
+fn a_process_that_crashes_says_how_without_claiming_a_replacement() {
+    let p = Process::spawn(crate::tasks::crash, crate::tasks::Crash::SigKill).unwrap();
+    match p.join() {
+        Err(e @ TaskError::WorkerDied { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("which was killed by signal 9 (SIGKILL)"),
+                "{text}"
+            );
+            assert!(
+                !text.contains("took its place"),
+                "a lone process is not replaced: {text}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_process_outlives_the_thread_that_spawned_it() {
+    // PR_SET_PDEATHSIG fires when the spawning *thread* exits: a Process
+    // spawned from a thread that ends at once must still run to the end.
+    let p = std::thread::spawn(|| Process::spawn(sleep_ms, 300).unwrap())
+        .join()
+        .unwrap();
+    let mut p = p;
+    assert_eq!(p.join_timeout(LIMIT), Some(Ok(300)));
+}
+
+#[test]
+fn a_slow_initializer_is_reported_as_slow_not_as_a_missing_init() {
+    let t = Instant::now();
+    let e = ProcessPool::builder()
+        .max_workers(1)
+        .initializer(slow_init)
+        .start_timeout(Duration::from_millis(500))
+        .build()
+        .expect_err("the initializer is too slow");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    let text = e.to_string();
+    assert!(
+        text.contains("initializer did not finish") && text.contains("raise start_timeout"),
+        "{text}"
+    );
+    assert!(!text.contains("init() first"), "{text}");
 }

@@ -251,3 +251,51 @@ pub(crate) fn crash_once(marker: String) -> u32 {
     }
     std::process::id()
 }
+
+/// Writes the start of a reply frame (a header announcing 1000 bytes and
+/// three of them) straight onto the worker's control socket, then hangs:
+/// a worker that stalls part-way through a frame.
+#[multitasking::task]
+pub(crate) fn truncated_reply(_x: ()) -> u64 {
+    // SAFETY: fd 3 is the worker's control socket, open for the worker's
+    // life; it is only borrowed for this one write.
+    let sock = unsafe { rustix::fd::BorrowedFd::borrow_raw(3) };
+    let mut frame = 1000u32.to_le_bytes().to_vec();
+    frame.extend([1, 2, 0]);
+    let _ = rustix::io::write(sock, &frame);
+    std::thread::sleep(Duration::from_secs(300));
+    0
+}
+
+/// What `spawn_sleeper` does once its `sleep 300` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Then {
+    /// Returns (the sleep runs on).
+    Return,
+    /// Never returns.
+    Hang,
+    /// Allocates and holds 256 MiB.
+    Hog,
+}
+
+/// Starts `sleep 300` as a child of the worker, writes its pid to `path`,
+/// then does as `then` says; returns the sleep's pid.
+#[multitasking::task]
+pub(crate) fn spawn_sleeper(path: String, then: Then) -> u32 {
+    let sleep = std::process::Command::new("sleep")
+        .arg("300")
+        .spawn()
+        .expect("start sleep");
+    let pid = sleep.id();
+    std::fs::write(&path, pid.to_string()).expect("write the pid");
+    match then {
+        Then::Return => {}
+        Then::Hang => std::thread::sleep(Duration::from_secs(300)),
+        Then::Hog => {
+            let v = vec![1u8; 256 << 20];
+            std::thread::sleep(Duration::from_secs(300));
+            std::hint::black_box(&v);
+        }
+    }
+    pid
+}

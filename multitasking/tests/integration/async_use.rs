@@ -40,11 +40,17 @@ fn await_and_stream_under_tokio() {
 fn a_dropped_running_future_frees_its_worker() {
     let pool = ProcessPool::builder().max_workers(1).build().unwrap();
     let before = get(&pool.submit(whoami, ()).unwrap()).unwrap();
-    let rt = runtime();
-    let gave_up = rt.block_on(async {
-        let slow = pool.submit(sleep_ms, 10_000).unwrap().cancel_on_drop();
-        tokio::time::timeout(Duration::from_millis(300), slow).await
-    });
+    let slow = pool.submit(sleep_ms, 10_000).unwrap().cancel_on_drop();
+    // Running, not queued: its drop must terminate, not cancel.
+    let deadline = std::time::Instant::now() + LIMIT;
+    while !slow.running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the task never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let gave_up = runtime().block_on(tokio::time::timeout(Duration::from_millis(300), slow));
     assert!(gave_up.is_err(), "the ten-second task finished in 300 ms?");
     // Had the worker lived, it would run this after its ten seconds.
     let after = get(&pool.submit(whoami, ()).unwrap()).unwrap();
@@ -63,9 +69,14 @@ fn a_dropped_pending_future_never_runs() {
         std::env::temp_dir().join(format!("multitasking-async-{}.marks", std::process::id()));
     let path = path.to_string_lossy().into_owned();
     let _ = std::fs::remove_file(&path);
+    // The one worker waits on this gate, which opens only after the drop:
+    // the dropped task is still queued when `select!` lets it go.
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let busy = pool
+        .spawn(move || gate.recv_timeout(LIMIT).is_ok())
+        .unwrap();
     let rt = runtime();
     rt.block_on(async {
-        let busy = pool.submit(sleep_ms, 200).unwrap();
         let dropped = pool
             .submit(mark, (path.clone(), 1))
             .unwrap()
@@ -73,8 +84,10 @@ fn a_dropped_pending_future_never_runs() {
         let kept = pool.submit(mark, (path.clone(), 2)).unwrap();
         tokio::select! {
             r = dropped => panic!("the queued task finished first: {r:?}"),
-            r = busy => assert_eq!(r, Ok(200)),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+        open.send(()).unwrap();
+        assert_eq!(busy.await, Ok(true));
         assert_eq!(kept.await, Ok(2));
     });
     drop(pool);

@@ -50,7 +50,8 @@ fn a_dropped_running_future_frees_its_worker() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    let gave_up = runtime().block_on(tokio::time::timeout(Duration::from_millis(300), slow));
+    let gave_up =
+        runtime().block_on(async { tokio::time::timeout(Duration::from_millis(300), slow).await });
     assert!(gave_up.is_err(), "the ten-second task finished in 300 ms?");
     // Had the worker lived, it would run this after its ten seconds.
     let after = get(&pool.submit(whoami, ()).unwrap()).unwrap();

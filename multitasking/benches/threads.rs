@@ -4,7 +4,8 @@
 //!    all, then take every result): `ThreadPool` against rayon (spawn plus a
 //!    channel), `std::thread::spawn` + join per task, and Python's
 //!    `ThreadPoolExecutor` (benches/python/executors.py, when python3 is
-//!    there).
+//!    there); then one at a time (submit, wait, repeat), against rayon's
+//!    spawn and a channel receive.
 //! 2. `map` of a no-op over 1M items with automatic chunking against rayon's
 //!    `par_iter().map().collect()`.
 //! 3. the seed's prime check on eight primes near 4e16 (so that a serial run
@@ -27,9 +28,42 @@ mod tasks;
 
 use tasks::{is_prime, noop, BIG_PRIMES};
 
-/// The best of `reps` runs of `f`, which returns its own elapsed time.
-fn best(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    (0..reps).map(|_| f()).min().expect("reps > 0")
+/// The median of `reps` runs of `f` (which returns its own elapsed time),
+/// after one warm-up run; the spread is printed beside the figures.
+fn median_of(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {
+    let _ = f();
+    let mut v: Vec<Duration> = (0..reps).map(|_| f()).collect();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Median and (min, max) of `reps` runs after a warm-up, per task in µs.
+fn spread(reps: usize, n: usize, mut f: impl FnMut() -> Duration) -> (f64, f64, f64) {
+    let _ = f();
+    let mut v: Vec<f64> = (0..reps).map(|_| per_task_us(f(), n)).collect();
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn one_at_a_time_threadpool(pool: &ThreadPool, n: usize) -> Duration {
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        black_box(pool.submit(noop, i).unwrap().result().unwrap());
+    }
+    t.elapsed()
+}
+
+fn one_at_a_time_rayon(pool: &rayon::ThreadPool, n: usize) -> Duration {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let t = Instant::now();
+    for i in 0..n as u64 {
+        let tx = tx.clone();
+        pool.spawn(move || {
+            let _ = tx.send(black_box(i));
+        });
+        black_box(rx.recv().unwrap());
+    }
+    t.elapsed()
 }
 
 fn per_task_us(d: Duration, n: usize) -> f64 {
@@ -110,11 +144,11 @@ fn main() {
         .num_threads(workers)
         .build()
         .unwrap();
-    let ours = best(5, || submit_threadpool(&pool, n));
-    let ours_closure = best(5, || spawn_threadpool(&pool, n));
-    let rayon = best(5, || submit_rayon(&rayon_pool, n));
+    let ours = median_of(5, || submit_threadpool(&pool, n));
+    let ours_closure = median_of(5, || spawn_threadpool(&pool, n));
+    let rayon = median_of(5, || submit_rayon(&rayon_pool, n));
     let spawn_n = 2_000;
-    let std_t = best(3, || std_spawn(spawn_n));
+    let std_t = median_of(3, || std_spawn(spawn_n));
     let py = python_thread_pool();
     let ours_us = per_task_us(ours, n);
     println!("## submit + result, no-op, {n} tasks, {workers} workers\n");
@@ -137,15 +171,32 @@ fn main() {
         }
     }
 
+    // 1b. one at a time.
+    let m = 20_000;
+    let ours_one = spread(7, m, || one_at_a_time_threadpool(&pool, m));
+    let rayon_one = spread(7, m, || one_at_a_time_rayon(&rayon_pool, m));
+    println!("\n## one at a time: submit, wait for the result, {m} times\n");
+    println!("| contender | µs per task, median (min-max of 7) | vs ThreadPool |");
+    println!("| --- | ---: | ---: |");
+    for (name, (med, lo, hi)) in [
+        ("multitask ThreadPool::submit + result", ours_one),
+        ("rayon spawn + channel recv", rayon_one),
+    ] {
+        println!(
+            "| {name} | {med:.3} ({lo:.3}-{hi:.3}) | {:.2}x |",
+            med / ours_one.0
+        );
+    }
+
     // 2. map over 1M no-op items.
     let items = 1_000_000u64;
-    let ours_map = best(5, || {
+    let ours_map = median_of(5, || {
         let t = Instant::now();
         let s: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
         assert_eq!(s, items * (items - 1) / 2);
         t.elapsed()
     });
-    let ours_map_fn = best(5, || {
+    let ours_map_fn = median_of(5, || {
         let t = Instant::now();
         let s: u64 = pool
             .map_fn(|x: u64| black_box(x), 0..items)
@@ -154,7 +205,7 @@ fn main() {
         assert_eq!(s, items * (items - 1) / 2);
         t.elapsed()
     });
-    let rayon_map = best(5, || {
+    let rayon_map = median_of(5, || {
         let t = Instant::now();
         let v: Vec<u64> =
             rayon_pool.install(|| (0..items).into_par_iter().map(black_box).collect());
@@ -180,7 +231,7 @@ fn main() {
 
     // 3. primes: serial against 2 threads.
     let numbers = BIG_PRIMES.to_vec();
-    let serial = best(2, || {
+    let serial = median_of(2, || {
         let t = Instant::now();
         // Serially through the same code path a worker takes (Task::run
         // in a chunk), so that inlining differences can't skew the ratio.
@@ -192,7 +243,7 @@ fn main() {
         t.elapsed()
     });
     let two = ThreadPool::new(2).unwrap();
-    let parallel = best(2, || {
+    let parallel = median_of(2, || {
         let t = Instant::now();
         let c = two
             .map(is_prime, numbers.iter().copied())

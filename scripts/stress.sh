@@ -19,11 +19,12 @@ source scripts/redis.sh
 
 FILTER='test(/^(future|wait|thread|process|failure|conformance|async_use|cluster|examples)::/)'
 NEXTEST=(cargo nextest run --profile stress -p multitasking --lib --test integration
-  --no-fail-fast -E "$FILTER")
+  -E "$FILTER")
 
 say "building the tests once"
 cargo build -p multitasking --examples
 "${NEXTEST[@]}" --no-run
+NEXTEST+=(--no-fail-fast)
 
 LOGS=$(mktemp -d)
 HOG_PIDS=()

@@ -50,6 +50,7 @@ impl SerialExecutor {
             return f();
         }
         let start = Instant::now();
+        let cpu = crate::trace::thread_cpu();
         let r = f();
         self.tracer.record_span(Span {
             task: name,
@@ -58,6 +59,8 @@ impl SerialExecutor {
             times: (start, start, Instant::now()),
             ok: ok(&r),
             peak_rss: None,
+            cpu: Some(crate::trace::thread_cpu().saturating_sub(cpu)),
+            input: None,
         });
         r
     }

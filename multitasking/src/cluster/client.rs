@@ -552,6 +552,8 @@ fn trace(
         finished: tracer.since_epoch(now),
         ok,
         peak_rss: None,
+        cpu: None,
+        input: None,
     });
 }
 

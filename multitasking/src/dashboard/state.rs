@@ -112,6 +112,12 @@ pub(crate) struct SlowTask {
     pub(crate) run_ms: f64,
     /// How long it waited for a worker, ms.
     pub(crate) queue_ms: f64,
+    /// The CPU time it used, ms, when measured.
+    pub(crate) cpu_ms: Option<f64>,
+    /// Its peak resident set, bytes, when known.
+    pub(crate) peak_rss: Option<u64>,
+    /// A preview of its input, when known.
+    pub(crate) input: Option<String>,
     /// False if it failed.
     pub(crate) ok: bool,
 }
@@ -216,6 +222,9 @@ pub(crate) fn from_trace(state: &mut State, trace: &Trace) {
             worker: e.worker.clone(),
             run_ms: e.run_time().as_secs_f64() * 1e3,
             queue_ms: e.queue_wait().as_secs_f64() * 1e3,
+            cpu_ms: e.cpu.map(|c| c.as_secs_f64() * 1e3),
+            peak_rss: e.peak_rss,
+            input: e.input.clone(),
             ok: e.ok,
         })
         .collect();
@@ -248,6 +257,8 @@ mod tests {
             finished: Duration::from_millis(finished_ms),
             ok,
             peak_rss: Some(1 << 20),
+            cpu: Some(Duration::from_millis(finished_ms - started_ms)),
+            input: Some(format!("{started_ms}")),
         }
     }
 

@@ -691,6 +691,8 @@ fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
             times: (submitted, call.started, Instant::now()),
             ok,
             peak_rss: w.peak_rss(),
+            cpu: None,
+            input: None,
         });
     }
 }

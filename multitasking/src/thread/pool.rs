@@ -40,6 +40,8 @@ struct Job {
     task: &'static str,
     /// When it was submitted, when tracing.
     submitted: Option<Instant>,
+    /// A preview of its input, when tracing a named task.
+    input: Option<String>,
     /// Does it.
     run: Run,
 }
@@ -268,6 +270,7 @@ impl PoolShared {
         self: &Arc<Self>,
         task: &'static str,
         input: I,
+        preview: impl FnOnce(&I) -> Option<String>,
         job: impl FnOnce(I) -> Run,
     ) -> Result<(), SubmitError<I>> {
         let closed = self.closed.read().unwrap_or_else(|p| p.into_inner());
@@ -294,10 +297,12 @@ impl PoolShared {
             });
         }
         let submitted = self.tracer.is_enabled().then(Instant::now);
+        let input_preview = submitted.and_then(|_| preview(&input));
         // The receiver lives in `self`, so the send can't fail.
         let _ = self.tx.send(Msg::Run(Job {
             task,
             submitted,
+            input: input_preview,
             run: job(input),
         }));
         drop(closed);
@@ -327,7 +332,7 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
         if track {
             shared.idle.fetch_sub(1, Ordering::SeqCst);
         }
-        let Ok(Msg::Run(job)) = msg else { break };
+        let Ok(Msg::Run(mut job)) = msg else { break };
         let broken = shared
             .broken
             .lock()
@@ -336,10 +341,12 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
         // Relaxed: `busy` is a gauge for observers; it orders nothing.
         shared.busy.fetch_add(1, Ordering::Relaxed);
         let go = broken.map_or(Go::Run, Go::Broken);
-        let started = job.submitted.map(|_| Instant::now());
+        let started = job
+            .submitted
+            .map(|_| (Instant::now(), crate::trace::thread_cpu()));
         // Runs when the body returned, before the promise resolves.
         let mut done = |ok: bool| {
-            if let (Some(submitted), Some(started)) = (job.submitted, started) {
+            if let (Some(submitted), Some((started, cpu))) = (job.submitted, started) {
                 let me = name.get_or_insert_with(|| {
                     std::thread::current().name().unwrap_or("worker").into()
                 });
@@ -350,6 +357,8 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                     times: (submitted, started, Instant::now()),
                     ok,
                     peak_rss: None,
+                    cpu: Some(crate::trace::thread_cpu().saturating_sub(cpu)),
+                    input: job.input.take(),
                 });
             }
             if !shared.full() {
@@ -421,7 +430,7 @@ impl ThreadPool {
         input: I,
         job: impl FnOnce(I) -> Run,
     ) -> Result<(), SubmitError<I>> {
-        self.shared.send(task, input, job)
+        self.shared.send(task, input, |_| None, job)
     }
 
     /// Runs the closure `f` on a worker thread.
@@ -477,9 +486,12 @@ impl ThreadPool {
             ordered,
             Box::new(move |chunk: Vec<I::Item>| {
                 let f = f.clone();
-                self.chunk_job(name, chunk, move |items| {
-                    crate::panic::catch_each(name, items, |x| f(x))
-                })
+                self.chunk_job(
+                    name,
+                    chunk,
+                    |_| None,
+                    move |items| crate::panic::catch_each(name, items, |x| f(x)),
+                )
             }),
         )
     }
@@ -489,6 +501,7 @@ impl ThreadPool {
         &self,
         name: &'static str,
         chunk: Vec<X>,
+        preview: impl FnOnce(&Vec<X>) -> Option<String>,
         run: impl FnOnce(Vec<X>) -> crate::chunk::Chunk<O> + Send + 'static,
     ) -> Result<ChunkFuture<O>, SubmitError<Vec<X>>>
     where
@@ -496,7 +509,7 @@ impl ThreadPool {
         O: Send + 'static,
     {
         let (fut, promise) = TaskFuture::pending(name);
-        self.send(name, chunk, move |chunk| {
+        self.shared.send(name, chunk, preview, move |chunk| {
             Box::new(move |go, done| settle(promise, go, done, || Ok(run(chunk))))
         })?;
         Ok(fut)
@@ -526,7 +539,8 @@ impl Executor for ThreadPool {
         input: T::Input,
     ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
-        self.send(T::NAME, input, move |input| {
+        let preview = |input: &T::Input| Some(crate::trace::preview(input));
+        self.shared.send(T::NAME, input, preview, move |input| {
             Box::new(move |go, done| {
                 settle(promise, go, done, || {
                     crate::panic::catch(T::NAME, || task.run(input))
@@ -541,7 +555,14 @@ impl Executor for ThreadPool {
         task: T,
         inputs: Vec<T::Input>,
     ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>> {
-        self.chunk_job(T::NAME, inputs, move |items| run_chunk_here(task, items))
+        // A chunk of one (map's chunksize 1) shows its item, as a submit does.
+        let preview = |items: &Vec<T::Input>| match items.as_slice() {
+            [one] => Some(crate::trace::preview(one)),
+            many => Some(crate::trace::preview(many)),
+        };
+        self.chunk_job(T::NAME, inputs, preview, move |items| {
+            run_chunk_here(task, items)
+        })
     }
 
     fn shutdown(&self, how: Shutdown) {

@@ -102,38 +102,43 @@ impl<'scope> Scope<'scope> {
         let name = std::any::type_name::<F>();
         let (fut, promise) = TaskFuture::pending(name);
         let state = self.state.clone();
-        let sent = self.pool.send(name, f, |f| {
-            *state.lock_left() += 1;
-            let panics = state.clone();
-            let job: ScopedRun<'scope> = Box::new(move |go, done| {
-                settle(promise, go, done, || {
-                    let outcome = crate::panic::catch(name, f);
-                    if let Err(e) = &outcome {
-                        let mut first = panics.panic.lock().unwrap_or_else(|p| p.into_inner());
-                        first.get_or_insert_with(|| e.clone());
+        let sent = self.pool.send(
+            name,
+            f,
+            |_| None,
+            |f| {
+                *state.lock_left() += 1;
+                let panics = state.clone();
+                let job: ScopedRun<'scope> = Box::new(move |go, done| {
+                    settle(promise, go, done, || {
+                        let outcome = crate::panic::catch(name, f);
+                        if let Err(e) = &outcome {
+                            let mut first = panics.panic.lock().unwrap_or_else(|p| p.into_inner());
+                            first.get_or_insert_with(|| e.clone());
+                        }
+                        outcome
+                    })
+                });
+                // SAFETY: this only erases the `'scope` bound of the closure
+                // (same type, same layout). The closure never outlives
+                // `'scope`: its ticket is counted out above, given back only
+                // after the closure is dropped (`Guarded`'s field order), and
+                // `ThreadPool::scope` does not return or unwind before every
+                // ticket is back; `'scope` outlives that call, being a lifetime
+                // parameter of it.
+                let job: Run = unsafe { erase(job) };
+                let guarded = Guarded {
+                    job: Some(job),
+                    _ticket: Ticket(state),
+                };
+                Box::new(move |go, done| {
+                    let mut guarded = guarded;
+                    if let Some(job) = guarded.job.take() {
+                        job(go, done);
                     }
-                    outcome
                 })
-            });
-            // SAFETY: this only erases the `'scope` bound of the closure
-            // (same type, same layout). The closure never outlives
-            // `'scope`: its ticket is counted out above, given back only
-            // after the closure is dropped (`Guarded`'s field order), and
-            // `ThreadPool::scope` does not return or unwind before every
-            // ticket is back; `'scope` outlives that call, being a lifetime
-            // parameter of it.
-            let job: Run = unsafe { erase(job) };
-            let guarded = Guarded {
-                job: Some(job),
-                _ticket: Ticket(state),
-            };
-            Box::new(move |go, done| {
-                let mut guarded = guarded;
-                if let Some(job) = guarded.job.take() {
-                    job(go, done);
-                }
-            })
-        });
+            },
+        );
         match sent {
             Ok(()) => fut,
             Err(refused) => TaskFuture::ready(name, Err(refused.error)),

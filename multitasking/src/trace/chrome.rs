@@ -54,6 +54,8 @@ pub fn to_chrome_json(trace: &Trace) -> String {
                 "ok": e.ok,
                 "worker_pid": e.pid,
                 "peak_rss": e.peak_rss,
+                "cpu_us": e.cpu.map(|c| c.as_secs_f64() * 1e6),
+                "input": e.input,
             },
         }));
     }

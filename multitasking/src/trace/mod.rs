@@ -47,6 +47,12 @@ pub struct TaskEvent {
     pub ok: bool,
     /// The worker's peak resident set at the end, in bytes, when known.
     pub peak_rss: Option<u64>,
+    /// The CPU time the task used (its thread's CPU clock), when measured.
+    #[serde(default)]
+    pub cpu: Option<Duration>,
+    /// A short preview of the task's input (as JSON), when known.
+    #[serde(default)]
+    pub input: Option<String>,
 }
 
 impl TaskEvent {
@@ -88,6 +94,30 @@ pub(crate) struct Span {
     pub(crate) ok: bool,
     /// The worker's peak RSS, when known.
     pub(crate) peak_rss: Option<u64>,
+    /// The CPU time the task used, when measured.
+    pub(crate) cpu: Option<Duration>,
+    /// A preview of its input, when one was made.
+    pub(crate) input: Option<String>,
+}
+
+/// The longest input preview, in characters.
+const PREVIEW: usize = 60;
+
+/// A short preview of `value` as JSON, for traces: cut at [`PREVIEW`]
+/// characters with an ellipsis. Made only when a tracer records.
+pub(crate) fn preview<V: Serialize + ?Sized>(value: &V) -> String {
+    let mut s = serde_json::to_string(value).unwrap_or_else(|e| format!("<{e}>"));
+    if let Some((at, _)) = s.char_indices().nth(PREVIEW) {
+        s.truncate(at);
+        s.push('…');
+    }
+    s
+}
+
+/// The CPU time this thread has used so far.
+pub(crate) fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// A recorded event, whole or raw.
@@ -134,6 +164,8 @@ impl Collector {
                     finished: finished.saturating_duration_since(self.epoch),
                     ok: s.ok,
                     peak_rss: s.peak_rss,
+                    cpu: s.cpu,
+                    input: s.input.clone(),
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! The speedup report: what a run's trace says about its parallelism.
 //!
 //! From a [`Trace`] and the serial time of the same work: wall time, total
-//! busy (CPU) time, speedup (serial / parallel), parallel efficiency
+//! busy (run) time and the CPU time within it, speedup (serial / parallel), parallel efficiency
 //! (speedup / workers), utilisation (busy / (workers x wall)), queue-wait
 //! percentiles and peak RSS per worker. [`fit_amdahl`] fits the serial
 //! fraction of Amdahl's law to speedups measured at several worker counts.
@@ -27,6 +27,11 @@ pub struct Report {
     pub wall_s: f64,
     /// Sum of the tasks' run times, in seconds.
     pub busy_s: f64,
+    /// Sum of the CPU time the tasks used, in seconds, over the tasks whose
+    /// CPU time was measured; `None` if none was. Below `busy_s`, tasks
+    /// waited (on I/O, locks or a busy machine) while they ran.
+    #[serde(default)]
+    pub cpu_s: Option<f64>,
     /// The same work run serially, in seconds, when measured.
     pub serial_s: Option<f64>,
     /// serial / wall.
@@ -70,6 +75,10 @@ impl Report {
             workers,
             wall_s: wall,
             busy_s: busy,
+            cpu_s: {
+                let measured: Vec<Duration> = trace.events.iter().filter_map(|e| e.cpu).collect();
+                (!measured.is_empty()).then(|| measured.iter().sum::<Duration>().as_secs_f64())
+            },
             serial_s: serial.map(|s| s.as_secs_f64()),
             speedup,
             efficiency: speedup.map(|s| s / workers as f64),
@@ -96,7 +105,10 @@ impl Report {
         );
         row("workers", self.workers.to_string());
         row("wall time", format!("{:.3} s", self.wall_s));
-        row("busy (CPU) time", format!("{:.3} s", self.busy_s));
+        row("busy (run) time", format!("{:.3} s", self.busy_s));
+        if let Some(cpu) = self.cpu_s {
+            row("CPU time of the tasks", format!("{cpu:.3} s"));
+        }
         if let Some(serial) = self.serial_s {
             row("serial time", format!("{serial:.3} s"));
         }

@@ -24,6 +24,8 @@ fn event(worker: &str, s: u64, start: u64, end: u64, ok: bool) -> TaskEvent {
         finished: ms(end),
         ok,
         peak_rss: Some(1 << 20),
+        cpu: Some(ms(end - start)),
+        input: Some("[\"x\"]".into()),
     }
 }
 

@@ -49,6 +49,12 @@ fn a_thread_pool_traces_each_task_on_its_thread() {
     let trace = tracer.snapshot();
     check(&trace, 6, 2);
     assert!(trace.events.iter().all(|e| e.worker.starts_with("traced-")));
+    // Each task's own CPU time (a sleep uses next to none) and its input.
+    for e in &trace.events {
+        let cpu = e.cpu.expect("a thread task's CPU time");
+        assert!(cpu < e.run_time() / 2, "a 20 ms sleep used {cpu:?} of CPU");
+        assert_eq!(e.input.as_deref(), Some("20"));
+    }
     // Two workers, six 20 ms sleeps: about 60 ms of wall, 120 ms busy.
     let r = Report::from_trace(&trace, Some(Duration::from_millis(120)), 2);
     assert!(r.utilisation > 0.5, "{r:?}");

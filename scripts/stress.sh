@@ -55,7 +55,11 @@ while [ $(( $(date +%s) - start )) -lt "$BUDGET" ]; do
       failed=$((failed + 1))
       log="$LOGS/run-$rounds-$((i + 1)).log"
       echo "run $runs failed:" >&2
-      grep -E '^\s*(FAIL|TIMEOUT|SIGSEGV|SIGABRT|LEAK)' "$log" >&2 || tail -20 "$log" >&2
+      grep -E '^\s*(FAIL|TIMEOUT|SIGSEGV|SIGABRT|LEAK)' "$log" | sort -u >&2 || tail -20 "$log" >&2
+      # What each failing test said, and the whole log to read later.
+      grep -E -A2 "panicked at" "$log" | head -30 >&2 || true
+      mkdir -p target/stress-logs
+      cp "$log" "target/stress-logs/run-$runs.log"
     fi
   done
 done

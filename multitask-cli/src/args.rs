@@ -105,6 +105,10 @@ pub(crate) struct PrimesArgs {
     /// Show the pid of the worker process that tested each number.
     #[arg(long)]
     pub(crate) show_worker: bool,
+    /// Write a flamegraph of this process and its workers, merged by task,
+    /// to FILE, and a table of functions by time to FILE with .txt.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) profile: Option<PathBuf>,
     /// Rounds of a parallel and a serial run, for the medians and spread.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) repeat: u32,

@@ -10,6 +10,7 @@
 
 mod args;
 mod cmd;
+mod profiling;
 mod shell;
 mod tasks;
 mod term;

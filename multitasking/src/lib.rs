@@ -67,6 +67,8 @@
 //! - `stream` (default): [`AsCompleted::stream`], a `futures_core::Stream`.
 //! - `dashboard`: `multitasking::dashboard`, a live page in the browser for
 //!   a pool's tracer or a cluster queue (axum on tokio).
+//! - `profile`: `multitasking::profile`, a sampling profiler over this
+//!   process and its worker processes, merged by task (pprof).
 
 // Lets the macros' `::multitasking::` paths resolve inside this crate too.
 extern crate self as multitasking;
@@ -84,6 +86,8 @@ mod info;
 mod map;
 mod panic;
 mod process;
+#[cfg(feature = "profile")]
+pub mod profile;
 #[cfg(feature = "progress")]
 pub mod progress;
 mod remote;

@@ -180,16 +180,7 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
             ExecutorSpec::Redis(url) => url.clone(),
         })
         .collect();
-    let guard = match &args.profile {
-        Some(_) => Some(
-            pprof::ProfilerGuardBuilder::default()
-                .frequency(997)
-                .blocklist(&["libc", "libgcc", "pthread", "vdso"])
-                .build()
-                .context("starting the profiler")?,
-        ),
-        None => None,
-    };
+    let profiler = crate::profiling::start(args.profile.as_deref())?;
 
     // The dashboard follows whichever run is going on.
     let current = std::sync::Arc::new(std::sync::Mutex::new(Tracer::new()));
@@ -329,16 +320,14 @@ pub(crate) fn main(args: BenchArgs, quiet: bool) -> Result<ExitCode> {
             )?;
         }
     }
-    if let (Some(guard), Some(path)) = (guard, &args.profile) {
-        let report = guard.report().build().context("building the profile")?;
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        report.flamegraph(file).context("writing the flamegraph")?;
+    if let (Some(profiler), Some(path)) = (profiler, &args.profile) {
+        let table = crate::profiling::finish(profiler, path)?;
         if !args.json {
             writeln!(
                 out,
-                "wrote a flamegraph of this process to {}",
-                path.display()
+                "wrote a flamegraph of this process and its workers, by task, to {} and a table to {}",
+                path.display(),
+                table.display()
             )?;
         }
     }

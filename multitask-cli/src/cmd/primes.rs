@@ -46,6 +46,7 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
     } else {
         args.numbers
     };
+    let profiler = crate::profiling::start(args.profile.as_deref())?;
     let ex = super::executor(&args.executor)?;
     let progress = RefCell::new(Progress::new("primes", quiet));
     let tick = |done, total| progress.borrow_mut().tick(done, total);
@@ -91,6 +92,13 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
         serial.push(clock.elapsed());
     }
     let load = watch.stop();
+    let (spec, workers) = (ex.spec(), ex.max_workers());
+    // The workers write their last stacks as the pool closes.
+    drop(ex);
+    let profiled = match (profiler, &args.profile) {
+        (Some(p), Some(path)) => Some((path.clone(), crate::profiling::finish(p, path)?)),
+        _ => None,
+    };
     let baseline = matches!(args.executor, ExecutorSpec::Serial);
     let cmp = Comparison::new(serial, parallel, baseline);
     let warnings = load.warnings();
@@ -107,8 +115,8 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
             })
             .collect();
         let report = json!({
-            "executor": ex.spec(),
-            "workers": ex.max_workers(),
+            "executor": spec,
+            "workers": workers,
             "results": results,
             "serial_s": cmp.serial.median(),
             "parallel_s": cmp.parallel.median(),
@@ -123,15 +131,20 @@ pub(crate) fn main(args: PrimesArgs, quiet: bool) -> Result<ExitCode> {
         writeln!(out, "{report}")?;
     } else {
         writeln!(out, "serial    {}  this thread", cmp.serial.describe())?;
-        let workers = ex.max_workers();
         writeln!(
             out,
-            "parallel  {}  {}, {workers} worker{}",
+            "parallel  {}  {spec}, {workers} worker{}",
             cmp.parallel.describe(),
-            ex.spec(),
             if workers == 1 { "" } else { "s" }
         )?;
         writeln!(out, "speedup   {}", cmp.describe())?;
+    }
+    if let Some((svg, table)) = profiled {
+        crate::term::note(format!(
+            "wrote a flamegraph of this process and its workers, by task, to {} and a table to {}",
+            svg.display(),
+            table.display()
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

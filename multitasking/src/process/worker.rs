@@ -61,7 +61,12 @@ pub(crate) fn maybe_run() {
         );
         std::process::exit(70);
     }
+    // Sampled when a profiler asked; its last stacks are written on drop.
+    #[cfg(feature = "profile")]
+    let profile = crate::profile::in_worker();
     let code = serve();
+    #[cfg(feature = "profile")]
+    drop(profile);
     std::process::exit(code);
 }
 

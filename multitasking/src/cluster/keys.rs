@@ -8,6 +8,10 @@ use crate::error::Error;
 /// The consumer group every worker of a queue joins.
 pub(crate) const GROUP: &str = "workers";
 
+/// How long a client's result stream lives after its last write or
+/// renewal: a live client renews it, so only a dead client's expires.
+pub(crate) const RESULTS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The keys of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Keys {

@@ -147,6 +147,8 @@ struct ClientShared {
     /// How long the broker may be unreachable before pending calls fail,
     /// in ms.
     broker_timeout_ms: AtomicU64,
+    /// The time limit each task carries to its worker, in ms; 0 for none.
+    task_timeout_ms: AtomicU64,
     /// Set while the broker has been unreachable past the broker timeout:
     /// the error, so that new calls fail at once rather than wait again.
     gone: Mutex<Option<String>>,
@@ -232,6 +234,7 @@ impl ClusterPool {
             written: Condvar::new(),
             cancels: Mutex::new(Link::new(&broker, Duration::from_secs(5))),
             broker_timeout_ms: AtomicU64::new(DEFAULT_BROKER_TIMEOUT.as_millis() as u64),
+            task_timeout_ms: AtomicU64::new(0),
             gone: Mutex::new(None),
             closed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -280,6 +283,41 @@ impl ClusterPool {
             .broker_timeout_ms
             .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
         self
+    }
+
+    /// Gives every task submitted from now on a time limit, carried with it
+    /// to its worker: a task that runs longer (counted from when a worker
+    /// takes it) is killed there, and its future fails with
+    /// [`TaskError::TimedOut`]. A worker that runs tasks on threads can't
+    /// kill them: there the task runs on. Default: no limit.
+    pub fn with_task_timeout(self, timeout: Duration) -> Self {
+        self.shared
+            .task_timeout_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        self
+    }
+
+    /// Stops this pool's work at once, as
+    /// [`ProcessPool::terminate_workers`](crate::ProcessPool::terminate_workers)
+    /// does: calls no worker has claimed are cancelled, running ones are
+    /// killed on their workers and fail with [`TaskError::Terminated`], and
+    /// the pool is closed. A cluster's workers serve every client of the
+    /// queue: they kill this pool's tasks and go on serving the others.
+    pub fn terminate_workers(&self) {
+        self.shutdown(Shutdown {
+            wait: false,
+            cancel_futures: true,
+        });
+        let ids: Vec<String> = lock(&self.shared.pending).keys().cloned().collect();
+        for ids in ids.chunks(WRITE_BATCH) {
+            self.shared.request_stop(ids);
+        }
+    }
+
+    /// As [`ClusterPool::terminate_workers`]: a worker kills a task's
+    /// process with SIGKILL either way.
+    pub fn kill_workers(&self) {
+        self.terminate_workers();
     }
 
     /// The queue this pool submits to.
@@ -494,6 +532,57 @@ impl ClientShared {
     }
 }
 
+impl ClientShared {
+    /// Asks the workers holding calls `ids` to stop them (the queue's
+    /// terminate set, which workers holding tasks read every 100 ms): true
+    /// if the request for at least one is with the broker. A worker kills
+    /// the task in its local pool, and the call fails with
+    /// [`TaskError::Terminated`].
+    fn request_stop(&self, ids: &[String]) -> bool {
+        let entries: Vec<String> = {
+            let pending = lock(&self.pending);
+            ids.iter()
+                .filter_map(|id| match pending.get(id).map(|p| &p.place) {
+                    Some(Place::Queued { entry, .. }) => Some(entry.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        if entries.is_empty() {
+            return false;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let key = self.keys.terminate();
+        lock(&self.cancels)
+            .run(|con| {
+                let mut p = redis::pipe();
+                let zadd = p.cmd("ZADD").arg(&key);
+                for e in &entries {
+                    zadd.arg(now).arg(e);
+                }
+                zadd.ignore();
+                // Requests for tasks that ended before a worker saw them
+                // are dropped after an hour.
+                p.cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now.saturating_sub(STOP_REQUEST_TTL.as_millis() as u64))
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(STOP_REQUEST_TTL.as_secs())
+                    .ignore()
+                    .query::<()>(con)
+            })
+            .is_ok()
+    }
+}
+
+/// How long a stop request waits in the terminate set.
+const STOP_REQUEST_TTL: Duration = Duration::from_secs(3600);
+
 /// A cluster call's handle in its future: how `cancel` reaches the broker.
 struct Control {
     /// The client; weak, for the future must not keep the pool alive.
@@ -504,7 +593,9 @@ struct Control {
 
 impl Terminate for Control {
     fn terminate(&self) -> bool {
-        false
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.request_stop(std::slice::from_ref(&self.id)))
     }
 
     fn withdraw(&self) -> bool {
@@ -562,13 +653,16 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
             if let Some(why) = lock(&shared.gone).clone() {
                 break Err(why);
             }
+            let timeout_ms = shared.task_timeout_ms.load(Ordering::Relaxed);
             let r = link.run(|con| {
                 let mut p = redis::pipe();
                 for c in &batch {
-                    p.cmd("XADD")
-                        .arg(&tasks)
-                        .arg("*")
-                        .arg("id")
+                    let add = p.cmd("XADD");
+                    add.arg(&tasks).arg("*");
+                    if timeout_ms > 0 {
+                        add.arg("timeout_ms").arg(timeout_ms);
+                    }
+                    add.arg("id")
                         .arg(&c.id)
                         .arg("task")
                         .arg(c.task)
@@ -931,7 +1025,10 @@ fn trace(
 ) {
     let now = Instant::now();
     let (started, by) = match (&p.started, ran) {
-        (Some((at, by)), _) => (*at, by.clone()),
+        // Each estimate is the true start plus a message's delay on a busy
+        // machine: the earlier is the better one.
+        (Some((at, by)), Some((_, ran))) => ((*at).min(started_ago(ran, submitted)), by.clone()),
+        (Some((at, by)), None) => (*at, by.clone()),
         // No started notice (the task was quick): the result says where it
         // ran and for how long.
         (None, Some((by, ran))) => (started_ago(ran, submitted), by.clone()),

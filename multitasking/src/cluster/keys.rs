@@ -47,6 +47,12 @@ impl Keys {
         format!("mt:{{{}}}:worker:{consumer}", self.queue)
     }
 
+    /// Tasks their clients asked to stop (sorted set: task stream entry
+    /// ids, scored by when it was asked, in Unix ms).
+    pub(crate) fn terminate(&self) -> String {
+        format!("mt:{{{}}}:terminate", self.queue)
+    }
+
     /// The set of workers that have joined the queue.
     pub(crate) fn workers(&self) -> String {
         format!("mt:{{{}}}:workers", self.queue)
@@ -120,6 +126,7 @@ mod tests {
             k.dead(),
             k.heartbeat("w"),
             k.workers(),
+            k.terminate(),
         ] {
             assert!(key.contains("{q1}"), "{key}");
         }

@@ -4,18 +4,24 @@
 //!
 //! Three threads, each with its own connection:
 //! - **fetch** (the caller of [`Worker::run`]): `XREADGROUP ... COUNT free
-//!   BLOCK`, only as many tasks as there are free slots; each task is
-//!   checked (known name, same signature) and handed to the pool;
-//! - **complete**: for a batch of finished tasks, in one `MULTI/EXEC`,
-//!   XADD their results packed in one entry per client, then XACK and XDEL
-//!   the tasks, so a result is never acknowledged without being stored; and,
-//!   for a task that has run `NOTICE_DELAY` (2 ms), a "started" notice to
-//!   its client (a task that finishes sooner sends only its result);
+//!   BLOCK`, only as many tasks as there are free slots (after a failed
+//!   read, first the entries already delivered to it, whose reply may have
+//!   been lost); each task is checked (known name, same signature) and
+//!   handed to the pool;
+//! - **complete**: for a batch of finished tasks, one script per client
+//!   that XADDs their results packed in one entry, then XACKs and XDELs
+//!   the tasks, so a result is never acknowledged without being stored (a
+//!   client stream that refuses the write gets its tasks dead-lettered);
+//!   and, for a task that has run `NOTICE_DELAY` (2 ms), a "started"
+//!   notice to its client (a task that finishes sooner sends only its
+//!   result);
 //! - **maintain**: the heartbeat key (with a TTL), lease renewal of running
-//!   tasks (`XCLAIM ... JUSTID`), and the reclaim of tasks idle past the
-//!   visibility timeout in other consumers' hands (their worker died):
-//!   claimed and run again, or, past `max_deliveries`, dead-lettered with
-//!   the reason and failed for their client.
+//!   tasks (`XCLAIM ... JUSTID`), stopping tasks past their timeouts or
+//!   whose clients asked (the queue's terminate set), and the reclaim of
+//!   tasks idle past the visibility timeout in other consumers' hands
+//!   (their worker died): claimed and run again, or, past
+//!   `max_deliveries`, dead-lettered with the reason and failed for their
+//!   client.
 //!
 //! Stopping (the [`StopHandle`], or SIGINT/SIGTERM in `multitask worker`)
 //! drains: no new task is fetched, running ones finish and are written.
@@ -35,6 +41,7 @@ use crate::cluster::client::random;
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
 use crate::error::{Error, ExitCause, TaskError};
 use crate::executor::RawExecutor;
+use crate::future::TaskFuture;
 use crate::process::ProcessPool;
 use crate::sync::lock_std as lock;
 use crate::task;
@@ -194,7 +201,25 @@ struct Held {
     since: Instant,
     /// True once its client was told it started.
     announced: bool,
+    /// The local pool's future, to stop the task by; set once submitted.
+    run: Option<Arc<TaskFuture<Vec<u8>>>>,
+    /// The task's time limit, carried in its entry, counted from `since`.
+    timeout: Option<Duration>,
+    /// Why the worker is stopping it, once it is: its outcome says so.
+    stopping: Option<Stop>,
 }
+
+/// Why a worker stops a task it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Its client asked (`TaskFuture::terminate`, `terminate_workers`).
+    Terminated,
+    /// It ran past its `task_timeout`.
+    TimedOut,
+}
+
+/// How often a worker holding tasks looks for stop requests.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// How long a task runs before its client is told it started. A task that
 /// finishes sooner (most small ones) sends its result alone: a third fewer
@@ -332,6 +357,10 @@ impl Worker {
         };
         let block = Duration::from_millis(500);
         let mut link = Link::new(&core.broker, block + Duration::from_secs(2));
+        // Set after a failed read: entries Redis delivered to this consumer
+        // whose reply was lost with the connection sit in its pending list,
+        // and are read again from there (id 0) before new ones.
+        let mut recover = false;
         while !core.stop.is_stopped() {
             let free = {
                 let held = lock(&core.inflight);
@@ -342,22 +371,29 @@ impl Worker {
                 core.concurrency - held.len()
             };
             let reply = link.run(|con| {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&core.consumer)
-                    .arg("COUNT")
-                    .arg(free)
-                    .arg("BLOCK")
-                    .arg(block.as_millis() as u64)
-                    .arg("STREAMS")
+                let mut c = redis::cmd("XREADGROUP");
+                c.arg("GROUP").arg(GROUP).arg(&core.consumer).arg("COUNT");
+                if recover {
+                    // Held tasks are in the pending list too.
+                    c.arg(core.concurrency + free);
+                } else {
+                    c.arg(free).arg("BLOCK").arg(block.as_millis() as u64);
+                }
+                c.arg("STREAMS")
                     .arg(core.keys.tasks())
-                    .arg(">")
+                    .arg(if recover { "0" } else { ">" })
                     .query::<redis::Value>(con)
             });
             match reply {
                 Ok(v) => {
-                    let fetched = stream_reply(&v);
+                    let mut fetched = stream_reply(&v);
+                    if recover {
+                        let held = lock(&core.inflight);
+                        fetched.retain(|e| !held.contains_key(&e.id));
+                        drop(held);
+                        recover = fetched.len() > free;
+                        fetched.truncate(free);
+                    }
                     if !fetched.is_empty() {
                         for e in fetched {
                             start(&core, &mut link, e, &tx);
@@ -370,7 +406,7 @@ impl Worker {
                     let keys = core.keys.clone();
                     let _ = link.run(|con| ensure_group(con, &keys));
                 }
-                Err(_) => {}
+                Err(_) => recover = true,
             }
         }
         // Drain: running tasks finish and are written.
@@ -439,6 +475,13 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
         lease: lease.clone(),
         since: Instant::now(),
         announced: false,
+        run: None,
+        timeout: e
+            .text("timeout_ms")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis),
+        stopping: None,
     };
     lock(&core.inflight).insert(e.id.clone(), held);
     let entry_id = e.id.clone();
@@ -452,6 +495,10 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
                     outcome: r.clone(),
                 }));
             });
+            // Gone already if the task finished and was written meanwhile.
+            if let Some(h) = lock(&core.inflight).get_mut(&e.id) {
+                h.run = Some(Arc::new(fut));
+            }
         }
         Err(refused) => {
             let _ = tx.send(Note::Done(Done {
@@ -646,9 +693,13 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         // and note how long each was held.
         if !batch.is_empty() {
             let mut held = lock(&core.inflight);
-            for done in batch {
+            for mut done in batch {
                 let ran = held.get_mut(&done.entry).map_or(Duration::ZERO, |h| {
                     h.announced = true;
+                    if let Some(why) = h.stopping {
+                        done.outcome =
+                            stopped(why, &done.lease.task, h.timeout, done.outcome.clone());
+                    }
                     h.since.elapsed()
                 });
                 unwritten.push((done, ran));
@@ -742,6 +793,102 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     }
 }
 
+/// The outcome of a task the worker stopped for `why`: a kill or a cancel
+/// in the local pool becomes what the client asked for or the timeout; an
+/// outcome that came first (the task finished anyway) stands.
+fn stopped(
+    why: Stop,
+    task: &str,
+    timeout: Option<Duration>,
+    outcome: Result<Vec<u8>, TaskError>,
+) -> Result<Vec<u8>, TaskError> {
+    let pid = match &outcome {
+        Err(TaskError::Terminated { pid, .. }) => Some(*pid),
+        // Still queued in the local pool: it never started.
+        Err(TaskError::Cancelled { .. }) => None,
+        _ => return outcome,
+    };
+    let task = task.to_string();
+    Err(match why {
+        Stop::Terminated => TaskError::Terminated {
+            task,
+            pid: pid.unwrap_or(0),
+        },
+        Stop::TimedOut => TaskError::TimedOut {
+            task,
+            after: timeout.unwrap_or_default(),
+            pid,
+        },
+    })
+}
+
+/// Stops the held tasks `pick` chooses, marking why first (their
+/// outcomes may come back at once): killed in the local pool if running
+/// there, cancelled if still queued. A task that can't be stopped (a
+/// thread pool's) is unmarked and runs on.
+fn stop_where(core: &Core, why: Stop, pick: impl Fn(&str, &Held) -> bool) -> Vec<String> {
+    let chosen: Vec<(String, Arc<TaskFuture<Vec<u8>>>)> = {
+        let mut held = lock(&core.inflight);
+        held.iter_mut()
+            .filter(|(entry, h)| h.stopping.is_none() && pick(entry, h))
+            .filter_map(|(entry, h)| {
+                let run = h.run.clone()?;
+                h.stopping = Some(why);
+                Some((entry.clone(), run))
+            })
+            .collect()
+    };
+    let mut stopped = Vec::new();
+    for (entry, run) in chosen {
+        if run.terminate() || run.cancel() {
+            stopped.push(entry);
+        } else if let Some(h) = lock(&core.inflight).get_mut(&entry) {
+            h.stopping = None;
+        }
+    }
+    stopped
+}
+
+/// Stops the held tasks past their timeouts, and those whose clients
+/// asked (the queue's terminate set, read when `ask` is due).
+fn stop_tasks(core: &Core, link: &mut Link, ask: bool) {
+    stop_where(core, Stop::TimedOut, |_, h| {
+        h.timeout.is_some_and(|t| h.since.elapsed() >= t)
+    });
+    if !ask {
+        return;
+    }
+    let ids: Vec<String> = lock(&core.inflight).keys().cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(scores) = link.run(|con| {
+        redis::cmd("ZMSCORE")
+            .arg(core.keys.terminate())
+            .arg(&ids)
+            .query::<Vec<Option<f64>>>(con)
+    }) else {
+        return;
+    };
+    let asked: Vec<String> = ids
+        .into_iter()
+        .zip(scores)
+        .filter_map(|(id, s)| s.map(|_| id))
+        .collect();
+    if asked.is_empty() {
+        return;
+    }
+    stop_where(core, Stop::Terminated, |entry, _| {
+        asked.iter().any(|a| a == entry)
+    });
+    let _ = link.run(|con| {
+        redis::cmd("ZREM")
+            .arg(core.keys.terminate())
+            .arg(&asked)
+            .query::<i64>(con)
+    });
+}
+
 /// The positions in `unwritten` of each client's results, by reply stream,
 /// in order.
 fn by_client(unwritten: &[Finished]) -> Vec<(String, Vec<usize>)> {
@@ -832,7 +979,15 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
     let reclaim_every = (core.visibility / 2).max(Duration::from_millis(200));
     let (mut beat, mut renew, mut reclaim) =
         (Instant::now() - beat_every, Instant::now(), Instant::now());
+    let mut asked = Instant::now();
     while !core.stop.is_stopped() || !lock(&core.inflight).is_empty() {
+        if !lock(&core.inflight).is_empty() {
+            let ask = asked.elapsed() >= STOP_POLL;
+            stop_tasks(core, &mut link, ask);
+            if ask {
+                asked = Instant::now();
+            }
+        }
         if beat.elapsed() >= beat_every {
             heartbeat(core, &mut link);
             beat = Instant::now();

@@ -949,3 +949,79 @@ fn result_streams_expire_unless_renewed() {
         keys[0]
     );
 }
+
+#[test]
+fn terminate_kills_a_running_cluster_task_on_its_worker() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("terminate"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let f = pool.submit(sleep_ms, 20_000).unwrap();
+    wait_for("the task never started", || f.running());
+    let t = Instant::now();
+    assert!(f.terminate(), "terminate reaches the worker");
+    let r = f
+        .result_timeout(Duration::from_secs(10))
+        .expect("a terminated task went on running");
+    assert!(
+        matches!(r, Err(TaskError::Terminated { pid, .. }) if pid > 0),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(
+        get(&pool.submit(double, 2).unwrap()),
+        Ok(4),
+        "the worker goes on"
+    );
+}
+
+#[test]
+fn task_timeout_kills_a_cluster_task() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("timeout"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let limit = Duration::from_millis(300);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_task_timeout(limit);
+    let t = Instant::now();
+    let f = pool.submit(sleep_ms, 20_000).unwrap();
+    let r = f
+        .result_timeout(Duration::from_secs(10))
+        .expect("a task past its timeout went on running");
+    assert!(
+        matches!(r, Err(TaskError::TimedOut { after, pid: Some(_), .. }) if after == limit),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(get(&pool.submit(sleep_ms, 10).unwrap()), Ok(10));
+}
+
+#[test]
+fn terminate_workers_stops_the_pools_work_at_once() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("stopall"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let futs: Vec<_> = (0..8)
+        .map(|_| pool.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    wait_for("no task started", || {
+        futs.iter().filter(|f| f.running()).count() == 2
+    });
+    let t = Instant::now();
+    pool.terminate_workers();
+    let outcomes = all_resolve(&futs, Duration::from_secs(10));
+    let terminated = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(TaskError::Terminated { .. })))
+        .count();
+    let cancelled = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(TaskError::Cancelled { .. })))
+        .count();
+    assert_eq!((terminated, cancelled), (2, 6), "{outcomes:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let refused = pool.submit(double, 1).expect_err("the pool is closed");
+    assert!(matches!(refused.error, TaskError::Shutdown { .. }));
+}

@@ -659,6 +659,11 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let mut failing: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
     let mut disconnected = false;
+    // The complete script runs by its hash (EVALSHA): loaded once per
+    // connection rather than sent with every batch.
+    let script = redis::Script::new(COMPLETE_LUA);
+    let sha = script.get_hash().to_string();
+    let mut loaded = false;
     loop {
         let retry_at = (!unwritten.is_empty()).then(|| Instant::now() + backoff);
         let wake = match (next_notice, retry_at) {
@@ -711,6 +716,9 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
             continue;
         }
         let groups = by_client(&unwritten);
+        if !loaded && !groups.is_empty() {
+            loaded = link.run(|con| script.load(con)).is_ok();
+        }
         let r = link.run(|con| {
             let mut p = redis::pipe();
             // A notice is advice: one that fails (a bad reply key) is
@@ -718,13 +726,15 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
             p.ignore_errors();
             add_notices(&mut p, core, &host, &notices);
             for (reply, members) in &groups {
-                add_results(&mut p, core, &host, reply, members, &unwritten);
+                add_results(&mut p, core, &host, &sha, (reply, members), &unwritten);
             }
             p.query::<Vec<redis::RedisResult<redis::Value>>>(con)
         });
         let mut finished: Vec<usize> = Vec::new();
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut retry = r.is_err();
+        // A new connection may be to a restarted Redis, without scripts.
+        loaded &= !retry;
         if let Ok(replies) = r {
             for ((reply, members), r) in groups.iter().zip(replies) {
                 match r {
@@ -732,6 +742,10 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
                     // Written, but the broker restarted and lost the
                     // group and the tasks with it: nothing to ack.
                     Err(e) if e.to_string().contains("NOGROUP") => finished.extend(members),
+                    Err(e) if e.to_string().contains("NOSCRIPT") => {
+                        loaded = false;
+                        retry = true;
+                    }
                     Err(e) if is_permanent(&e) => refused.extend(members.iter().map(|&i| {
                         (
                             i,
@@ -906,8 +920,9 @@ fn by_client(unwritten: &[Finished]) -> Vec<(String, Vec<usize>)> {
 /// Most payload bytes packed in one result entry.
 const PACK_BYTES: usize = 8 << 20;
 
-/// Adds to `p` the [`COMPLETE_LUA`] call that writes the results of
-/// `members` (positions in `unwritten`) to the client stream `reply`,
+/// Adds to `p` the [`COMPLETE_LUA`] call (by its hash, `sha`) that writes
+/// the results of `members` (positions in `unwritten`) to the client
+/// stream `reply`,
 /// packed (one entry per PACK_BYTES of payload, with where the tasks ran
 /// and for how long, for traces), then acknowledges and deletes their
 /// tasks.
@@ -915,8 +930,8 @@ fn add_results(
     p: &mut redis::Pipeline,
     core: &Core,
     host: &str,
-    reply: &str,
-    members: &[usize],
+    sha: &str,
+    (reply, members): (&str, &[usize]),
     unwritten: &[Finished],
 ) {
     let results: Vec<ToPack<'_>> = members
@@ -952,8 +967,8 @@ fn add_results(
         from = to;
     }
     let cmd = p
-        .cmd("EVAL")
-        .arg(COMPLETE_LUA)
+        .cmd("EVALSHA")
+        .arg(sha)
         .arg(2)
         .arg(core.keys.tasks())
         .arg(reply)

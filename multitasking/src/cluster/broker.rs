@@ -338,6 +338,23 @@ pub(crate) fn unpack_results(e: &Entry) -> Result<Vec<Unpacked>, String> {
 }
 
 #[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn refusals_no_retry_cures_are_permanent() {
+        let e = |kind| RedisError::from((kind, "x"));
+        assert!(is_permanent(&e(ErrorKind::AuthenticationFailed)));
+        assert!(is_permanent(&e(ErrorKind::Server(ServerErrorKind::NoPerm))));
+        assert!(!is_permanent(&e(ErrorKind::Io)));
+        assert!(!is_permanent(&e(ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+        ))));
+    }
+}
+
+#[cfg(test)]
 mod packing_tests {
     use super::*;
     use crate::error::TaskError;

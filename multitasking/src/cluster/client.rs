@@ -1137,3 +1137,17 @@ impl Drop for ClusterPool {
         self.shutdown(Shutdown::default());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(id_at_most("9-0", "10-0"));
+        assert!(id_at_most("10-2", "10-10"));
+        assert!(!id_at_most("10-10", "10-2"));
+        assert!(id_at_most("5-5", "5-5"));
+        assert!(!id_at_most("1700000000001-0", "1700000000000-99"));
+    }
+}

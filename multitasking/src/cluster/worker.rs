@@ -1134,3 +1134,42 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
         let _ = tx.send(Note::Held);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_task_says_why() {
+        let after = Duration::from_millis(300);
+        let killed = Err(TaskError::Terminated {
+            task: "t".to_string(),
+            pid: 7,
+        });
+        assert_eq!(
+            stopped(Stop::TimedOut, "t", Some(after), killed.clone()),
+            Err(TaskError::TimedOut {
+                task: "t".to_string(),
+                after,
+                pid: Some(7),
+            })
+        );
+        assert_eq!(stopped(Stop::Terminated, "t", None, killed.clone()), killed);
+        // Still queued in the local pool when stopped: it never ran.
+        let cancelled = Err(TaskError::Cancelled {
+            task: "t".to_string(),
+        });
+        assert_eq!(
+            stopped(Stop::Terminated, "t", None, cancelled),
+            Err(TaskError::Terminated {
+                task: "t".to_string(),
+                pid: 0,
+            })
+        );
+        // It finished first: its outcome stands.
+        assert_eq!(
+            stopped(Stop::TimedOut, "t", Some(after), Ok(vec![1])),
+            Ok(vec![1])
+        );
+    }
+}

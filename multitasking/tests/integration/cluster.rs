@@ -1025,3 +1025,43 @@ fn terminate_workers_stops_the_pools_work_at_once() {
     let refused = pool.submit(double, 1).expect_err("the pool is closed");
     assert!(matches!(refused.error, TaskError::Shutdown { .. }));
 }
+
+#[test]
+fn a_password_changed_mid_run_fails_calls_at_once() {
+    let Some(redis) = OwnRedis::start(&["--requirepass", "first-secret"]) else {
+        return;
+    };
+    let url = format!(
+        "redis://:first-secret@127.0.0.1:{}/0?queue={}",
+        redis.port,
+        fresh_queue("auth")
+    );
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let admin =
+        redis::Client::open(format!("redis://:first-secret@127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut con = admin
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "second-secret"][..])
+        .query(&mut con)
+        .unwrap();
+    // Every connection logs in again, with the old password.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"][..])
+        .query(&mut con)
+        .unwrap();
+    let t = Instant::now();
+    let f = pool.submit(double, 1).unwrap();
+    let r = f
+        .result_timeout(Duration::from_secs(10))
+        .expect("a call with a refused password hung");
+    match r {
+        Err(TaskError::Broker { message, .. }) => {
+            assert!(message.contains("authentication failed"), "{message}");
+            assert!(!message.contains("first-secret"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}

@@ -67,6 +67,23 @@
 //! seconds of the broker's return; a broker unreachable for the broker
 //! timeout (30 s by default) fails every pending call; `NOPERM`,
 //! `WRONGTYPE` and a refused password fail the calls they concern at once.
+//!
+//! ## Permissions
+//!
+//! What a client and a worker need, as Redis ACL rules (Redis 7; the
+//! scripts' own commands are checked too). A refusal (`NOPERM`) fails the
+//! calls it concerns at once, naming the command.
+//!
+//! ```text
+//!   client: ~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del
+//!           +evalsha +script|load +xpending +xrange +xrevrange +zadd
+//!           +zremrangebyscore
+//!   worker: ~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack
+//!           +xdel +xadd +xclaim +xpending +xrange +expire +evalsha
+//!           +script|load +zmscore +zrem +set +del +sadd +srem
+//! ```
+//!
+//! `multitask status` reads with `+smembers +get +xlen +xpending`.
 
 mod broker;
 mod client;

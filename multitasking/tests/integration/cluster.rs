@@ -1065,3 +1065,56 @@ fn a_password_changed_mid_run_fails_calls_at_once() {
     }
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 }
+
+#[test]
+fn the_documented_acl_rules_are_enough() {
+    let Some(redis) = OwnRedis::start(&[]) else {
+        return;
+    };
+    let admin = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut con = admin
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    // As in cluster/mod.rs, "Permissions".
+    let client_rules = "~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del \
+        +evalsha +script|load +xpending +xrange +xrevrange +zadd +zremrangebyscore";
+    let worker_rules = "~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack \
+        +xdel +xadd +xclaim +xpending +xrange +expire +evalsha +script|load +zmscore +zrem \
+        +set +del +sadd +srem";
+    for (user, rules) in [("app", client_rules), ("runner", worker_rules)] {
+        let mut args = vec!["SETUSER", user, "on", ">pw"];
+        args.extend(rules.split_whitespace());
+        let _: () = redis::cmd("ACL").arg(&args[..]).query(&mut con).unwrap();
+    }
+    let queue = fresh_queue("acl");
+    let at = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}/0?queue={queue}", redis.port);
+    let worker = InProcessWorker::start(&at("runner"), 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&at("app"), 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 21).unwrap()), Ok(42));
+    let out: Vec<_> = pool.map(double, 0..100u64).collect();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    // Cancel, terminate: the scripts and the terminate set.
+    let busy: Vec<_> = (0..2)
+        .map(|_| pool.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    wait_for("the busy tasks never started", || {
+        busy.iter().all(TaskFuture::running)
+    });
+    let queued = pool.submit(double, 1).unwrap();
+    // Written by now, most likely: the cancel then runs the withdraw script.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(queued.cancel(), "a queued task cancels");
+    for f in &busy {
+        assert!(f.terminate());
+        let r = f
+            .result_timeout(Duration::from_secs(10))
+            .expect("terminate hung");
+        assert!(matches!(r, Err(TaskError::Terminated { .. })), "{r:?}");
+    }
+    assert_eq!(get(&pool.submit(double, 2).unwrap()), Ok(4));
+    drop(pool);
+    drop(worker);
+    // Nothing either side did was refused, not even what they ignore.
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query(&mut con).unwrap();
+    assert!(denied.is_empty(), "{denied:?}");
+}

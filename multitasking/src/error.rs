@@ -188,6 +188,16 @@ pub enum TaskError {
         /// The task's name.
         task: String,
     },
+    /// The broker no longer has the task: it is in no stream, no worker
+    /// holds it and no result came (a Redis restarted without persistence
+    /// lost it, or it was dead-lettered without a reply). It may have run.
+    #[error("task {task} was lost by the broker: {reason}")]
+    Lost {
+        /// The task's name.
+        task: String,
+        /// What the client found.
+        reason: String,
+    },
 }
 
 fn at(location: &Option<String>) -> String {
@@ -227,7 +237,8 @@ impl TaskError {
             | TaskError::Codec { task, .. }
             | TaskError::TooLarge { task, .. }
             | TaskError::Broker { task, .. }
-            | TaskError::ResultTaken { task } => task,
+            | TaskError::ResultTaken { task }
+            | TaskError::Lost { task, .. } => task,
         }
     }
 
@@ -258,6 +269,7 @@ impl TaskError {
             TaskError::TooLarge { .. } => "too_large",
             TaskError::Broker { .. } => "broker",
             TaskError::ResultTaken { .. } => "result_taken",
+            TaskError::Lost { .. } => "lost",
         }
     }
 

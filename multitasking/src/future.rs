@@ -41,6 +41,15 @@ pub trait Terminate: Send + Sync {
     /// thread to hand it over, which on a busy machine costs a context
     /// switch each way. Default: nothing.
     fn progress(&self) {}
+
+    /// Takes back a task that has not started, before its future is
+    /// cancelled: false if a worker may already have it, and then the
+    /// cancel fails. A cluster asks its broker here, where the worker's
+    /// claim and the cancel race and exactly one wins. Default: true (a
+    /// local pool checks for the cancel when it starts the task).
+    fn withdraw(&self) -> bool {
+        true
+    }
 }
 
 /// Where a task is in its life.
@@ -300,9 +309,23 @@ impl<T> TaskFuture<T> {
     /// not stopped; see [`TaskFuture::terminate`]. A cancelled future is
     /// done at once: `wait` and `as_completed` see it immediately.
     pub fn cancel(&self) -> bool {
+        let control = {
+            let inner = lock(&self.shared.inner);
+            match inner.state {
+                State::Pending => inner.control.clone(),
+                State::Cancelled => return true,
+                _ => return false,
+            }
+        };
+        // Asked outside the lock: a remote executor's answer takes a round
+        // trip, and it may resolve this future itself. A local pool's
+        // answer is always yes: its start checks for the cancel.
+        if control.is_some_and(|c| !c.withdraw()) {
+            return self.cancelled();
+        }
         // One step under the lock: either the task is still pending and is
         // now cancelled (a later `set_running` fails, so the body never
-        // runs), or it started and the cancel fails.
+        // runs), or it started meanwhile and the cancel fails.
         self.shared.finish(FromState::Pending, State::Cancelled) || self.cancelled()
     }
 

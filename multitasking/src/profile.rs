@@ -56,7 +56,9 @@ pub struct Profiler {
 
 impl std::fmt::Debug for Profiler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Profiler").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Profiler")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +85,8 @@ impl Profiler {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         ));
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating the profile directory", e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io("creating the profile directory", e))?;
         let guard = sampler(hz)?;
         // SAFETY-free but global: inherited by the workers started later.
         std::env::set_var(ENV_DIR, &dir);
@@ -105,7 +108,8 @@ impl Profiler {
         let mut profile = Profile::default();
         profile.add_lines(&collapse(&report, std::process::id()));
         profile.processes = 1;
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io("reading the profile directory", e))?;
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| Error::io("reading the profile directory", e))?;
         for entry in entries.flatten() {
             if let Ok(text) = std::fs::read_to_string(entry.path()) {
                 profile.add_lines(&text);
@@ -177,7 +181,10 @@ pub(crate) struct WorkerProfile {
 /// Starts sampling this worker if a profiler asked for it.
 pub(crate) fn in_worker() -> Option<WorkerProfile> {
     let dir = PathBuf::from(std::env::var_os(ENV_DIR)?);
-    let hz = std::env::var(ENV_HZ).ok().and_then(|h| h.parse().ok()).unwrap_or(Profiler::DEFAULT_HZ);
+    let hz = std::env::var(ENV_HZ)
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .unwrap_or(Profiler::DEFAULT_HZ);
     // A task's own child processes are not profiled.
     std::env::remove_var(ENV_DIR);
     std::env::remove_var(ENV_HZ);
@@ -286,9 +293,17 @@ impl Profile {
     /// The merged flamegraph (SVG): rooted at the tasks, then a frame per
     /// process that ran them.
     pub fn flamegraph(&self, w: impl std::io::Write) -> Result<(), Error> {
-        let lines: Vec<String> = self.stacks.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        let lines: Vec<String> = self
+            .stacks
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
         let mut opts = inferno::flamegraph::Options::default();
-        opts.title = format!("multitask: {} samples from {} processes, by task", self.samples(), self.processes);
+        opts.title = format!(
+            "multitask: {} samples from {} processes, by task",
+            self.samples(),
+            self.processes
+        );
         if lines.is_empty() {
             return Err(Error::Config("the profile has no samples".to_string()));
         }
@@ -355,7 +370,11 @@ impl Profile {
             self.processes
         );
         for (task, n) in self.tasks() {
-            let _ = writeln!(s, "\n{task}: {n} samples ({:.1}%)", n as f64 * 100.0 / total);
+            let _ = writeln!(
+                s,
+                "\n{task}: {n} samples ({:.1}%)",
+                n as f64 * 100.0 / total
+            );
             let _ = writeln!(s, "  {:>7} {:>7}  function", "self%", "cum%");
             for r in rows.iter().filter(|r| r.task == task) {
                 let _ = writeln!(

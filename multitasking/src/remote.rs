@@ -19,8 +19,9 @@ pub(crate) trait Deliver: Send {
     /// Moves the future to running (again, for a retry) and gives it a way
     /// to stop the worker; false if it was cancelled.
     fn start(&mut self, control: Option<Arc<dyn Terminate>>) -> bool;
-    /// True if the caller cancelled the future.
-    fn is_cancelled(&self) -> bool;
+    /// Gives the future, still pending, its executor's handle: a cluster's
+    /// withdraws the task from the broker when the caller cancels.
+    fn set_control(&self, control: Arc<dyn Terminate>);
     /// True once `start` succeeded.
     fn is_started(&self) -> bool;
     /// Decodes the reply and resolves the future.
@@ -57,8 +58,8 @@ where
         true
     }
 
-    fn is_cancelled(&self) -> bool {
-        self.promise.is_cancelled()
+    fn set_control(&self, control: Arc<dyn Terminate>) {
+        self.promise.set_terminate(control);
     }
 
     fn is_started(&self) -> bool {

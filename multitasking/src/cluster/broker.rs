@@ -50,14 +50,15 @@ impl Broker {
 
     /// A new connection whose reads time out after `read_timeout`.
     pub(crate) fn connect(&self, read_timeout: Duration) -> Result<redis::Connection, Error> {
-        let con = self
-            .client
-            .get_connection_with_timeout(CONNECT_TIMEOUT)
-            .map_err(|e| self.error(&e))?;
-        con.set_read_timeout(Some(read_timeout))
-            .map_err(|e| self.error(&e))?;
-        con.set_write_timeout(Some(read_timeout))
-            .map_err(|e| self.error(&e))?;
+        self.open_connection(read_timeout)
+            .map_err(|e| self.error(&e))
+    }
+
+    /// As [`Broker::connect`], keeping the redis crate's error.
+    fn open_connection(&self, read_timeout: Duration) -> redis::RedisResult<redis::Connection> {
+        let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
+        con.set_read_timeout(Some(read_timeout))?;
+        con.set_write_timeout(Some(read_timeout))?;
         Ok(con)
     }
 
@@ -70,6 +71,46 @@ impl Broker {
         };
         Error::Broker(format!("{}: {what}", self.shown))
     }
+}
+
+/// A failed broker call: the error, and whether trying again can help.
+#[derive(Debug)]
+pub(crate) struct Fault {
+    /// What failed, naming the broker (never its password).
+    pub(crate) error: Error,
+    /// True for a refusal no retry cures: a missing permission (`NOPERM`),
+    /// a key of the wrong type (`WRONGTYPE`), a refused password. False
+    /// for a broker that is away, restarting or busy.
+    pub(crate) permanent: bool,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl From<Fault> for Error {
+    fn from(f: Fault) -> Error {
+        f.error
+    }
+}
+
+/// Error codes that mean the same call will fail again, however often it
+/// is retried.
+const PERMANENT: [&str; 4] = ["NOPERM", "WRONGTYPE", "WRONGPASS", "NOAUTH"];
+
+/// True if `e` is a refusal that no retry cures (see [`Fault::permanent`]).
+pub(crate) fn is_permanent(e: &redis::RedisError) -> bool {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        return PERMANENT.contains(&code);
+    }
+    // Errors nested in a pipeline or a script reply carry the code in text.
+    let text = e.to_string();
+    PERMANENT.iter().any(|c| text.contains(c))
 }
 
 /// A connection that is opened again after a failure.
@@ -109,9 +150,9 @@ impl Link {
     pub(crate) fn run<T>(
         &mut self,
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
-    ) -> Result<T, Error> {
+    ) -> Result<T, Fault> {
         if self.con.is_none() {
-            match self.broker.connect(self.read_timeout) {
+            match self.broker.open_connection(self.read_timeout) {
                 Ok(c) => {
                     self.con = Some(c);
                     self.backoff = Duration::from_millis(50);
@@ -119,7 +160,10 @@ impl Link {
                 Err(e) => {
                     std::thread::sleep(self.backoff);
                     self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
-                    return Err(e);
+                    return Err(Fault {
+                        permanent: is_permanent(&e),
+                        error: self.broker.error(&e),
+                    });
                 }
             }
         }
@@ -130,7 +174,10 @@ impl Link {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() {
                     self.con = None;
                 }
-                Err(self.broker.error(&e))
+                Err(Fault {
+                    permanent: is_permanent(&e),
+                    error: self.broker.error(&e),
+                })
             }
         }
     }
@@ -288,6 +335,23 @@ pub(crate) fn unpack_results(e: &Entry) -> Result<Vec<Unpacked>, String> {
         out.push((head, outcome));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod fault_tests {
+    use super::*;
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    #[test]
+    fn refusals_no_retry_cures_are_permanent() {
+        let e = |kind| RedisError::from((kind, "x"));
+        assert!(is_permanent(&e(ErrorKind::AuthenticationFailed)));
+        assert!(is_permanent(&e(ErrorKind::Server(ServerErrorKind::NoPerm))));
+        assert!(!is_permanent(&e(ErrorKind::Io)));
+        assert!(!is_permanent(&e(ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+        ))));
+    }
 }
 
 #[cfg(test)]

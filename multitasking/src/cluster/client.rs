@@ -2,26 +2,37 @@
 //!
 //! `submit` encodes the batch, registers the call as pending, and queues
 //! it for a writer thread, which XADDs every queued call to the task
-//! stream in one pipelined round trip (and waits out a broker restart). A reader thread with its own connection
-//! blocks on the client's result stream and resolves futures as results
-//! arrive, dropping any result whose call is no longer pending (a task that
-//! ran twice after its worker died: at-least-once delivery, exactly-once
-//! completion as the client sees it). Futures the caller cancels are swept:
-//! a Lua script deletes the task from the stream if no worker has it yet.
-
+//! stream in one pipelined round trip. A reader thread with its own
+//! connection blocks on the client's result stream and resolves futures as
+//! results arrive, dropping any result whose call is no longer pending (a
+//! task that ran twice after its worker died: at-least-once delivery,
+//! exactly-once completion as the client sees it).
+//!
+//! A call's [`Place`] says where it is on its way to a worker; `cancel`
+//! asks the broker to take it back (see [`ClientShared::withdraw`]): a Lua
+//! script deletes the task entry only if no worker has claimed it, so the
+//! cancel and the worker's `XREADGROUP` race in Redis and exactly one wins.
+//!
+//! No wait is unbounded. The reader audits calls queued for a while: one
+//! whose entry is gone with no result on its way was lost by the broker and
+//! fails with [`TaskError::Lost`]. A broker unreachable for the broker
+//! timeout (30 s by default) fails every pending call; a refusal no retry
+//! cures (`NOPERM`, `WRONGTYPE`, a refused password) fails the calls it
+//! concerns at once. The result stream expires unless refreshed, so a dead
+//! client's results do not stay in Redis.
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Link};
-use crate::cluster::keys::{Keys, GROUP};
+use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Fault, Link};
+use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
 use crate::error::{Error, SubmitError, TaskError};
-use crate::executor::{redact, ChunkFuture, Executor, Shutdown};
+use crate::executor::{redact, ChunkFuture, Executor, Shutdown, Terminate};
 use crate::future::TaskFuture;
 use crate::remote::{deliver_chunk, deliver_one, Deliver};
 use crate::sync::lock_std as lock;
@@ -32,23 +43,79 @@ use crate::trace::{TaskEvent, Tracer};
 const DEFAULT_MAX_PAYLOAD: usize = 64 << 20;
 /// How long the reader blocks in one XREAD.
 const READ_BLOCK: Duration = Duration::from_millis(500);
-/// How often cancelled calls are swept from the task stream.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
+/// How often the reader looks for calls the broker lost.
+const AUDIT_EVERY: Duration = Duration::from_secs(1);
+/// Most calls one audit asks about.
+const AUDIT_MAX: usize = 1024;
+/// How often the reader renews the result stream's expiry.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+/// The default broker timeout: how long the broker may be unreachable
+/// before pending calls fail.
+const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a cancel waits for the writer to learn a call's entry id.
+const WITHDRAW_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Deletes a task entry if no worker has claimed it: KEYS[1] the task
-/// stream, ARGV[1] the group, ARGV[2] the entry id. Returns 1 if deleted.
-const CANCEL_LUA: &str = r"
-local claimed = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
-if #claimed > 0 then return 0 end
-return redis.call('XDEL', KEYS[1], ARGV[2])
+/// Deletes task entries no worker has claimed: KEYS[1] the task stream,
+/// ARGV[1] the group, then entry ids. Returns, per entry, 1 if deleted, 0
+/// if a worker holds it (or it is gone). Atomic: a worker's XREADGROUP
+/// claims an entry wholly before or after it.
+const WITHDRAW_LUA: &str = r"
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) > 0 then
+    out[#out + 1] = 0
+  else
+    out[#out + 1] = redis.call('XDEL', KEYS[1], id)
+  end
+end
+return out
 ";
+
+/// Finds task entries that are gone: KEYS[1] the task stream, KEYS[2] the
+/// client's result stream, ARGV entry ids. Returns the id of the last
+/// entry in the result stream ('' if none), then the 1-based positions of
+/// the entries gone. Atomic: a worker writes a result and deletes its task
+/// in one step, so an entry gone without a result up to that last id was
+/// lost.
+const AUDIT_LUA: &str = r"
+local gone = {}
+for i = 1, #ARGV do
+  if #redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i]) == 0 then
+    gone[#gone + 1] = i
+  end
+end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local tail = ''
+if #last > 0 then tail = last[1][1] end
+return {tail, gone}
+";
+
+/// Where a call is on its way to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
+    /// In the writer's queue: a cancel forgets it, and the writer skips it.
+    Outbox,
+    /// In a pipeline the writer is sending; its entry id is on its way.
+    Writing,
+    /// Entry `entry` of the task stream since `since`: a cancel asks the
+    /// broker to delete it, which fails once a worker has claimed it.
+    Queued {
+        /// The task stream entry.
+        entry: String,
+        /// When the writer learned the entry id.
+        since: Instant,
+    },
+    /// A cancel is asking the broker about it; the audit leaves it alone.
+    Withdrawing(String),
+}
 
 /// A call waiting for its result.
 struct Pending {
     /// Resolves the caller's future.
     deliver: Box<dyn Deliver>,
-    /// The task stream entry, for cancelling it.
-    entry: String,
+    /// Where the call is.
+    place: Place,
     /// The task's name, for the trace.
     task: &'static str,
     /// When it was submitted, when tracing.
@@ -73,6 +140,18 @@ struct ClientShared {
     pending: Mutex<HashMap<String, Pending>>,
     /// Signalled when `pending` empties.
     drained: Condvar,
+    /// Signalled when the writer has placed a batch (with `pending`).
+    written: Condvar,
+    /// The connection cancels use (on the callers' threads).
+    cancels: Mutex<Link>,
+    /// How long the broker may be unreachable before pending calls fail,
+    /// in ms.
+    broker_timeout_ms: AtomicU64,
+    /// The time limit each task carries to its worker, in ms; 0 for none.
+    task_timeout_ms: AtomicU64,
+    /// Set while the broker has been unreachable past the broker timeout:
+    /// the error, so that new calls fail at once rather than wait again.
+    gone: Mutex<Option<String>>,
     /// Set by `shutdown`; submits fail after it.
     closed: AtomicBool,
     /// Set when the reader is to exit once nothing is pending.
@@ -148,11 +227,15 @@ impl ClusterPool {
         let shared = Arc::new(ClientShared {
             results: keys.results(&client),
             outbox: out_tx,
-            broker,
             keys,
             client,
             pending: Mutex::new(HashMap::new()),
             drained: Condvar::new(),
+            written: Condvar::new(),
+            cancels: Mutex::new(Link::new(&broker, Duration::from_secs(5))),
+            broker_timeout_ms: AtomicU64::new(DEFAULT_BROKER_TIMEOUT.as_millis() as u64),
+            task_timeout_ms: AtomicU64::new(0),
+            gone: Mutex::new(None),
             closed: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             seq: AtomicU64::new(0),
@@ -164,6 +247,7 @@ impl ClusterPool {
             },
             duplicates: AtomicU64::new(0),
             tracer: std::sync::OnceLock::new(),
+            broker,
         });
         let s = shared.clone();
         let reader = std::thread::Builder::new()
@@ -188,6 +272,52 @@ impl ClusterPool {
     pub fn with_tracer(self, tracer: Tracer) -> Self {
         let _ = self.shared.tracer.set(tracer);
         self
+    }
+
+    /// How long the broker may be unreachable before the calls in flight
+    /// fail with a broker error (and new ones fail at once, until it is
+    /// back). Default: 30 s. A broker that comes back sooner loses nothing
+    /// it kept; calls it lost fail with [`TaskError::Lost`].
+    pub fn with_broker_timeout(self, timeout: Duration) -> Self {
+        self.shared
+            .broker_timeout_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        self
+    }
+
+    /// Gives every task submitted from now on a time limit, carried with it
+    /// to its worker: a task that runs longer (counted from when a worker
+    /// takes it) is killed there, and its future fails with
+    /// [`TaskError::TimedOut`]. A worker that runs tasks on threads can't
+    /// kill them: there the task runs on. Default: no limit.
+    pub fn with_task_timeout(self, timeout: Duration) -> Self {
+        self.shared
+            .task_timeout_ms
+            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        self
+    }
+
+    /// Stops this pool's work at once, as
+    /// [`ProcessPool::terminate_workers`](crate::ProcessPool::terminate_workers)
+    /// does: calls no worker has claimed are cancelled, running ones are
+    /// killed on their workers and fail with [`TaskError::Terminated`], and
+    /// the pool is closed. A cluster's workers serve every client of the
+    /// queue: they kill this pool's tasks and go on serving the others.
+    pub fn terminate_workers(&self) {
+        self.shutdown(Shutdown {
+            wait: false,
+            cancel_futures: true,
+        });
+        let ids: Vec<String> = lock(&self.shared.pending).keys().cloned().collect();
+        for ids in ids.chunks(WRITE_BATCH) {
+            self.shared.request_stop(ids);
+        }
+    }
+
+    /// As [`ClusterPool::terminate_workers`]: a worker kills a task's
+    /// process with SIGKILL either way.
+    pub fn kill_workers(&self) {
+        self.terminate_workers();
     }
 
     /// The queue this pool submits to.
@@ -241,13 +371,17 @@ impl ClusterPool {
             self.shared.client,
             self.shared.seq.fetch_add(1, Ordering::Relaxed)
         );
+        deliver.set_control(Arc::new(Control {
+            shared: Arc::downgrade(&self.shared),
+            id: id.clone(),
+        }));
         // Registered before the XADD: the result may arrive before XADD
         // returns.
         lock(&self.shared.pending).insert(
             id.clone(),
             Pending {
                 deliver,
-                entry: String::new(),
+                place: Place::Outbox,
                 task: name,
                 submitted: self
                     .shared
@@ -280,15 +414,203 @@ struct Outgoing {
     payload: Vec<u8>,
 }
 
-/// How long the writer keeps trying to reach an absent broker before it
-/// fails the calls it holds.
-const WRITE_PATIENCE: Duration = Duration::from_secs(30);
 /// Most calls written in one pipeline.
 const WRITE_BATCH: usize = 512;
 
+impl ClientShared {
+    /// The broker timeout (see [`ClusterPool::with_broker_timeout`]).
+    fn broker_timeout(&self) -> Duration {
+        Duration::from_millis(self.broker_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Fails the pending calls `which` selects with a broker error saying
+    /// `why`.
+    fn fail_where(&self, why: &str, which: impl Fn(&Pending) -> bool) {
+        let failed: Vec<Pending> = {
+            let mut pending = lock(&self.pending);
+            let ids: Vec<String> = pending
+                .iter()
+                .filter(|(_, p)| which(p))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
+        };
+        for p in failed {
+            p.deliver.finish(Err(TaskError::Broker {
+                task: p.task.to_string(),
+                message: why.to_string(),
+            }));
+        }
+    }
+
+    /// Takes calls `ids` back from the broker if no worker has claimed
+    /// them, and cancels the futures of those taken back: true for each of
+    /// them, which never runs. A call still in the writer's queue is
+    /// forgotten; one being written is waited for (a few seconds at most);
+    /// one in the task stream is deleted by [`WITHDRAW_LUA`], which fails
+    /// for an entry a worker's `XREADGROUP` has claimed: that call is
+    /// marked running, as it is.
+    fn withdraw(&self, ids: &[String]) -> Vec<bool> {
+        let mut out = vec![false; ids.len()];
+        let mut taken: Vec<Box<dyn Deliver>> = Vec::new();
+        let mut asks: Vec<(usize, String)> = Vec::new();
+        {
+            let deadline = Instant::now() + WITHDRAW_PATIENCE;
+            let mut pending = lock(&self.pending);
+            let writing = |pending: &HashMap<String, Pending>| {
+                ids.iter()
+                    .any(|id| pending.get(id).is_some_and(|p| p.place == Place::Writing))
+            };
+            while writing(&pending) && Instant::now() < deadline {
+                pending = self
+                    .written
+                    .wait_timeout(pending, Duration::from_millis(50))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            for (i, id) in ids.iter().enumerate() {
+                let Some(p) = pending.get_mut(id) else {
+                    continue;
+                };
+                match p.place.clone() {
+                    Place::Outbox => {
+                        if let Some(p) = pending.remove(id) {
+                            taken.push(p.deliver);
+                            out[i] = true;
+                        }
+                    }
+                    Place::Queued { entry, .. } => {
+                        p.place = Place::Withdrawing(entry.clone());
+                        asks.push((i, entry));
+                    }
+                    // Still being written after the wait, or another cancel
+                    // is asking: this one can't say the task won't run.
+                    Place::Writing | Place::Withdrawing(_) => {}
+                }
+            }
+        }
+        if !asks.is_empty() {
+            let entries: Vec<&str> = asks.iter().map(|(_, e)| e.as_str()).collect();
+            let verdicts = lock(&self.cancels)
+                .run(|con| {
+                    redis::Script::new(WITHDRAW_LUA)
+                        .key(self.keys.tasks())
+                        .arg(GROUP)
+                        .arg(&entries)
+                        .invoke::<Vec<i64>>(con)
+                })
+                .ok();
+            let mut pending = lock(&self.pending);
+            for (n, (i, entry)) in asks.into_iter().enumerate() {
+                let id = &ids[i];
+                let verdict = verdicts.as_ref().and_then(|v| v.get(n).copied());
+                if verdict == Some(1) {
+                    if let Some(p) = pending.remove(id) {
+                        taken.push(p.deliver);
+                        out[i] = true;
+                    }
+                    continue;
+                }
+                if let Some(p) = pending.get_mut(id) {
+                    if p.place == Place::Withdrawing(entry.clone()) {
+                        p.place = Place::Queued {
+                            entry,
+                            since: Instant::now(),
+                        };
+                        // A worker has it: running, whatever its notice says.
+                        if verdict == Some(0) {
+                            p.deliver.start(None);
+                        }
+                    }
+                }
+            }
+        }
+        for d in taken {
+            d.cancel();
+        }
+        out
+    }
+}
+
+impl ClientShared {
+    /// Asks the workers holding calls `ids` to stop them (the queue's
+    /// terminate set, which workers holding tasks read every 100 ms): true
+    /// if the request for at least one is with the broker. A worker kills
+    /// the task in its local pool, and the call fails with
+    /// [`TaskError::Terminated`].
+    fn request_stop(&self, ids: &[String]) -> bool {
+        let entries: Vec<String> = {
+            let pending = lock(&self.pending);
+            ids.iter()
+                .filter_map(|id| match pending.get(id).map(|p| &p.place) {
+                    Some(Place::Queued { entry, .. }) => Some(entry.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        if entries.is_empty() {
+            return false;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let key = self.keys.terminate();
+        lock(&self.cancels)
+            .run(|con| {
+                let mut p = redis::pipe();
+                let zadd = p.cmd("ZADD").arg(&key);
+                for e in &entries {
+                    zadd.arg(now).arg(e);
+                }
+                zadd.ignore();
+                // Requests for tasks that ended before a worker saw them
+                // are dropped after an hour.
+                p.cmd("ZREMRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now.saturating_sub(STOP_REQUEST_TTL.as_millis() as u64))
+                    .ignore()
+                    .cmd("EXPIRE")
+                    .arg(&key)
+                    .arg(STOP_REQUEST_TTL.as_secs())
+                    .ignore()
+                    .query::<()>(con)
+            })
+            .is_ok()
+    }
+}
+
+/// How long a stop request waits in the terminate set.
+const STOP_REQUEST_TTL: Duration = Duration::from_secs(3600);
+
+/// A cluster call's handle in its future: how `cancel` reaches the broker.
+struct Control {
+    /// The client; weak, for the future must not keep the pool alive.
+    shared: Weak<ClientShared>,
+    /// The call id.
+    id: String,
+}
+
+impl Terminate for Control {
+    fn terminate(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.request_stop(std::slice::from_ref(&self.id)))
+    }
+
+    fn withdraw(&self) -> bool {
+        self.shared
+            .upgrade()
+            .is_some_and(|s| s.withdraw(std::slice::from_ref(&self.id))[0])
+    }
+}
+
 /// The writer: XADDs queued calls, as many as are waiting, in one
-/// pipelined round trip; waits out a broker restart (up to
-/// `WRITE_PATIENCE`) and then fails the calls it holds with a broker error.
+/// pipelined round trip. A refusal no retry cures fails the batch at once;
+/// a broker that is away is retried with a growing backoff (up to 1 s),
+/// for as long as the broker timeout, and then the batch fails with a
+/// broker error; so does every batch while the reader finds the broker
+/// gone.
 fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
     let mut link = Link::new(&shared.broker, Duration::from_secs(5));
     let tasks = shared.keys.tasks();
@@ -310,15 +632,37 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
                 Err(_) => break,
             }
         }
+        // From here a cancel waits for the entry ids; calls cancelled
+        // before are skipped.
+        {
+            let mut pending = lock(&shared.pending);
+            batch.retain(|c| match pending.get_mut(&c.id) {
+                Some(p) => {
+                    p.place = Place::Writing;
+                    true
+                }
+                None => false,
+            });
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let began = Instant::now();
+        let mut backoff = Duration::from_millis(50);
         let written = loop {
+            if let Some(why) = lock(&shared.gone).clone() {
+                break Err(why);
+            }
+            let timeout_ms = shared.task_timeout_ms.load(Ordering::Relaxed);
             let r = link.run(|con| {
                 let mut p = redis::pipe();
                 for c in &batch {
-                    p.cmd("XADD")
-                        .arg(&tasks)
-                        .arg("*")
-                        .arg("id")
+                    let add = p.cmd("XADD");
+                    add.arg(&tasks).arg("*");
+                    if timeout_ms > 0 {
+                        add.arg("timeout_ms").arg(timeout_ms);
+                    }
+                    add.arg("id")
                         .arg(&c.id)
                         .arg("task")
                         .arg(c.task)
@@ -333,28 +677,47 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
             });
             match r {
                 Ok(entries) => break Ok(entries),
-                Err(e) if began.elapsed() >= WRITE_PATIENCE => break Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                Err(Fault {
+                    error,
+                    permanent: true,
+                }) => break Err(error.to_string()),
+                Err(f) if began.elapsed() >= shared.broker_timeout() => {
+                    break Err(format!(
+                        "the broker was unreachable for {:?}: {f}",
+                        began.elapsed()
+                    ))
+                }
+                Err(_) => {
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
             }
         };
-        match written {
-            Ok(entries) => {
-                let mut pending = lock(&shared.pending);
-                for (c, entry) in batch.iter().zip(entries) {
-                    if let Some(p) = pending.get_mut(&c.id) {
-                        p.entry = entry;
+        let mut failed = Vec::new();
+        {
+            let mut pending = lock(&shared.pending);
+            match &written {
+                Ok(entries) => {
+                    let now = Instant::now();
+                    for (c, entry) in batch.iter().zip(entries) {
+                        if let Some(p) = pending.get_mut(&c.id) {
+                            p.place = Place::Queued {
+                                entry: entry.clone(),
+                                since: now,
+                            };
+                        }
                     }
                 }
+                Err(_) => failed.extend(batch.iter().filter_map(|c| pending.remove(&c.id))),
             }
-            Err(e) => {
-                for c in batch {
-                    if let Some(p) = lock(&shared.pending).remove(&c.id) {
-                        p.deliver.finish(Err(TaskError::Broker {
-                            task: c.task.to_string(),
-                            message: format!("the task could not be queued: {e}"),
-                        }));
-                    }
-                }
+        }
+        shared.written.notify_all();
+        if let Err(why) = written {
+            for p in failed {
+                p.deliver.finish(Err(TaskError::Broker {
+                    task: p.task.to_string(),
+                    message: format!("the task could not be queued: {why}"),
+                }));
             }
         }
     }
@@ -373,11 +736,18 @@ pub(crate) fn random() -> u64 {
 }
 
 /// The reader: resolves futures from the result stream until stopped and
-/// nothing is pending.
+/// nothing is pending; audits for lost calls, renews the stream's expiry,
+/// and fails pending calls when the broker is gone (see the module docs).
 fn read_results(shared: &ClientShared) {
     let mut link = Link::new(&shared.broker, READ_BLOCK + Duration::from_secs(2));
     let mut last = "0-0".to_string();
-    let mut swept = Instant::now();
+    let mut audited = Instant::now();
+    let mut refreshed: Option<Instant> = None;
+    // Calls whose entries were gone at an audit while results up to the
+    // given id were still unread: lost unless those results resolve them.
+    let mut suspects: Vec<(String, String)> = Vec::new();
+    // Since when reads fail.
+    let mut failing: Option<Instant> = None;
     loop {
         if shared.stop.load(Ordering::SeqCst) && lock(&shared.pending).is_empty() {
             break;
@@ -393,62 +763,39 @@ fn read_results(shared: &ClientShared) {
                 .arg(&last)
                 .query::<redis::Value>(con)
         });
-        let Ok(reply) = reply else { continue };
+        let reply = match reply {
+            Ok(r) => {
+                failing = None;
+                *lock(&shared.gone) = None;
+                r
+            }
+            Err(f) if f.permanent => {
+                // Every call waits on this stream: none can complete.
+                shared.fail_where(
+                    &format!("the result stream {} can't be read: {f}", shared.results),
+                    |_| true,
+                );
+                std::thread::sleep(READ_BLOCK);
+                continue;
+            }
+            Err(f) => {
+                let since = *failing.get_or_insert_with(Instant::now);
+                let timeout = shared.broker_timeout();
+                if since.elapsed() >= timeout {
+                    let why = format!("the broker was unreachable for {timeout:?}: {f}");
+                    *lock(&shared.gone) = Some(why.clone());
+                    shared.fail_where(&why, |_| true);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
         let entries = stream_reply(&reply);
         let mut seen = Vec::with_capacity(entries.len());
         for e in entries {
             last = e.id.clone();
             seen.push(e.id.clone());
-            if e.fields.contains_key("batch") {
-                let ran_by = RanBy::of(&e, "worker");
-                match unpack_results(&e) {
-                    Ok(results) => {
-                        for (head, outcome) in results {
-                            let ran = Duration::from_micros(head.ran_us);
-                            resolve(shared, &head.id, outcome, Some((&ran_by, ran)));
-                        }
-                    }
-                    // Whose results these were is lost with the entry:
-                    // those calls wait, as for a result that never came.
-                    Err(why) => eprintln!(
-                        "multitask: dropped a malformed result entry {} on {}: {why}",
-                        e.id, shared.results
-                    ),
-                }
-                continue;
-            }
-            let Some(id) = e.text("id").map(str::to_string) else {
-                continue;
-            };
-            if e.fields.contains_key("started") {
-                if let Some(p) = lock(&shared.pending).get_mut(&id) {
-                    p.deliver.start(None);
-                    if let Some(submitted) = p.submitted {
-                        // Started `held_us` before the notice was written.
-                        let held = e
-                            .text("held_us")
-                            .and_then(|us| us.parse().ok())
-                            .map_or(Duration::ZERO, Duration::from_micros);
-                        let at = started_ago(held, submitted);
-                        p.started = Some((at, RanBy::of(&e, "started")));
-                    }
-                }
-                continue;
-            }
-            let outcome = match (e.fields.get("payload"), e.fields.get("error")) {
-                (Some(bytes), _) => Ok(bytes.clone()),
-                (None, Some(err)) => Err(serde_json::from_slice::<TaskError>(err).unwrap_or_else(
-                    |_| TaskError::Broker {
-                        task: e.text("task").unwrap_or("?").to_string(),
-                        message: String::from_utf8_lossy(err).into_owned(),
-                    },
-                )),
-                (None, None) => Err(TaskError::Broker {
-                    task: e.text("task").unwrap_or("?").to_string(),
-                    message: "a result entry with neither payload nor error".to_string(),
-                }),
-            };
-            resolve(shared, &id, outcome, None);
+            take_result(shared, &e);
         }
         if !seen.is_empty() {
             let _ = link.run(|con| {
@@ -458,9 +805,31 @@ fn read_results(shared: &ClientShared) {
                     .query::<i64>(con)
             });
         }
-        if swept.elapsed() >= SWEEP_EVERY {
-            sweep(shared, &mut link);
-            swept = Instant::now();
+        if refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY) {
+            let renewed = link.run(|con| {
+                redis::cmd("EXPIRE")
+                    .arg(&shared.results)
+                    .arg(RESULTS_TTL.as_secs())
+                    .query::<i64>(con)
+            });
+            // An absent stream (nothing written to it yet) has nothing to
+            // renew: try again at the next read.
+            if renewed.is_ok_and(|set| set == 1) {
+                refreshed = Some(Instant::now());
+            }
+        }
+        if !suspects.is_empty() {
+            suspects.retain(|(id, until)| {
+                if !id_at_most(until, &last) {
+                    return true;
+                }
+                lose(shared, id);
+                false
+            });
+        }
+        if audited.elapsed() >= AUDIT_EVERY {
+            audit(shared, &mut link, &last, &mut suspects);
+            audited = Instant::now();
         }
         if lock(&shared.pending).is_empty() {
             shared.drained.notify_all();
@@ -468,6 +837,135 @@ fn read_results(shared: &ClientShared) {
     }
     let _ = link.run(|con| redis::cmd("DEL").arg(&shared.results).query::<i64>(con));
     shared.drained.notify_all();
+}
+
+/// Resolves what result entry `e` says: a batch of results, a started
+/// notice, or one result (a dead letter's error).
+fn take_result(shared: &ClientShared, e: &Entry) {
+    if e.fields.contains_key("batch") {
+        let ran_by = RanBy::of(e, "worker");
+        match unpack_results(e) {
+            Ok(results) => {
+                for (head, outcome) in results {
+                    let ran = Duration::from_micros(head.ran_us);
+                    resolve(shared, &head.id, outcome, Some((&ran_by, ran)));
+                }
+            }
+            // Whose results these were is lost with the entry: the audit
+            // fails those calls as lost.
+            Err(why) => eprintln!(
+                "multitask: dropped a malformed result entry {} on {}: {why}",
+                e.id, shared.results
+            ),
+        }
+        return;
+    }
+    let Some(id) = e.text("id").map(str::to_string) else {
+        return;
+    };
+    if e.fields.contains_key("started") {
+        if let Some(p) = lock(&shared.pending).get_mut(&id) {
+            p.deliver.start(None);
+            if let Some(submitted) = p.submitted {
+                // Started `held_us` before the notice was written.
+                let held = e
+                    .text("held_us")
+                    .and_then(|us| us.parse().ok())
+                    .map_or(Duration::ZERO, Duration::from_micros);
+                let at = started_ago(held, submitted);
+                p.started = Some((at, RanBy::of(e, "started")));
+            }
+        }
+        return;
+    }
+    let outcome = match (e.fields.get("payload"), e.fields.get("error")) {
+        (Some(bytes), _) => Ok(bytes.clone()),
+        (None, Some(err)) => Err(
+            serde_json::from_slice::<TaskError>(err).unwrap_or_else(|_| TaskError::Broker {
+                task: e.text("task").unwrap_or("?").to_string(),
+                message: String::from_utf8_lossy(err).into_owned(),
+            }),
+        ),
+        (None, None) => Err(TaskError::Broker {
+            task: e.text("task").unwrap_or("?").to_string(),
+            message: "a result entry with neither payload nor error".to_string(),
+        }),
+    };
+    resolve(shared, &id, outcome, None);
+}
+
+/// Asks the broker about calls queued for at least [`AUDIT_EVERY`]: those
+/// whose entries are gone are lost now if no result is unread (`last` is
+/// the reader's position), or suspects until the reader passes the last
+/// result there is.
+fn audit(shared: &ClientShared, link: &mut Link, last: &str, suspects: &mut Vec<(String, String)>) {
+    let asked: Vec<(String, String)> = lock(&shared.pending)
+        .iter()
+        .filter_map(|(id, p)| match &p.place {
+            Place::Queued { entry, since } if since.elapsed() >= AUDIT_EVERY => {
+                Some((id.clone(), entry.clone()))
+            }
+            _ => None,
+        })
+        .filter(|(id, _)| !suspects.iter().any(|(s, _)| s == id))
+        .take(AUDIT_MAX)
+        .collect();
+    if asked.is_empty() {
+        return;
+    }
+    let entries: Vec<&str> = asked.iter().map(|(_, e)| e.as_str()).collect();
+    let Ok((tail, gone)) = link.run(|con| {
+        redis::Script::new(AUDIT_LUA)
+            .key(shared.keys.tasks())
+            .key(&shared.results)
+            .arg(&entries)
+            .invoke::<(String, Vec<usize>)>(con)
+    }) else {
+        return;
+    };
+    for i in gone {
+        let Some((id, _)) = asked.get(i.wrapping_sub(1)) else {
+            continue;
+        };
+        if tail.is_empty() || id_at_most(&tail, last) {
+            lose(shared, id);
+        } else {
+            suspects.push((id.clone(), tail.clone()));
+        }
+    }
+}
+
+/// Fails call `id`, if it is still queued, as lost by the broker.
+fn lose(shared: &ClientShared, id: &str) {
+    let lost = {
+        let mut pending = lock(&shared.pending);
+        match pending.get(id).map(|p| &p.place) {
+            Some(Place::Queued { .. }) => pending.remove(id),
+            _ => None,
+        }
+    };
+    if let Some(p) = lost {
+        p.deliver.finish(Err(TaskError::Lost {
+            task: p.task.to_string(),
+            reason: "its entry is gone from the task stream, no worker holds it and no result \
+                     came (a broker restarted without persistence, or a dead letter without a \
+                     reply; see the dead-letter stream)"
+                .to_string(),
+        }));
+    }
+}
+
+/// True if stream entry id `a` is at most `b` (`ms-seq`, compared as
+/// numbers).
+fn id_at_most(a: &str, b: &str) -> bool {
+    let parse = |s: &str| {
+        let (ms, seq) = s.split_once('-').unwrap_or((s, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    parse(a) <= parse(b)
 }
 
 /// The worker that ran a task, as a result or started notice names it.
@@ -527,7 +1025,10 @@ fn trace(
 ) {
     let now = Instant::now();
     let (started, by) = match (&p.started, ran) {
-        (Some((at, by)), _) => (*at, by.clone()),
+        // Each estimate is the true start plus a message's delay on a busy
+        // machine: the earlier is the better one.
+        (Some((at, by)), Some((_, ran))) => ((*at).min(started_ago(ran, submitted)), by.clone()),
+        (Some((at, by)), None) => (*at, by.clone()),
         // No started notice (the task was quick): the result says where it
         // ran and for how long.
         (None, Some((by, ran))) => (started_ago(ran, submitted), by.clone()),
@@ -555,27 +1056,6 @@ fn trace(
         cpu: None,
         input: None,
     });
-}
-
-/// Forgets cancelled calls, deleting their tasks if no worker has them.
-fn sweep(shared: &ClientShared, link: &mut Link) {
-    let cancelled: Vec<(String, String)> = lock(&shared.pending)
-        .iter()
-        .filter(|(_, p)| p.deliver.is_cancelled())
-        .map(|(id, p)| (id.clone(), p.entry.clone()))
-        .collect();
-    for (id, entry) in cancelled {
-        if !entry.is_empty() {
-            let _ = link.run(|con| {
-                redis::Script::new(CANCEL_LUA)
-                    .key(shared.keys.tasks())
-                    .arg(GROUP)
-                    .arg(&entry)
-                    .invoke::<i64>(con)
-            });
-        }
-        lock(&shared.pending).remove(&id);
-    }
 }
 
 impl Executor for ClusterPool {
@@ -609,29 +1089,15 @@ impl Executor for ClusterPool {
     fn shutdown(&self, how: Shutdown) {
         self.shared.closed.store(true, Ordering::SeqCst);
         if how.cancel_futures {
-            // Cancel what no worker has started; started calls resolve as
-            // usual.
-            let queued: Vec<Pending> = {
-                let mut pending = lock(&self.shared.pending);
-                let ids: Vec<String> = pending
-                    .iter()
-                    .filter(|(_, p)| !p.deliver.is_started())
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                ids.iter().filter_map(|id| pending.remove(id)).collect()
-            };
-            let mut link = Link::new(&self.shared.broker, Duration::from_secs(5));
-            for p in queued {
-                if !p.entry.is_empty() {
-                    let _ = link.run(|con| {
-                        redis::Script::new(CANCEL_LUA)
-                            .key(self.shared.keys.tasks())
-                            .arg(GROUP)
-                            .arg(&p.entry)
-                            .invoke::<i64>(con)
-                    });
-                }
-                p.deliver.cancel();
+            // Cancel what no worker has claimed; claimed calls resolve as
+            // usual, whatever their started notices say.
+            let queued: Vec<String> = lock(&self.shared.pending)
+                .iter()
+                .filter(|(_, p)| !p.deliver.is_started())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for ids in queued.chunks(WRITE_BATCH) {
+                self.shared.withdraw(ids);
             }
         }
         self.shared.stop.store(true, Ordering::SeqCst);
@@ -671,5 +1137,19 @@ impl Executor for ClusterPool {
 impl Drop for ClusterPool {
     fn drop(&mut self) {
         self.shutdown(Shutdown::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(id_at_most("9-0", "10-0"));
+        assert!(id_at_most("10-2", "10-10"));
+        assert!(!id_at_most("10-10", "10-2"));
+        assert!(id_at_most("5-5", "5-5"));
+        assert!(!id_at_most("1700000000001-0", "1700000000000-99"));
     }
 }

@@ -8,6 +8,10 @@ use crate::error::Error;
 /// The consumer group every worker of a queue joins.
 pub(crate) const GROUP: &str = "workers";
 
+/// How long a client's result stream lives after its last write or
+/// renewal: a live client renews it, so only a dead client's expires.
+pub(crate) const RESULTS_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The keys of one queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Keys {
@@ -41,6 +45,12 @@ impl Keys {
     /// The heartbeat key of worker `consumer` (expires when it stops).
     pub(crate) fn heartbeat(&self, consumer: &str) -> String {
         format!("mt:{{{}}}:worker:{consumer}", self.queue)
+    }
+
+    /// Tasks their clients asked to stop (sorted set: task stream entry
+    /// ids, scored by when it was asked, in Unix ms).
+    pub(crate) fn terminate(&self) -> String {
+        format!("mt:{{{}}}:terminate", self.queue)
     }
 
     /// The set of workers that have joined the queue.
@@ -116,6 +126,7 @@ mod tests {
             k.dead(),
             k.heartbeat("w"),
             k.workers(),
+            k.terminate(),
         ] {
             assert!(key.contains("{q1}"), "{key}");
         }

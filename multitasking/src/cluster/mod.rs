@@ -9,15 +9,19 @@
 //! ```text
 //!   mt:{q}:tasks            stream   tasks; consumer group "workers"
 //!                                    fields: id task sig reply payload
-//!   mt:{q}:results:<client> stream   one per client; a batch of results:
-//!                                    batch (postcard: id task error len
-//!                                    ran_us per result) data (payloads)
-//!                                    worker host pid; or a started
-//!                                    notice: id started host pid held_us;
-//!                                    or one result: id task payload |
-//!                                    error
+//!                                    [timeout_ms]
+//!   mt:{q}:results:<client> stream   one per client, expires 10 min after
+//!                                    its last write or renewal; a batch
+//!                                    of results: batch (postcard: id task
+//!                                    error len ran_us per result) data
+//!                                    (payloads) worker host pid; or a
+//!                                    started notice: id started host pid
+//!                                    held_us; or one result: id task
+//!                                    payload | error
 //!   mt:{q}:dead             stream   dead letters: entry id task reason
 //!                                    deliveries worker
+//!   mt:{q}:terminate        zset     task entries their clients asked to
+//!                                    stop, scored by when (Unix ms)
 //!   mt:{q}:worker:<consumer> string  heartbeat (JSON), expires after 10 s
 //!   mt:{q}:workers          set      consumers that joined
 //! ```
@@ -28,23 +32,58 @@
 //!  client                        Redis                          worker
 //!  submit: encode, pending[id]
 //!    XADD tasks * id task sig ──> tasks ──XREADGROUP COUNT free──> resolve(name, sig)
-//!         reply payload                                             │ unknown/mismatch:
-//!                                                                   │  MULTI XADD dead, XADD
-//!                                                                   │  reply error, XACK, XDEL
+//!         reply payload            │ (the claim: the entry joins    │ unknown/mismatch:
+//!                                  │  the worker's pending list)    │  MULTI XADD dead, XADD
+//!  cancel: withdraw script ───────>┤ XDEL only if no worker         │  reply error, XACK, XDEL
+//!    true: cancelled, never runs   │ claimed it                     │ run in local pool
+//!    false: a worker has it        │                                │ (XCLAIM JUSTID renews
+//!  terminate: ZADD terminate ─────>│ terminate <──ZMSCORE, 100 ms───┤  the lease; a stop request
+//!                                                                   │  or timeout_ms kills it)
 //!  reader: XREAD BLOCK results <── results <── XADD started ────────┤ (if it runs 2 ms)
-//!    started -> running                                             │ run in local pool
-//!    result  -> pending.remove(id)                                  │ (XCLAIM JUSTID renews
-//!      gone? a duplicate: drop      <── MULTI XADD results batch,   │  the lease meanwhile)
-//!      else decode, complete             XACK tasks, XDEL tasks EXEC┘
+//!    started -> running                                             │
+//!    result  -> pending.remove(id)   <── complete script per client:┘
+//!      gone? a duplicate: drop            XADD results batch, EXPIRE,
+//!      else decode, complete              then XACK, XDEL tasks
+//!  audit (1 s): entry gone, no result unread -> Lost
 //! ```
+//!
+//! A cancel and a worker's claim race in Redis, and exactly one wins:
+//! `XREADGROUP` moves an entry into the worker's pending list in one step,
+//! and the client's withdraw script deletes the entry only if it is in no
+//! pending list. A result is written and its task acknowledged by one
+//! script, which acknowledges nothing if the write fails: a client whose
+//! result stream refuses writes has its tasks dead-lettered, and the
+//! worker's slots are freed.
 //!
 //! A worker that dies leaves its tasks pending in the group. Other workers
 //! look for entries idle past the visibility timeout (`XPENDING ... IDLE`),
 //! take them over with `XCLAIM` and run them again; past `max_deliveries`
 //! the task goes to the dead-letter stream with the reason and its client
 //! gets an error. A task may so run twice, but its client resolves it once:
-//! results are deduplicated by call id. A cancelled future's task is
-//! deleted by a Lua script if no worker has claimed it yet.
+//! results are deduplicated by call id.
+//!
+//! No wait is unbounded: a call whose entry the broker lost (a restart
+//! without persistence) fails with `TaskError::Lost` within about two
+//! seconds of the broker's return; a broker unreachable for the broker
+//! timeout (30 s by default) fails every pending call; `NOPERM`,
+//! `WRONGTYPE` and a refused password fail the calls they concern at once.
+//!
+//! ## Permissions
+//!
+//! What a client and a worker need, as Redis ACL rules (Redis 7; the
+//! scripts' own commands are checked too). A refusal (`NOPERM`) fails the
+//! calls it concerns at once, naming the command.
+//!
+//! ```text
+//!   client: ~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del
+//!           +evalsha +script|load +xpending +xrange +xrevrange +zadd
+//!           +zremrangebyscore
+//!   worker: ~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack
+//!           +xdel +xadd +xclaim +xpending +xrange +expire +evalsha
+//!           +script|load +zmscore +zrem +set +del +sadd +srem
+//! ```
+//!
+//! `multitask status` reads with `+smembers +get +xlen +xpending`.
 
 mod broker;
 mod client;

@@ -4,18 +4,24 @@
 //!
 //! Three threads, each with its own connection:
 //! - **fetch** (the caller of [`Worker::run`]): `XREADGROUP ... COUNT free
-//!   BLOCK`, only as many tasks as there are free slots; each task is
-//!   checked (known name, same signature) and handed to the pool;
-//! - **complete**: for a batch of finished tasks, in one `MULTI/EXEC`,
-//!   XADD their results packed in one entry per client, then XACK and XDEL
-//!   the tasks, so a result is never acknowledged without being stored; and,
-//!   for a task that has run `NOTICE_DELAY` (2 ms), a "started" notice to
-//!   its client (a task that finishes sooner sends only its result);
+//!   BLOCK`, only as many tasks as there are free slots (after a failed
+//!   read, first the entries already delivered to it, whose reply may have
+//!   been lost); each task is checked (known name, same signature) and
+//!   handed to the pool;
+//! - **complete**: for a batch of finished tasks, one script per client
+//!   that XADDs their results packed in one entry, then XACKs and XDELs
+//!   the tasks, so a result is never acknowledged without being stored (a
+//!   client stream that refuses the write gets its tasks dead-lettered);
+//!   and, for a task that has run `NOTICE_DELAY` (2 ms), a "started"
+//!   notice to its client (a task that finishes sooner sends only its
+//!   result);
 //! - **maintain**: the heartbeat key (with a TTL), lease renewal of running
-//!   tasks (`XCLAIM ... JUSTID`), and the reclaim of tasks idle past the
-//!   visibility timeout in other consumers' hands (their worker died):
-//!   claimed and run again, or, past `max_deliveries`, dead-lettered with
-//!   the reason and failed for their client.
+//!   tasks (`XCLAIM ... JUSTID`), stopping tasks past their timeouts or
+//!   whose clients asked (the queue's terminate set), and the reclaim of
+//!   tasks idle past the visibility timeout in other consumers' hands
+//!   (their worker died): claimed and run again, or, past
+//!   `max_deliveries`, dead-lettered with the reason and failed for their
+//!   client.
 //!
 //! Stopping (the [`StopHandle`], or SIGINT/SIGTERM in `multitask worker`)
 //! drains: no new task is fetched, running ones finish and are written.
@@ -29,12 +35,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::cluster::broker::{
-    entries, pack_results, stream_reply, Broker, Entry, Link, Packed, ToPack,
+    entries, is_permanent, pack_results, stream_reply, Broker, Entry, Link, Packed, ToPack,
 };
 use crate::cluster::client::random;
-use crate::cluster::keys::{Keys, GROUP};
+use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
 use crate::error::{Error, ExitCause, TaskError};
 use crate::executor::RawExecutor;
+use crate::future::TaskFuture;
 use crate::process::ProcessPool;
 use crate::sync::lock_std as lock;
 use crate::task;
@@ -69,6 +76,8 @@ pub struct WorkerBuilder {
     visibility: Duration,
     /// Deliveries after which a task is dead-lettered.
     max_deliveries: u32,
+    /// How long the broker may be unreachable before a result is given up.
+    broker_timeout: Duration,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -90,9 +99,10 @@ impl WorkerBuilder {
         self
     }
 
-    /// Tasks at once (default: usable CPUs).
+    /// Tasks at once (default: usable CPUs). Zero is refused by
+    /// [`WorkerBuilder::build`].
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        self.concurrency = n;
         self
     }
 
@@ -118,8 +128,22 @@ impl WorkerBuilder {
         self
     }
 
-    /// Connects and prepares the queue (its consumer group).
+    /// How long the broker may be unreachable before a finished task's
+    /// result is given up (the task stays pending in the group, and a
+    /// worker takes it over once the broker is back). Default: 30 s.
+    pub fn broker_timeout(mut self, d: Duration) -> Self {
+        self.broker_timeout = d;
+        self
+    }
+
+    /// Connects and prepares the queue (its consumer group). Fails for a
+    /// concurrency of zero: such a worker would never fetch a task.
     pub fn build(self) -> Result<Worker, Error> {
+        if self.concurrency == 0 {
+            return Err(Error::Config(
+                "a cluster worker's concurrency must be at least 1, got 0".to_string(),
+            ));
+        }
         let mut url = self.url.clone();
         if let Some(q) = &self.queue {
             let base = url
@@ -151,6 +175,7 @@ impl WorkerBuilder {
                 stop: StopHandle::default(),
                 visibility: self.visibility,
                 max_deliveries: self.max_deliveries,
+                broker_timeout: self.broker_timeout,
             }),
         })
     }
@@ -176,14 +201,30 @@ struct Held {
     since: Instant,
     /// True once its client was told it started.
     announced: bool,
+    /// The local pool's future, to stop the task by; set once submitted.
+    run: Option<Arc<TaskFuture<Vec<u8>>>>,
+    /// The task's time limit, carried in its entry, counted from `since`.
+    timeout: Option<Duration>,
+    /// Why the worker is stopping it, once it is: its outcome says so.
+    stopping: Option<Stop>,
 }
+
+/// Why a worker stops a task it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Its client asked (`TaskFuture::terminate`, `terminate_workers`).
+    Terminated,
+    /// It ran past its `task_timeout`.
+    TimedOut,
+}
+
+/// How often a worker holding tasks looks for stop requests.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// How long a task runs before its client is told it started. A task that
 /// finishes sooner (most small ones) sends its result alone: a third fewer
-/// stream entries per task. Until the notice, the client sees the task
-/// pending, and a `cancel` there succeeds while the task may still run (its
-/// result is then dropped); with a notice sent at once, the same holds
-/// for the time the notice takes to arrive.
+/// stream entries per task. The notice only informs (`running()`, traces):
+/// a cancel asks the broker, where the worker's claim already shows.
 const NOTICE_DELAY: Duration = Duration::from_millis(2);
 
 /// What the completer hears.
@@ -230,6 +271,8 @@ struct Core {
     visibility: Duration,
     /// Deliveries before the dead-letter stream.
     max_deliveries: u32,
+    /// How long the broker may be unreachable before a result is given up.
+    broker_timeout: Duration,
 }
 
 /// A worker serving one queue. See the module docs.
@@ -279,6 +322,7 @@ impl Worker {
             pool: None,
             visibility: Duration::from_secs(30),
             max_deliveries: 3,
+            broker_timeout: Duration::from_secs(30),
         }
     }
 
@@ -313,6 +357,10 @@ impl Worker {
         };
         let block = Duration::from_millis(500);
         let mut link = Link::new(&core.broker, block + Duration::from_secs(2));
+        // Set after a failed read: entries Redis delivered to this consumer
+        // whose reply was lost with the connection sit in its pending list,
+        // and are read again from there (id 0) before new ones.
+        let mut recover = false;
         while !core.stop.is_stopped() {
             let free = {
                 let held = lock(&core.inflight);
@@ -323,22 +371,29 @@ impl Worker {
                 core.concurrency - held.len()
             };
             let reply = link.run(|con| {
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&core.consumer)
-                    .arg("COUNT")
-                    .arg(free)
-                    .arg("BLOCK")
-                    .arg(block.as_millis() as u64)
-                    .arg("STREAMS")
+                let mut c = redis::cmd("XREADGROUP");
+                c.arg("GROUP").arg(GROUP).arg(&core.consumer).arg("COUNT");
+                if recover {
+                    // Held tasks are in the pending list too.
+                    c.arg(core.concurrency + free);
+                } else {
+                    c.arg(free).arg("BLOCK").arg(block.as_millis() as u64);
+                }
+                c.arg("STREAMS")
                     .arg(core.keys.tasks())
-                    .arg(">")
+                    .arg(if recover { "0" } else { ">" })
                     .query::<redis::Value>(con)
             });
             match reply {
                 Ok(v) => {
-                    let fetched = stream_reply(&v);
+                    let mut fetched = stream_reply(&v);
+                    if recover {
+                        let held = lock(&core.inflight);
+                        fetched.retain(|e| !held.contains_key(&e.id));
+                        drop(held);
+                        recover = fetched.len() > free;
+                        fetched.truncate(free);
+                    }
                     if !fetched.is_empty() {
                         for e in fetched {
                             start(&core, &mut link, e, &tx);
@@ -351,7 +406,7 @@ impl Worker {
                     let keys = core.keys.clone();
                     let _ = link.run(|con| ensure_group(con, &keys));
                 }
-                Err(_) => {}
+                Err(_) => recover = true,
             }
         }
         // Drain: running tasks finish and are written.
@@ -420,6 +475,13 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
         lease: lease.clone(),
         since: Instant::now(),
         announced: false,
+        run: None,
+        timeout: e
+            .text("timeout_ms")
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .filter(|&ms| ms > 0)
+            .map(Duration::from_millis),
+        stopping: None,
     };
     lock(&core.inflight).insert(e.id.clone(), held);
     let entry_id = e.id.clone();
@@ -433,6 +495,10 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
                     outcome: r.clone(),
                 }));
             });
+            // Gone already if the task finished and was written meanwhile.
+            if let Some(h) = lock(&core.inflight).get_mut(&e.id) {
+                h.run = Some(Arc::new(fut));
+            }
         }
         Err(refused) => {
             let _ = tx.send(Note::Done(Done {
@@ -531,6 +597,10 @@ fn dead_letter(
                 .arg("error")
                 .arg(&json)
                 .ignore();
+            p.cmd("EXPIRE")
+                .arg(&lease.reply)
+                .arg(RESULTS_TTL.as_secs())
+                .ignore();
         }
         p.cmd("XACK")
             .arg(core.keys.tasks())
@@ -542,27 +612,77 @@ fn dead_letter(
     });
 }
 
-/// Most finished tasks written in one transaction.
+/// Most finished tasks written in one round trip.
 const COMPLETE_BATCH: usize = 256;
 
-/// Writes finished tasks (their results packed per client, then one XACK
-/// and one XDEL of them all, in one transaction) and the started notices
-/// that fell due, in one round trip.
+/// Writes one client's results and then acknowledges and deletes their
+/// tasks, so that no task is acknowledged without its result: KEYS[1] the
+/// task stream, KEYS[2] the client's result stream; ARGV[1] the group,
+/// ARGV[2] the result stream's time to live (s), ARGV[3..5] worker, host
+/// and pid, ARGV[6] how many packed entries, then their (batch, data)
+/// pairs, then the task entry ids. A result that can't be written (the
+/// reply key holds another type) is returned as the error, the tasks
+/// untouched: the worker then dead-letters them.
+const COMPLETE_LUA: &str = r"
+local n = tonumber(ARGV[6])
+for i = 0, n - 1 do
+  local r = redis.pcall('XADD', KEYS[2], '*', 'batch', ARGV[7 + 2 * i],
+    'data', ARGV[8 + 2 * i], 'worker', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5])
+  if type(r) == 'table' and r.err then return r end
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+local ids = {}
+for i = 7 + 2 * n, #ARGV do ids[#ids + 1] = ARGV[i] end
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+redis.call('XDEL', KEYS[1], unpack(ids))
+return 1
+";
+
+/// A finished task waiting to be written, with how long it was held.
+type Finished = (Done, Duration);
+
+/// Writes finished tasks (per client, one [`COMPLETE_LUA`]: results
+/// packed, then one XACK and one XDEL) and the started notices that fell
+/// due, in one round trip. Each client's write stands alone: a result
+/// stream that refuses its write (`WRONGTYPE`, `NOPERM`) dead-letters that
+/// client's tasks with the reason, and the others complete. A write the
+/// broker could not take (it is away) is retried with a growing backoff
+/// for up to the broker timeout, then given up: the task stays pending in
+/// the group, to be taken over. Either way no slot stays held.
 fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let mut link = Link::new(&core.broker, Duration::from_secs(5));
     let host = crate::info::host_name();
     // When the next started notice falls due, if one is waited for.
     let mut next_notice: Option<Instant> = None;
+    // Results not yet written, and since when writes fail.
+    let mut unwritten: Vec<Finished> = Vec::new();
+    let mut failing: Option<Instant> = None;
+    let mut backoff = Duration::from_millis(50);
+    let mut disconnected = false;
+    // The complete script runs by its hash (EVALSHA): loaded once per
+    // connection rather than sent with every batch.
+    let script = redis::Script::new(COMPLETE_LUA);
+    let sha = script.get_hash().to_string();
+    let mut loaded = false;
     loop {
-        let first = match next_notice {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(at) => rx.recv_deadline(at),
+        let retry_at = (!unwritten.is_empty()).then(|| Instant::now() + backoff);
+        let wake = match (next_notice, retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let first = if disconnected {
+            Err(RecvTimeoutError::Timeout)
+        } else {
+            match wake {
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                Some(at) => rx.recv_deadline(at),
+            }
         };
         let mut batch = Vec::new();
         match first {
             Ok(Note::Done(d)) => batch.push(d),
             Ok(Note::Held) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Disconnected) => disconnected = true,
         }
         while batch.len() < COMPLETE_BATCH {
             match rx.try_recv() {
@@ -571,48 +691,115 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
                 Err(_) => break,
             }
         }
+        if disconnected && unwritten.is_empty() && batch.is_empty() {
+            break;
+        }
         // Tasks finishing in this batch need no notice: mark them first,
         // and note how long each was held.
-        let mut ran = Vec::with_capacity(batch.len());
         if !batch.is_empty() {
             let mut held = lock(&core.inflight);
-            for done in &batch {
-                ran.push(held.get_mut(&done.entry).map_or(Duration::ZERO, |h| {
+            for mut done in batch {
+                let ran = held.get_mut(&done.entry).map_or(Duration::ZERO, |h| {
                     h.announced = true;
+                    if let Some(why) = h.stopping {
+                        done.outcome =
+                            stopped(why, &done.lease.task, h.timeout, done.outcome.clone());
+                    }
                     h.since.elapsed()
-                }));
+                });
+                unwritten.push((done, ran));
             }
         }
         let (notices, next) = due_notices(core);
         next_notice = next;
-        if batch.is_empty() && notices.is_empty() {
+        if unwritten.is_empty() && notices.is_empty() {
             continue;
         }
-        let mut tries = 0u32;
-        loop {
-            let r = link.run(|con| {
-                let mut p = redis::pipe();
-                add_notices(&mut p, core, &host, &notices);
-                if !batch.is_empty() {
-                    add_results(&mut p, core, &host, &batch, &ran);
-                }
-                p.query::<()>(con)
-            });
-            tries += 1;
-            // A broker that is away is waited for (the Link backs off); a
-            // result is given up only when the worker is stopping and the
-            // broker stayed away for a minute: then the task stays pending
-            // and another worker reclaims and reruns it.
-            if r.is_ok() || (core.stop.is_stopped() && tries > 600) {
-                break;
+        let groups = by_client(&unwritten);
+        if !loaded && !groups.is_empty() {
+            loaded = link.run(|con| script.load(con)).is_ok();
+        }
+        let r = link.run(|con| {
+            let mut p = redis::pipe();
+            // A notice is advice: one that fails (a bad reply key) is
+            // dropped, and the rest of the round trip stands.
+            p.ignore_errors();
+            add_notices(&mut p, core, &host, &notices);
+            for (reply, members) in &groups {
+                add_results(&mut p, core, &host, &sha, (reply, members), &unwritten);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            p.query::<Vec<redis::RedisResult<redis::Value>>>(con)
+        });
+        let mut finished: Vec<usize> = Vec::new();
+        let mut refused: Vec<(usize, String)> = Vec::new();
+        let mut retry = r.is_err();
+        // A new connection may be to a restarted Redis, without scripts.
+        loaded &= !retry;
+        if let Ok(replies) = r {
+            for ((reply, members), r) in groups.iter().zip(replies) {
+                match r {
+                    Ok(_) => finished.extend(members),
+                    // Written, but the broker restarted and lost the
+                    // group and the tasks with it: nothing to ack.
+                    Err(e) if e.to_string().contains("NOGROUP") => finished.extend(members),
+                    Err(e) if e.to_string().contains("NOSCRIPT") => {
+                        loaded = false;
+                        retry = true;
+                    }
+                    Err(e) if is_permanent(&e) => refused.extend(members.iter().map(|&i| {
+                        (
+                            i,
+                            format!("its result could not be written to {reply}: {e}"),
+                        )
+                    })),
+                    Err(_) => retry = true,
+                }
+            }
         }
-        if batch.is_empty() {
+        if retry {
+            failing.get_or_insert_with(Instant::now);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        } else {
+            failing = None;
+            backoff = Duration::from_millis(50);
+        }
+        for (i, why) in &refused {
+            let (done, _) = &unwritten[*i];
+            let lease = Lease {
+                // The reply stream is what refused: don't write there.
+                reply: String::new(),
+                ..done.lease.clone()
+            };
+            let error = TaskError::Broker {
+                task: lease.task.clone(),
+                message: why.clone(),
+            };
+            eprintln!(
+                "multitask: worker {}: task {} dead-lettered: {why}",
+                core.me, lease.id
+            );
+            dead_letter(core, &mut link, &done.entry, &lease, &error, 1);
+            finished.push(*i);
+        }
+        if failing.is_some_and(|since| since.elapsed() >= core.broker_timeout) {
+            eprintln!(
+                "multitask: worker {}: the broker was unreachable for {:?}; {} results given up \
+                 (their tasks stay pending, to be taken over)",
+                core.me,
+                core.broker_timeout,
+                unwritten.len()
+            );
+            finished = (0..unwritten.len()).collect();
+            failing = None;
+        }
+        if finished.is_empty() {
             continue;
         }
+        finished.sort_unstable();
+        finished.dedup();
         let mut held = lock(&core.inflight);
-        for done in &batch {
+        for &i in finished.iter().rev() {
+            let (done, _) = unwritten.swap_remove(i);
             held.remove(&done.entry);
         }
         drop(held);
@@ -620,74 +807,183 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     }
 }
 
+/// The outcome of a task the worker stopped for `why`: a kill or a cancel
+/// in the local pool becomes what the client asked for or the timeout; an
+/// outcome that came first (the task finished anyway) stands.
+fn stopped(
+    why: Stop,
+    task: &str,
+    timeout: Option<Duration>,
+    outcome: Result<Vec<u8>, TaskError>,
+) -> Result<Vec<u8>, TaskError> {
+    let pid = match &outcome {
+        Err(TaskError::Terminated { pid, .. }) => Some(*pid),
+        // Still queued in the local pool: it never started.
+        Err(TaskError::Cancelled { .. }) => None,
+        _ => return outcome,
+    };
+    let task = task.to_string();
+    Err(match why {
+        Stop::Terminated => TaskError::Terminated {
+            task,
+            pid: pid.unwrap_or(0),
+        },
+        Stop::TimedOut => TaskError::TimedOut {
+            task,
+            after: timeout.unwrap_or_default(),
+            pid,
+        },
+    })
+}
+
+/// Stops the held tasks `pick` chooses, marking why first (their
+/// outcomes may come back at once): killed in the local pool if running
+/// there, cancelled if still queued. A task that can't be stopped (a
+/// thread pool's) is unmarked and runs on.
+fn stop_where(core: &Core, why: Stop, pick: impl Fn(&str, &Held) -> bool) -> Vec<String> {
+    let chosen: Vec<(String, Arc<TaskFuture<Vec<u8>>>)> = {
+        let mut held = lock(&core.inflight);
+        held.iter_mut()
+            .filter(|(entry, h)| h.stopping.is_none() && pick(entry, h))
+            .filter_map(|(entry, h)| {
+                let run = h.run.clone()?;
+                h.stopping = Some(why);
+                Some((entry.clone(), run))
+            })
+            .collect()
+    };
+    let mut stopped = Vec::new();
+    for (entry, run) in chosen {
+        if run.terminate() || run.cancel() {
+            stopped.push(entry);
+        } else if let Some(h) = lock(&core.inflight).get_mut(&entry) {
+            h.stopping = None;
+        }
+    }
+    stopped
+}
+
+/// Stops the held tasks past their timeouts, and those whose clients
+/// asked (the queue's terminate set, read when `ask` is due).
+fn stop_tasks(core: &Core, link: &mut Link, ask: bool) {
+    stop_where(core, Stop::TimedOut, |_, h| {
+        h.timeout.is_some_and(|t| h.since.elapsed() >= t)
+    });
+    if !ask {
+        return;
+    }
+    let ids: Vec<String> = lock(&core.inflight).keys().cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let Ok(scores) = link.run(|con| {
+        redis::cmd("ZMSCORE")
+            .arg(core.keys.terminate())
+            .arg(&ids)
+            .query::<Vec<Option<f64>>>(con)
+    }) else {
+        return;
+    };
+    let asked: Vec<String> = ids
+        .into_iter()
+        .zip(scores)
+        .filter_map(|(id, s)| s.map(|_| id))
+        .collect();
+    if asked.is_empty() {
+        return;
+    }
+    stop_where(core, Stop::Terminated, |entry, _| {
+        asked.iter().any(|a| a == entry)
+    });
+    let _ = link.run(|con| {
+        redis::cmd("ZREM")
+            .arg(core.keys.terminate())
+            .arg(&asked)
+            .query::<i64>(con)
+    });
+}
+
+/// The positions in `unwritten` of each client's results, by reply stream,
+/// in order.
+fn by_client(unwritten: &[Finished]) -> Vec<(String, Vec<usize>)> {
+    let mut groups: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, (done, _)) in unwritten.iter().enumerate() {
+        let reply = done.lease.reply.as_str();
+        match groups.iter_mut().find(|(r, _)| r == reply) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((reply.to_string(), vec![i])),
+        }
+    }
+    groups
+}
+
 /// Most payload bytes packed in one result entry.
 const PACK_BYTES: usize = 8 << 20;
 
-/// Adds to `p` one transaction that writes the finished tasks' results to
-/// their clients' streams, packed (one entry per client and batch, with
-/// where the tasks ran and for how long, `ran`, for traces), then
-/// acknowledges and deletes the tasks with one XACK and one XDEL, so that
-/// no task is acknowledged without its result.
-fn add_results(p: &mut redis::Pipeline, core: &Core, host: &str, batch: &[Done], ran: &[Duration]) {
-    p.cmd("MULTI").ignore();
-    // Group by client, keeping each client's order.
-    let mut by_client: Vec<(&str, Vec<ToPack<'_>>)> = Vec::new();
-    for (done, ran) in batch.iter().zip(ran) {
-        let (error, payload) = match &done.outcome {
-            Ok(bytes) => (None, Some(&bytes[..])),
-            Err(e) => (Some(e.clone()), None),
-        };
-        let head = Packed {
-            id: done.lease.id.clone(),
-            task: done.lease.task.clone(),
-            error,
-            len: payload.map_or(0, |b| b.len() as u64),
-            ran_us: ran.as_micros() as u64,
-        };
-        let reply = done.lease.reply.as_str();
-        match by_client.iter_mut().find(|(r, _)| *r == reply) {
-            Some((_, v)) => v.push((head, payload)),
-            None => by_client.push((reply, vec![(head, payload)])),
+/// Adds to `p` the [`COMPLETE_LUA`] call (by its hash, `sha`) that writes
+/// the results of `members` (positions in `unwritten`) to the client
+/// stream `reply`,
+/// packed (one entry per PACK_BYTES of payload, with where the tasks ran
+/// and for how long, for traces), then acknowledges and deletes their
+/// tasks.
+fn add_results(
+    p: &mut redis::Pipeline,
+    core: &Core,
+    host: &str,
+    sha: &str,
+    (reply, members): (&str, &[usize]),
+    unwritten: &[Finished],
+) {
+    let results: Vec<ToPack<'_>> = members
+        .iter()
+        .map(|&i| {
+            let (done, ran) = &unwritten[i];
+            let (error, payload) = match &done.outcome {
+                Ok(bytes) => (None, Some(&bytes[..])),
+                Err(e) => (Some(e.clone()), None),
+            };
+            let head = Packed {
+                id: done.lease.id.clone(),
+                task: done.lease.task.clone(),
+                error,
+                len: payload.map_or(0, |b| b.len() as u64),
+                ran_us: ran.as_micros() as u64,
+            };
+            (head, payload)
+        })
+        .collect();
+    let mut packs = Vec::new();
+    let mut from = 0;
+    while from < results.len() {
+        // Split the results where their payloads pass PACK_BYTES.
+        let mut to = from;
+        let mut bytes = 0usize;
+        while to < results.len() && (to == from || bytes + results[to].0.len as usize <= PACK_BYTES)
+        {
+            bytes += results[to].0.len as usize;
+            to += 1;
         }
+        packs.push(pack_results(&results[from..to]));
+        from = to;
     }
-    for (reply, results) in &by_client {
-        let mut from = 0;
-        while from < results.len() {
-            // Split a client's results where their payloads pass PACK_BYTES.
-            let mut to = from;
-            let mut bytes = 0usize;
-            while to < results.len()
-                && (to == from || bytes + results[to].0.len as usize <= PACK_BYTES)
-            {
-                bytes += results[to].0.len as usize;
-                to += 1;
-            }
-            let (packed, data) = pack_results(&results[from..to]);
-            p.cmd("XADD")
-                .arg(*reply)
-                .arg("*")
-                .arg("batch")
-                .arg(packed)
-                .arg("data")
-                .arg(data)
-                .arg("worker")
-                .arg(&core.me)
-                .arg("host")
-                .arg(host)
-                .arg("pid")
-                .arg(std::process::id())
-                .ignore();
-            from = to;
-        }
-    }
-    let entries: Vec<&String> = batch.iter().map(|d| &d.entry).collect();
-    p.cmd("XACK")
+    let cmd = p
+        .cmd("EVALSHA")
+        .arg(sha)
+        .arg(2)
         .arg(core.keys.tasks())
+        .arg(reply)
         .arg(GROUP)
-        .arg(&entries)
-        .ignore();
-    p.cmd("XDEL").arg(core.keys.tasks()).arg(&entries).ignore();
-    p.cmd("EXEC").ignore();
+        .arg(RESULTS_TTL.as_secs())
+        .arg(&core.me)
+        .arg(host)
+        .arg(std::process::id())
+        .arg(packs.len());
+    for (packed, data) in &packs {
+        cmd.arg(packed).arg(data);
+    }
+    for &i in members {
+        cmd.arg(&unwritten[i].0.entry);
+    }
 }
 
 /// Heartbeats, lease renewal and reclaim, until the worker stops.
@@ -698,7 +994,15 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
     let reclaim_every = (core.visibility / 2).max(Duration::from_millis(200));
     let (mut beat, mut renew, mut reclaim) =
         (Instant::now() - beat_every, Instant::now(), Instant::now());
+    let mut asked = Instant::now();
     while !core.stop.is_stopped() || !lock(&core.inflight).is_empty() {
+        if !lock(&core.inflight).is_empty() {
+            let ask = asked.elapsed() >= STOP_POLL;
+            stop_tasks(core, &mut link, ask);
+            if ask {
+                asked = Instant::now();
+            }
+        }
         if beat.elapsed() >= beat_every {
             heartbeat(core, &mut link);
             beat = Instant::now();
@@ -775,7 +1079,9 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
         return;
     };
     for (entry, consumer, _idle, deliveries) in v {
-        if consumer == core.consumer {
+        // Our own entries idle that long are ones whose results were given
+        // up (the broker was away); those we still hold are renewed.
+        if consumer == core.consumer && lock(&core.inflight).contains_key(&entry) {
             continue;
         }
         if deliveries >= u64::from(core.max_deliveries) {
@@ -826,5 +1132,44 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
             start(core, link, e, tx);
         }
         let _ = tx.send(Note::Held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_task_says_why() {
+        let after = Duration::from_millis(300);
+        let killed = Err(TaskError::Terminated {
+            task: "t".to_string(),
+            pid: 7,
+        });
+        assert_eq!(
+            stopped(Stop::TimedOut, "t", Some(after), killed.clone()),
+            Err(TaskError::TimedOut {
+                task: "t".to_string(),
+                after,
+                pid: Some(7),
+            })
+        );
+        assert_eq!(stopped(Stop::Terminated, "t", None, killed.clone()), killed);
+        // Still queued in the local pool when stopped: it never ran.
+        let cancelled = Err(TaskError::Cancelled {
+            task: "t".to_string(),
+        });
+        assert_eq!(
+            stopped(Stop::Terminated, "t", None, cancelled),
+            Err(TaskError::Terminated {
+                task: "t".to_string(),
+                pid: 0,
+            })
+        );
+        // It finished first: its outcome stands.
+        assert_eq!(
+            stopped(Stop::TimedOut, "t", Some(after), Ok(vec![1])),
+            Ok(vec![1])
+        );
     }
 }

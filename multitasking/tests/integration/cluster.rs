@@ -567,3 +567,554 @@ fn a_cluster_pool_traces_each_task_on_its_worker() {
         assert!(e.submitted <= e.started && e.started <= e.finished, "{e:?}");
     }
 }
+
+/// Appends `n` on a line of its own to the file at `path`, then sleeps
+/// `ms`: a task whose every run leaves a trace.
+#[multitasking::task]
+pub(crate) fn mark(path: String, n: u64, ms: u64) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the mark file");
+    f.write_all(format!("{n}\n").as_bytes())
+        .expect("write a mark");
+    drop(f);
+    std::thread::sleep(Duration::from_millis(ms));
+    n
+}
+
+/// The marks `mark` left in `path`, in the order written.
+fn marks(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.parse().expect("a mark"))
+        .collect()
+}
+
+/// Waits until `cond` holds, at most `LIMIT`; panics with `what` if not.
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what} (waited {LIMIT:?})");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A file path no other test uses.
+fn fresh_file(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("mt-{}.marks", fresh_queue(name)))
+}
+
+/// Checks that `outcomes` (each future's index and outcome) agree with
+/// what ran: a cancelled task left no mark, a finished one exactly one.
+fn check_marks(path: &std::path::Path, outcomes: &[(u64, Result<u64, TaskError>)]) -> usize {
+    let ran = marks(path);
+    let mut cancelled = 0;
+    for (i, outcome) in outcomes {
+        let times = ran.iter().filter(|m| *m == i).count();
+        match outcome {
+            Ok(v) => {
+                assert_eq!(v, i);
+                assert_eq!(times, 1, "task {i} finished, so it ran once: {ran:?}");
+            }
+            Err(TaskError::Cancelled { .. }) => {
+                cancelled += 1;
+                assert_eq!(times, 0, "task {i} was cancelled, yet it ran");
+            }
+            Err(e) => panic!("task {i}: unexpected {e:?}"),
+        }
+    }
+    let _ = std::fs::remove_file(path);
+    cancelled
+}
+
+#[test]
+fn a_cancel_that_succeeds_means_the_task_never_runs() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("cancel"));
+    let worker = InProcessWorker::start(&url, 5, Duration::from_secs(30));
+    // One by one: the cancels walk the queue from its front, as the
+    // worker's claims do, so they meet claimed tasks that have sent no
+    // started notice yet.
+    let path = fresh_file("one-by-one");
+    let p = path.display().to_string();
+    let pool = ClusterPool::connect_with(&url, 5).unwrap();
+    let futs: Vec<_> = (0..300u64)
+        .map(|i| pool.submit(mark, (p.clone(), i, 1)).unwrap())
+        .collect();
+    wait_for("the worker never ran a task", || !marks(&path).is_empty());
+    let said: Vec<bool> = futs.iter().map(TaskFuture::cancel).collect();
+    let outcomes: Vec<_> = (0..300u64).zip(futs.iter().map(get)).collect();
+    for ((i, outcome), said) in outcomes.iter().zip(&said) {
+        assert_eq!(
+            *said,
+            outcome.is_err(),
+            "task {i}: cancel said {said}, the future ended {outcome:?}"
+        );
+    }
+    // Shutdown with cancel_futures: 50 tasks on 5 slots.
+    let path2 = fresh_file("shutdown");
+    let p2 = path2.display().to_string();
+    let pool2 = ClusterPool::connect_with(&url, 5).unwrap();
+    let futs2: Vec<_> = (0..50u64)
+        .map(|i| pool2.submit(mark, (p2.clone(), i, 1)).unwrap())
+        .collect();
+    wait_for("the worker never ran a task", || !marks(&path2).is_empty());
+    pool2.shutdown(Shutdown {
+        wait: true,
+        cancel_futures: true,
+    });
+    let outcomes2: Vec<_> = (0..50u64).zip(futs2.iter().map(get)).collect();
+    // Whatever the worker still holds runs to its end before the marks
+    // are read.
+    drop(pool);
+    drop(pool2);
+    drop(worker);
+    let cancelled = check_marks(&path, &outcomes);
+    assert!(cancelled > 0, "the cancels never caught up with the worker");
+    let cancelled2 = check_marks(&path2, &outcomes2);
+    assert!(cancelled2 > 0, "shutdown cancelled nothing");
+}
+
+#[test]
+fn a_bad_reply_key_fails_its_tasks_and_holds_no_slot() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("badreply");
+    let url = queue_url(&base, &queue);
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let client = redis::Client::open(base.as_str()).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    // A reply "stream" that is a string: every write to it is WRONGTYPE.
+    let bad = format!("mt:{{{queue}}}:results:bad");
+    let _: () = redis::cmd("SET")
+        .arg(&bad)
+        .arg("not a stream")
+        .query(&mut con)
+        .unwrap();
+    let payload = multitasking::executor::encode(
+        <sleep_ms as Task>::NAME,
+        <sleep_ms as Task>::CODEC,
+        &vec![30u64],
+    )
+    .unwrap();
+    for i in 0..4 {
+        let _: String = redis::cmd("XADD")
+            .arg(format!("mt:{{{queue}}}:tasks"))
+            .arg("*")
+            .arg("id")
+            .arg(format!("bad-{i}"))
+            .arg("task")
+            .arg(<sleep_ms as Task>::NAME)
+            .arg("sig")
+            .arg(<sleep_ms as Task>::SIGNATURE.to_string())
+            .arg("reply")
+            .arg(&bad)
+            .arg("payload")
+            .arg(&payload[..])
+            .query(&mut con)
+            .unwrap();
+    }
+    // Both slots freed: a well-behaved client's tasks complete.
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let futs: Vec<_> = (0..4u64).map(|i| pool.submit(double, i).unwrap()).collect();
+    for (i, f) in futs.iter().enumerate() {
+        let r = f
+            .result_timeout(Duration::from_secs(10))
+            .expect("the worker is jammed: a later task never completed");
+        assert_eq!(r, Ok(2 * i as u64));
+    }
+    wait_for("the bad-reply tasks were not dead-lettered", || {
+        status(&url).unwrap().dead_letters == 4
+    });
+    let dead: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("mt:{{{queue}}}:dead"))
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    let text = format!("{dead:?}");
+    assert!(text.to_lowercase().contains("wrongtype"), "{text}");
+    wait_for("a bad-reply task stayed in flight", || {
+        status(&url).unwrap().in_flight == 0
+    });
+}
+
+#[test]
+fn a_worker_of_zero_slots_is_refused() {
+    let e = Worker::builder("redis://127.0.0.1:1/0?queue=q")
+        .concurrency(0)
+        .build()
+        .expect_err("a worker that can run nothing is refused");
+    let text = e.to_string();
+    assert!(text.contains("concurrency must be at least 1"), "{text}");
+}
+
+/// Waits at most `limit` for every future of `futs`; panics naming the
+/// first one still pending.
+fn all_resolve<T: std::fmt::Debug>(
+    futs: &[TaskFuture<T>],
+    limit: Duration,
+) -> Vec<Result<T, TaskError>> {
+    let deadline = Instant::now() + limit;
+    futs.iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            f.result_timeout(left).unwrap_or_else(|| {
+                let pending = futs.iter().filter(|f| !f.done()).count();
+                panic!("future {i} and {pending} in all still pending after {limit:?}")
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn tasks_a_restarted_redis_lost_fail_in_bounded_time() {
+    let Some(mut redis) = OwnRedis::start(&["--appendonly", "no"]) else {
+        return;
+    };
+    let url = format!(
+        "redis://127.0.0.1:{}/0?queue={}",
+        redis.port,
+        fresh_queue("lost")
+    );
+    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let futs: Vec<_> = (0..200)
+        .map(|_| pool.submit(sleep_ms, 10).unwrap())
+        .collect();
+    wait_for("no task finished", || futs[0].done());
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    redis.up();
+    let outcomes = all_resolve(&futs, Duration::from_secs(20));
+    let lost = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(TaskError::Lost { .. })))
+        .count();
+    for r in &outcomes {
+        assert!(matches!(r, Ok(10) | Err(TaskError::Lost { .. })), "{r:?}");
+    }
+    assert!(lost > 0, "nothing was lost: the restart came too late");
+    assert_eq!(
+        get(&pool.submit(double, 21).unwrap()),
+        Ok(42),
+        "the cluster works after the restart"
+    );
+    let t = Instant::now();
+    drop(pool);
+    drop(worker);
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+}
+
+#[test]
+fn a_broker_gone_for_good_fails_every_future_in_bounded_time() {
+    let Some(mut redis) = OwnRedis::start(&[]) else {
+        return;
+    };
+    let url = format!(
+        "redis://127.0.0.1:{}/0?queue={}",
+        redis.port,
+        fresh_queue("gone")
+    );
+    let timeout = Duration::from_secs(2);
+    let w = Worker::builder(&url)
+        .concurrency(2)
+        .broker_timeout(timeout)
+        .build()
+        .unwrap();
+    let stop = w.stop_handle();
+    let worker = std::thread::spawn(move || w.run());
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_broker_timeout(timeout);
+    let futs: Vec<_> = (0..20)
+        .map(|_| pool.submit(sleep_ms, 300).unwrap())
+        .collect();
+    wait_for("no task started", || futs.iter().any(TaskFuture::running));
+    redis.kill();
+    let t = Instant::now();
+    let outcomes = all_resolve(&futs, timeout + Duration::from_secs(8));
+    assert!(
+        outcomes
+            .iter()
+            .any(|r| matches!(r, Err(TaskError::Broker { .. }))),
+        "{outcomes:?}"
+    );
+    for r in &outcomes {
+        assert!(
+            matches!(r, Ok(300) | Err(TaskError::Broker { .. })),
+            "{r:?}"
+        );
+    }
+    // Later submits fail at once, not after another timeout.
+    let t2 = Instant::now();
+    let late = pool.submit(double, 1).unwrap();
+    let r = late
+        .result_timeout(Duration::from_secs(5))
+        .expect("a submit to a gone broker hung");
+    assert!(matches!(r, Err(TaskError::Broker { .. })), "{r:?}");
+    assert!(t2.elapsed() < Duration::from_secs(1), "{:?}", t2.elapsed());
+    drop(pool);
+    stop.stop();
+    let joined = Instant::now();
+    worker.join().unwrap().unwrap();
+    assert!(
+        joined.elapsed() < timeout + Duration::from_secs(5),
+        "the worker took {:?} to stop",
+        joined.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
+}
+
+#[test]
+fn permanent_broker_errors_fail_at_once() {
+    let Some(redis) = OwnRedis::start(&[]) else {
+        return;
+    };
+    let admin = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut con = admin
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let _: () = redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER", "noxadd", "on", ">pw", "~*", "&*", "+@all", "-xadd",
+            ][..],
+        )
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("mt:{wrongtype}:tasks")
+        .arg("not a stream")
+        .query(&mut con)
+        .unwrap();
+    for (url, code) in [
+        (
+            format!("redis://noxadd:pw@127.0.0.1:{}/0?queue=q", redis.port),
+            "noperm",
+        ),
+        (
+            format!("redis://127.0.0.1:{}/0?queue=wrongtype", redis.port),
+            "wrongtype",
+        ),
+    ] {
+        let pool = ClusterPool::connect_with(&url, 2).unwrap();
+        let t = Instant::now();
+        let f = pool.submit(double, 1).unwrap();
+        let r = f
+            .result_timeout(Duration::from_secs(10))
+            .expect("a refused submit hung");
+        match r {
+            Err(TaskError::Broker { message, .. }) => {
+                assert!(message.to_lowercase().contains(code), "{message}");
+                assert!(!message.contains("pw@"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "{code} took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn result_streams_expire_unless_renewed() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("ttl");
+    let url = queue_url(&base, &queue);
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 2).unwrap()), Ok(4));
+    let client = redis::Client::open(base.as_str()).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("mt:{{{queue}}}:results:*"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&keys[0]).query(&mut con).unwrap();
+    assert!(
+        ttl > 0,
+        "the result stream {} never expires (TTL {ttl})",
+        keys[0]
+    );
+}
+
+#[test]
+fn terminate_kills_a_running_cluster_task_on_its_worker() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("terminate"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let f = pool.submit(sleep_ms, 20_000).unwrap();
+    wait_for("the task never started", || f.running());
+    let t = Instant::now();
+    assert!(f.terminate(), "terminate reaches the worker");
+    let r = f
+        .result_timeout(Duration::from_secs(10))
+        .expect("a terminated task went on running");
+    assert!(
+        matches!(r, Err(TaskError::Terminated { pid, .. }) if pid > 0),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(
+        get(&pool.submit(double, 2).unwrap()),
+        Ok(4),
+        "the worker goes on"
+    );
+}
+
+#[test]
+fn task_timeout_kills_a_cluster_task() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("timeout"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let limit = Duration::from_millis(300);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_task_timeout(limit);
+    let t = Instant::now();
+    let f = pool.submit(sleep_ms, 20_000).unwrap();
+    let r = f
+        .result_timeout(Duration::from_secs(10))
+        .expect("a task past its timeout went on running");
+    assert!(
+        matches!(r, Err(TaskError::TimedOut { after, pid: Some(_), .. }) if after == limit),
+        "{r:?}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(get(&pool.submit(sleep_ms, 10).unwrap()), Ok(10));
+}
+
+#[test]
+fn terminate_workers_stops_the_pools_work_at_once() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("stopall"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let futs: Vec<_> = (0..8)
+        .map(|_| pool.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    wait_for("no task started", || {
+        futs.iter().filter(|f| f.running()).count() == 2
+    });
+    let t = Instant::now();
+    pool.terminate_workers();
+    let outcomes = all_resolve(&futs, Duration::from_secs(10));
+    let terminated = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(TaskError::Terminated { .. })))
+        .count();
+    let cancelled = outcomes
+        .iter()
+        .filter(|r| matches!(r, Err(TaskError::Cancelled { .. })))
+        .count();
+    assert_eq!((terminated, cancelled), (2, 6), "{outcomes:?}");
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let refused = pool.submit(double, 1).expect_err("the pool is closed");
+    assert!(matches!(refused.error, TaskError::Shutdown { .. }));
+}
+
+#[test]
+fn a_password_changed_mid_run_fails_calls_at_once() {
+    let Some(redis) = OwnRedis::start(&["--requirepass", "first-secret"]) else {
+        return;
+    };
+    let url = format!(
+        "redis://:first-secret@127.0.0.1:{}/0?queue={}",
+        redis.port,
+        fresh_queue("auth")
+    );
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let admin =
+        redis::Client::open(format!("redis://:first-secret@127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut con = admin
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "second-secret"][..])
+        .query(&mut con)
+        .unwrap();
+    // Every connection logs in again, with the old password.
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"][..])
+        .query(&mut con)
+        .unwrap();
+    let t = Instant::now();
+    let f = pool.submit(double, 1).unwrap();
+    let r = f
+        .result_timeout(Duration::from_secs(10))
+        .expect("a call with a refused password hung");
+    match r {
+        Err(TaskError::Broker { message, .. }) => {
+            assert!(message.contains("authentication failed"), "{message}");
+            assert!(!message.contains("first-secret"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
+fn the_documented_acl_rules_are_enough() {
+    let Some(redis) = OwnRedis::start(&[]) else {
+        return;
+    };
+    let admin = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
+    let mut con = admin
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    // As in cluster/mod.rs, "Permissions".
+    let client_rules = "~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del \
+        +evalsha +script|load +xpending +xrange +xrevrange +zadd +zremrangebyscore";
+    let worker_rules = "~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack \
+        +xdel +xadd +xclaim +xpending +xrange +expire +evalsha +script|load +zmscore +zrem \
+        +set +del +sadd +srem";
+    for (user, rules) in [("app", client_rules), ("runner", worker_rules)] {
+        let mut args = vec!["SETUSER", user, "on", ">pw"];
+        args.extend(rules.split_whitespace());
+        let _: () = redis::cmd("ACL").arg(&args[..]).query(&mut con).unwrap();
+    }
+    let queue = fresh_queue("acl");
+    let at = |user: &str| format!("redis://{user}:pw@127.0.0.1:{}/0?queue={queue}", redis.port);
+    let worker = InProcessWorker::start(&at("runner"), 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&at("app"), 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 21).unwrap()), Ok(42));
+    let out: Vec<_> = pool.map(double, 0..100u64).collect();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    // Cancel, terminate: the scripts and the terminate set.
+    let busy: Vec<_> = (0..2)
+        .map(|_| pool.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    wait_for("the busy tasks never started", || {
+        busy.iter().all(TaskFuture::running)
+    });
+    let queued = pool.submit(double, 1).unwrap();
+    // Written by now, most likely: the cancel then runs the withdraw script.
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(queued.cancel(), "a queued task cancels");
+    for f in &busy {
+        assert!(f.terminate());
+        let r = f
+            .result_timeout(Duration::from_secs(10))
+            .expect("terminate hung");
+        assert!(matches!(r, Err(TaskError::Terminated { .. })), "{r:?}");
+    }
+    assert_eq!(get(&pool.submit(double, 2).unwrap()), Ok(4));
+    drop(pool);
+    drop(worker);
+    // Nothing either side did was refused, not even what they ignore.
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query(&mut con).unwrap();
+    assert!(denied.is_empty(), "{denied:?}");
+}

@@ -174,6 +174,7 @@ cluster_case! {
     panic_is_a_value_and_pool_goes_on => |ex| c::panic_is_a_value_and_pool_goes_on(&ex);
     submit_after_shutdown_hands_input_back => |ex| c::submit_after_shutdown_hands_input_back(&ex);
     cancel_pending_is_done_at_once => |ex| c::cancel_pending_is_done_at_once(&ex, QUEUES);
+    cancel_true_means_it_never_ran => |ex| c::cancel_true_means_it_never_ran(&ex);
     map_in_order_and_keeps_going => |ex| c::map_in_order_and_keeps_going(&ex);
     map_unordered_yields_everything => |ex| c::map_unordered_yields_everything(&ex);
     map_is_lazy => |ex| c::map_is_lazy(&ex);

@@ -67,5 +67,8 @@ fn main() {
         "| with it, at {} Hz ({processes} processes sampled) | {mq:.3} | {lo_q:.3}-{hi_q:.3} |",
         Profiler::DEFAULT_HZ
     );
-    println!("\noverhead {:.1}% (median against median)", (mq / mp - 1.0) * 100.0);
+    println!(
+        "\noverhead {:.1}% (median against median)",
+        (mq / mp - 1.0) * 100.0
+    );
 }

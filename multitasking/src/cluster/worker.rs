@@ -995,6 +995,9 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
     let (mut beat, mut renew, mut reclaim) =
         (Instant::now() - beat_every, Instant::now(), Instant::now());
     let mut asked = Instant::now();
+    // What the last heartbeat said was running: a change is told at once
+    // (within a tick), so that `status` agrees with what runs.
+    let mut told = usize::MAX;
     while !core.stop.is_stopped() || !lock(&core.inflight).is_empty() {
         if !lock(&core.inflight).is_empty() {
             let ask = asked.elapsed() >= STOP_POLL;
@@ -1003,8 +1006,9 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
                 asked = Instant::now();
             }
         }
-        if beat.elapsed() >= beat_every {
-            heartbeat(core, &mut link);
+        let running = lock(&core.inflight).len();
+        if beat.elapsed() >= beat_every || running != told {
+            told = heartbeat(core, &mut link);
             beat = Instant::now();
         }
         if renew.elapsed() >= renew_every {
@@ -1031,7 +1035,9 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
     }
 }
 
-fn heartbeat(core: &Core, link: &mut Link) {
+/// Writes the heartbeat; the running count it told.
+fn heartbeat(core: &Core, link: &mut Link) -> usize {
+    let running = lock(&core.inflight).len();
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -1041,7 +1047,7 @@ fn heartbeat(core: &Core, link: &mut Link) {
         "host": crate::info::host_name(),
         "pid": std::process::id(),
         "concurrency": core.concurrency,
-        "running": lock(&core.inflight).len(),
+        "running": running,
         "at": at,
     })
     .to_string();
@@ -1059,6 +1065,7 @@ fn heartbeat(core: &Core, link: &mut Link) {
             .ignore()
             .query::<()>(con)
     });
+    running
 }
 
 /// Takes over tasks idle past the visibility timeout in other consumers'

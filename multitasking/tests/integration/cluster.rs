@@ -1119,3 +1119,53 @@ fn the_documented_acl_rules_are_enough() {
     let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query(&mut con).unwrap();
     assert!(denied.is_empty(), "{denied:?}");
 }
+
+/// `status` agrees with what runs within a tick, not a heartbeat period:
+/// busy slots while tasks run, none as soon as they are done (it showed
+/// "2 of 2 slots busy" with nothing in flight for up to two seconds).
+#[test]
+fn status_says_what_runs_as_it_changes() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("status"));
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let running = || {
+        status(&url)
+            .unwrap()
+            .workers
+            .first()
+            .and_then(|w| w.running)
+    };
+    let deadline = Instant::now() + LIMIT;
+    while running().is_none() {
+        assert!(Instant::now() < deadline, "the worker never beat");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let futs: Vec<_> = (0..2)
+        .map(|_| pool.submit(sleep_ms, 1_500).unwrap())
+        .collect();
+    let deadline = Instant::now() + LIMIT;
+    while running() != Some(2) {
+        assert!(
+            Instant::now() < deadline,
+            "status never showed both slots busy"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for f in &futs {
+        assert_eq!(get(f), Ok(1_500));
+    }
+    // Within a few ticks of the worker's maintenance loop, well under its
+    // two-second heartbeat period.
+    let done = Instant::now();
+    while running() != Some(0) {
+        assert!(
+            done.elapsed() < Duration::from_millis(1_200),
+            "status still shows {:?} busy {:?} after the tasks ended",
+            running(),
+            done.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status(&url).unwrap().in_flight, 0);
+}

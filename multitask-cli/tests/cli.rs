@@ -548,6 +548,57 @@ fn bench_out_writes_four_well_formed_files_and_a_profile() {
     );
     let flame = std::fs::read_to_string(&profile).expect("flamegraph written");
     assert!(flame.contains("<svg"), "the profile is an SVG");
+    let table = std::fs::read_to_string(profile.with_extension("txt")).expect("a table");
+    assert!(
+        table.contains("self%") && table.contains("samples from"),
+        "{table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `primes --profile` samples the workers too: the merged flamegraph has
+/// the task, rooted by name, from each worker process that ran it.
+#[test]
+fn primes_profile_covers_every_worker() {
+    let dir = std::env::temp_dir().join(format!("multitask-prof-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    let svg = dir.join("primes.svg");
+    let svg_arg = svg.display().to_string();
+    let ran = multitask(&[
+        "primes",
+        "-e",
+        "processes:2",
+        "--show-worker",
+        "--repeat",
+        "2",
+        "--profile",
+        &svg_arg,
+    ]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let worker_pids: std::collections::BTreeSet<String> = ran
+        .lines()
+        .iter()
+        .filter_map(|l| l.split("(pid ").nth(1))
+        .map(|p| p.trim_end_matches(')').to_string())
+        .collect();
+    assert_eq!(worker_pids.len(), 2, "{}", ran.stdout);
+    let flame = std::fs::read_to_string(&svg).expect("the flamegraph");
+    assert!(
+        flame.contains("is_prime_with_pid"),
+        "the task is a root of the graph"
+    );
+    for pid in &worker_pids {
+        assert!(
+            flame.contains(&format!("pid {pid}")),
+            "worker {pid} has no frames in the flamegraph"
+        );
+    }
+    let table = std::fs::read_to_string(svg.with_extension("txt")).expect("the table");
+    assert!(table.contains("from 3 processes"), "{table}");
+    assert!(
+        table.contains("multitask::tasks::is_prime_with_pid:"),
+        "{table}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -631,6 +631,18 @@ impl Slot {
                 };
                 io.outbox.push((call.job.deliver, Err(error)));
             }
+            Err(e @ WireError::Stalled { .. }) => {
+                // It stopped reading part-way through its call: it can't be
+                // trusted to go on.
+                w.switch
+                    .kill(KillReason::Terminated, rustix::process::Signal::KILL);
+                io.call = Some(call);
+                io.broken = Some(Broken::Protocol(format!(
+                    "worker pid {}: sending the call: {e}",
+                    w.switch.pid
+                )));
+                self.idle.store(false, Ordering::SeqCst);
+            }
             Err(_) => {
                 io.call = Some(call);
                 io.broken = Some(Broken::Gone);

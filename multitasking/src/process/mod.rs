@@ -8,7 +8,7 @@
 //!  pool.map(t, xs)   encode    -----------+-----------                    | MULTITASK_WORKER |
 //!        |           Vec<Input>           | whoever finds slot k idle     | fd 3 = socket    |
 //!        |                                v                               |                  |
-//!        |  (a) submitter writes ---> slot k: Mutex { worker, call } = Call =======> resolve |
+//!        |  (a) submitter writes ---> slot k: Mutex<SlotState> ======= Call =======> resolve |
 //!        |  (b) waiter reads    <---  (socketpair, framed, versioned)  <=== Reply == (name,  |
 //!        v                                ^                               |   signature),    |
 //!   TaskFuture  <---- decode -------------+                               | run the batch    |

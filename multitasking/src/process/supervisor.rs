@@ -368,8 +368,9 @@ pub(crate) struct Slot {
     index: usize,
     /// The worker and its call.
     io: Mutex<SlotIo>,
-    /// True while a worker is ready and no call is in flight: lets a
-    /// submitter skip busy slots without taking their lock.
+    /// True while the slot is [`SlotState::Idle`]: lets a submitter skip
+    /// busy slots without taking their lock. Written only by [`Slot::set`],
+    /// with the state.
     idle: AtomicBool,
     /// Wakes the supervisor.
     bell: Bell,
@@ -378,15 +379,8 @@ pub(crate) struct Slot {
 /// What a slot's lock guards.
 #[derive(Default)]
 struct SlotIo {
-    /// The live worker; `None` while one is being started or reaped.
-    worker: Option<Worker>,
-    /// The call the worker runs.
-    call: Option<Call>,
-    /// Set by whoever found that the worker can't go on; the supervisor
-    /// reaps it.
-    broken: Option<Broken>,
-    /// The worker ran its `max_tasks_per_child`: the supervisor retires it.
-    retiring: bool,
+    /// The worker and what it does; written only through [`Slot::set`].
+    state: SlotState,
     /// Futures to resolve once the lock is released (a done callback may
     /// submit again, which takes this lock).
     outbox: Vec<Outcome>,
@@ -426,16 +420,64 @@ impl Parked {
         match supervisor_due(io, shared) {
             Due::Now => true,
             Due::Never => false,
-            _ if io.call.as_ref().map(|c| c.id) == self.call && stall_of(io) == self.stall => false,
+            _ if io.state.call().map(|c| c.id) == self.call && stall_of(io) == self.stall => false,
             Due::At(at) => self.wake.is_none_or(|w| at < w),
         }
     }
 }
 
-impl SlotIo {
-    /// A worker is ready for a call.
-    fn is_idle(&self) -> bool {
-        self.worker.is_some() && self.call.is_none() && self.broken.is_none() && !self.retiring
+/// A worker slot's state, and who moves it where.
+///
+/// ```text
+///            install (supervisor)       start (whoever dispatches)
+///   Empty --------------------> Idle --------------------------> Busy
+///     ^                          ^  <-- reply (tasks < max) ------ |
+///     |                          |                                 | reply (tasks = max)
+///     |                          |  EOF, protocol error, stall     v
+///     |  end (supervisor)        +----------------------------> Broken <-- Retiring
+///     +---- Idle, Retiring, Broken (and Idle of a closed pool)
+/// ```
+///
+/// Any state with a worker goes to `Broken` when its socket fails or the
+/// worker breaks the protocol (a `Busy` one keeps its call, to fail or
+/// retry it). Only the supervisor leaves `Empty` and enters it; everybody
+/// holding the lock may make the other moves.
+#[derive(Default)]
+enum SlotState {
+    /// No worker: the supervisor is starting one, ending one, or waiting to
+    /// try again after a failed start.
+    #[default]
+    Empty,
+    /// A worker waits for a call.
+    Idle(Worker),
+    /// A worker runs a call.
+    Busy(Worker, Call),
+    /// The worker answered its `max_tasks_per_child`-th call: the
+    /// supervisor retires it.
+    Retiring(Worker),
+    /// The worker can't go on: the supervisor reaps it and fails (or
+    /// queues again) the call it held, if any.
+    Broken(Worker, Option<Call>, Broken),
+}
+
+impl SlotState {
+    /// The worker, if there is one.
+    fn worker(&self) -> Option<&Worker> {
+        match self {
+            SlotState::Empty => None,
+            SlotState::Idle(w)
+            | SlotState::Busy(w, _)
+            | SlotState::Retiring(w)
+            | SlotState::Broken(w, ..) => Some(w),
+        }
+    }
+
+    /// The call in flight on a working worker.
+    fn call(&self) -> Option<&Call> {
+        match self {
+            SlotState::Busy(_, call) => Some(call),
+            _ => None,
+        }
     }
 }
 
@@ -531,6 +573,21 @@ impl Slot {
         self.io.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Moves the slot to `state`: the one writer of the state and of the
+    /// `idle` hint.
+    fn set(&self, io: &mut SlotIo, state: SlotState) {
+        // SeqCst: `dispatch` fences after a store of true (see there).
+        self.idle
+            .store(matches!(state, SlotState::Idle(_)), Ordering::SeqCst);
+        io.state = state;
+    }
+
+    /// Takes the state out to move it; the caller `set`s the next one
+    /// before it lets go of the lock.
+    fn take(io: &mut SlotIo) -> SlotState {
+        std::mem::take(&mut io.state)
+    }
+
     /// Wakes the slot's supervisor.
     pub(crate) fn ring(&self) {
         self.bell.ring();
@@ -571,19 +628,18 @@ impl Slot {
     /// Writes queued calls to the worker while it is idle.
     fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
         loop {
-            while io.is_idle() {
+            while matches!(io.state, SlotState::Idle(_)) {
                 let Ok(job) = shared.rx.try_recv() else {
                     break;
                 };
                 self.start(io, job, shared);
             }
-            let idle = io.is_idle();
             // SeqCst, with the fence: a submitter enqueues, fences, then
-            // reads `idle`; here `idle` is stored, fenced, then the queue
-            // read. One of the two sees the other, so no call waits in the
-            // queue beside an idle worker.
-            self.idle.store(idle, Ordering::SeqCst);
-            if !idle {
+            // reads `idle`; here `idle` was stored (by `set`, on the move
+            // to Idle), fenced, then the queue read. One of the two sees
+            // the other, so no call waits in the queue beside an idle
+            // worker.
+            if !matches!(io.state, SlotState::Idle(_)) {
                 break;
             }
             std::sync::atomic::fence(Ordering::SeqCst);
@@ -595,7 +651,9 @@ impl Slot {
 
     /// Writes `job` to the idle worker.
     fn start(self: &Arc<Self>, io: &mut SlotIo, mut job: Job, shared: &Arc<PoolShared>) {
-        let w = io.worker.as_mut().expect("an idle slot has a worker");
+        let SlotState::Idle(w) = &io.state else {
+            unreachable!("start on a slot that is not idle");
+        };
         let control = Arc::new(Control {
             switch: w.switch.clone(),
             slot: self.clone(),
@@ -613,6 +671,9 @@ impl Slot {
             signature: job.signature,
             payload: std::mem::take(&mut job.payload),
         };
+        let SlotState::Idle(mut w) = Slot::take(io) else {
+            unreachable!("checked above");
+        };
         let sent = w.conn.send(&call);
         let ToWorker::Call { payload, .. } = call;
         job.payload = payload;
@@ -621,8 +682,8 @@ impl Slot {
             job,
             started: Instant::now(),
         };
-        match sent {
-            Ok(()) => io.call = Some(call),
+        let next = match sent {
+            Ok(()) => SlotState::Busy(w, call),
             Err(WireError::TooLarge { size, cap }) => {
                 let error = TaskError::TooLarge {
                     task: call.job.task.to_string(),
@@ -630,54 +691,69 @@ impl Slot {
                     limit: cap,
                 };
                 io.outbox.push((call.job.deliver, Err(error)));
+                SlotState::Idle(w)
             }
-            Err(_) => {
-                io.call = Some(call);
-                io.broken = Some(Broken::Gone);
+            Err(e @ WireError::Stalled { .. }) => {
+                // It stopped reading part-way through its call: it can't be
+                // trusted to go on.
+                w.switch
+                    .kill(KillReason::Terminated, rustix::process::Signal::KILL);
+                let why = format!("worker pid {}: sending the call: {e}", w.switch.pid);
+                SlotState::Broken(w, Some(call), Broken::Protocol(why))
             }
-        }
+            Err(_) => SlotState::Broken(w, Some(call), Broken::Gone),
+        };
+        self.set(io, next);
     }
 
     /// Reads what the worker sent: finishes the call and starts the next.
     fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
-        if io.broken.is_some() {
-            return;
-        }
-        let Some(w) = io.worker.as_mut() else {
-            return;
+        let pending = io.state.call().map(|c| c.id);
+        let w = match &mut io.state {
+            SlotState::Idle(w) | SlotState::Busy(w, _) | SlotState::Retiring(w) => w,
+            SlotState::Empty | SlotState::Broken(..) => return,
         };
+        let pid = w.switch.pid;
         let broken = match w.conn.try_recv::<FromWorker>() {
             Ok(None) => return,
-            Ok(Some(FromWorker::Reply { id, outcome }))
-                if io.call.as_ref().is_some_and(|c| c.id == id) =>
-            {
-                let call = io.call.take().expect("checked above");
-                trace(shared, &call, outcome.is_ok(), w);
+            Ok(Some(FromWorker::Reply { id, outcome })) if pending == Some(id) => {
+                let SlotState::Busy(mut w, call) = Slot::take(io) else {
+                    unreachable!("a call is pending only on a busy slot");
+                };
+                trace(shared, &call, outcome.is_ok(), &mut w);
                 io.outbox.push((call.job.deliver, outcome));
                 w.tasks += 1;
-                if shared
+                let spent = shared
                     .config
                     .max_tasks_per_child
-                    .is_some_and(|max| w.tasks >= max)
-                {
-                    io.retiring = true;
-                }
+                    .is_some_and(|max| w.tasks >= max);
+                self.set(
+                    io,
+                    if spent {
+                        SlotState::Retiring(w)
+                    } else {
+                        SlotState::Idle(w)
+                    },
+                );
                 self.dispatch(io, shared);
                 return;
             }
             Ok(Some(other)) => Broken::Protocol(format!(
-                "worker pid {} broke the protocol: sent {other:?}",
-                w.switch.pid
+                "worker pid {pid} broke the protocol: sent {other:?}"
             )),
             Err(WireError::Eof) | Err(WireError::Io(_)) => Broken::Gone,
-            Err(e) => Broken::Protocol(format!("worker pid {}: {e}", w.switch.pid)),
+            Err(e) => Broken::Protocol(format!("worker pid {pid}: {e}")),
+        };
+        let (w, call) = match Slot::take(io) {
+            SlotState::Idle(w) | SlotState::Retiring(w) => (w, None),
+            SlotState::Busy(w, call) => (w, Some(call)),
+            SlotState::Empty | SlotState::Broken(..) => unreachable!("checked above"),
         };
         if matches!(broken, Broken::Protocol(_)) {
             w.switch
                 .kill(KillReason::Terminated, rustix::process::Signal::KILL);
         }
-        io.broken = Some(broken);
-        self.idle.store(false, Ordering::SeqCst);
+        self.set(io, SlotState::Broken(w, call, broken));
     }
 }
 
@@ -717,7 +793,7 @@ pub(crate) fn supervise(
         *watch = w.conn.socket().try_clone().ok();
         set_live(Some(w.switch.clone()));
         let mut io = slot.lock();
-        io.worker = Some(w);
+        slot.set(&mut io, SlotState::Idle(w));
         slot.dispatch(&mut io, &shared);
         slot.release(io, &shared);
     };
@@ -743,22 +819,23 @@ pub(crate) fn supervise(
         io.parked = None;
         slot.pump(&mut io, &shared);
         slot.dispatch(&mut io, &shared);
-        if io.worker.is_some() && matches!(supervisor_due(&io, &shared), Due::Now) {
+        let due = supervisor_due(&io, &shared);
+        if io.state.worker().is_some() && matches!(due, Due::Now) {
             // The worker goes: handle it outside the lock.
-            let worker = io.worker.take();
-            let call = io.call.take();
-            let broken = io.broken.take();
-            io.retiring = false;
-            slot.idle.store(false, Ordering::SeqCst);
+            let (w, call, broken) = match Slot::take(&mut io) {
+                SlotState::Idle(w) | SlotState::Retiring(w) => (w, None, None),
+                SlotState::Busy(w, call) => (w, Some(call), None),
+                SlotState::Broken(w, call, broken) => (w, call, Some(broken)),
+                SlotState::Empty => unreachable!("checked above"),
+            };
+            slot.set(&mut io, SlotState::Empty);
             slot.release(io, &shared);
             watch = None;
             set_live(None);
-            if let Some(w) = worker {
-                end_worker(w, call, broken, &shared);
-            }
+            end_worker(w, call, broken, &shared);
             continue;
         }
-        if io.worker.is_none() {
+        if io.state.worker().is_none() {
             slot.release(io, &shared);
             if closed() && shared.rx.is_empty() {
                 break;
@@ -789,11 +866,7 @@ pub(crate) fn supervise(
             }
             continue;
         }
-        let wake = io
-            .call
-            .is_some()
-            .then(|| deadlines(&mut io, config))
-            .flatten();
+        let wake = deadlines(&mut io, config);
         let stall = stall_of(&io);
         let wake = match (wake, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -801,7 +874,7 @@ pub(crate) fn supervise(
         };
         io.parked = Some(Parked {
             wake,
-            call: io.call.as_ref().map(|c| c.id),
+            call: io.state.call().map(|c| c.id),
             stall,
         });
         slot.release(io, &shared);
@@ -822,13 +895,13 @@ enum Due {
 
 /// When the supervisor of the slot in `io` must next look at it.
 fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
-    if io.broken.is_some() || io.retiring {
+    if matches!(io.state, SlotState::Broken(..) | SlotState::Retiring(_)) {
         return Due::Now;
     }
     // A frame in progress is watched even with no call in flight: a worker
     // that sends half a frame unasked holds the slot as surely.
     let stall = stall_of(io);
-    let Some(call) = &io.call else {
+    let Some(call) = io.state.call() else {
         let closed = *shared.closed.read().unwrap_or_else(|p| p.into_inner());
         return if closed && shared.rx.is_empty() {
             Due::Now
@@ -848,14 +921,15 @@ fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
 
 /// The stall deadline of the frame the slot's worker is part-way through.
 fn stall_of(io: &SlotIo) -> Option<Instant> {
-    io.worker.as_ref().and_then(|w| w.conn.stall_deadline())
+    io.state.worker().and_then(|w| w.conn.stall_deadline())
 }
 
 /// Kills the running call's worker past the timeout or the memory limit;
 /// when the supervisor must look again.
 fn deadlines(io: &mut SlotIo, config: &Config) -> Option<Instant> {
-    let call = io.call.as_ref()?;
-    let w = io.worker.as_mut()?;
+    let SlotState::Busy(w, call) = &mut io.state else {
+        return None;
+    };
     let now = Instant::now();
     let mut wake = None;
     if let Some(after) = config.task_timeout {

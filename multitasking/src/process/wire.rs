@@ -111,13 +111,14 @@ pub(crate) enum WireError {
     /// The socket failed.
     #[error("socket error: {0}")]
     Io(#[from] io::Error),
-    /// A frame stopped part-way: nothing more came for the stall limit.
+    /// A frame stopped part-way: no byte of it came in (or, writing, went
+    /// out) for the stall limit.
     #[error(
-        "a frame stopped after {have} bytes{} and nothing more came for {after:?}",
+        "a frame stopped after {have} bytes{} and did not move for {after:?}",
         announced(want)
     )]
     Stalled {
-        /// The bytes of the frame received, its header included.
+        /// The bytes of the frame that got through, its header included.
         have: usize,
         /// The frame's size, its header included, if its header came.
         want: Option<usize>,
@@ -243,12 +244,28 @@ impl Conn {
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> Result<(), WireError> {
+        let total = data.len();
+        // When the peer last took some of the frame: a peer that stops
+        // reading part-way holds the writer (in a pool, the slot's lock)
+        // no longer than the stall limit.
+        let mut progress = Instant::now();
         while !data.is_empty() {
             match self.sock.write(data) {
                 Ok(0) => return Err(WireError::Eof),
-                Ok(n) => data = &data[n..],
+                Ok(n) => {
+                    data = &data[n..];
+                    progress = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.park(rustix::event::PollFlags::OUT, None)?;
+                    let stalled = WireError::Stalled {
+                        have: total - data.len(),
+                        want: Some(total),
+                        after: self.stall,
+                    };
+                    match self.park(rustix::event::PollFlags::OUT, Some(progress + self.stall)) {
+                        Err(WireError::Timeout) => return Err(stalled),
+                        r => r?,
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(WireError::Eof),

@@ -353,3 +353,31 @@ fn a_worker_that_stalls_part_way_through_a_frame_is_killed_and_replaced() {
     );
     crate::process::bounded("the pool's drop", LIMIT, move || drop(p));
 }
+
+#[test]
+fn a_worker_that_stops_reading_part_way_through_its_call_is_killed_and_replaced() {
+    // A call far larger than the socket's buffers, to a worker that is
+    // stopped (SIGSTOP): the submitter's write must not hold the slot (and
+    // the submit) forever.
+    let p = std::sync::Arc::new(ProcessPool::builder().max_workers(1).build().unwrap());
+    let victim = p.worker_pids()[0];
+    let pid = rustix::process::Pid::from_raw(victim as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let big = vec![u64::MAX; 1_000_000];
+    let q = p.clone();
+    let f = crate::process::bounded("a submit to a stopped worker", LIMIT, move || {
+        q.submit_chunk(double, big).expect("submit")
+    });
+    match get(&f) {
+        Err(TaskError::Codec { message, .. }) => {
+            assert!(message.contains("sending the call"), "{message}");
+            assert!(message.contains("did not move"), "{message}");
+        }
+        other => panic!("{:?}", other.map(|c| c.len())),
+    }
+    assert!(
+        crate::process::wait_gone(victim, LIMIT),
+        "the stopped worker {victim} was killed and reaped"
+    );
+    still_works(&p);
+}

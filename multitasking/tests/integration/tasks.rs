@@ -282,6 +282,8 @@ pub(crate) enum Then {
 /// then does as `then` says; returns the sleep's pid.
 #[multitasking::task]
 pub(crate) fn spawn_sleeper(path: String, then: Then) -> u32 {
+    // Never waited for on purpose: it must die with the worker's group.
+    #[allow(clippy::zombie_processes)]
     let sleep = std::process::Command::new("sleep")
         .arg("300")
         .spawn()

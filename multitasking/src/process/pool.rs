@@ -212,6 +212,8 @@ pub(crate) struct Job {
     pub(crate) attempts: u32,
     /// When it was submitted, when tracing.
     pub(crate) submitted: Option<Instant>,
+    /// A preview of its input, when tracing.
+    pub(crate) input: Option<String>,
 }
 
 /// A pool of worker processes: crash isolation, kill-able timeouts and
@@ -365,13 +367,15 @@ impl Executor for ProcessPool {
         let (fut, promise) = TaskFuture::pending(T::NAME);
         self.send(T::NAME, input, |input| {
             let payload = self.encode::<T>(std::slice::from_ref(input))?;
+            let traced = self.shared.config.tracer.is_enabled();
             Ok(Job {
                 task: T::NAME,
                 signature: T::SIGNATURE,
                 payload,
                 deliver: deliver_one::<T>(promise),
                 attempts: 0,
-                submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
+                submitted: traced.then(Instant::now),
+                input: traced.then(|| crate::trace::preview(input)),
             })
         })?;
         Ok(fut)
@@ -386,13 +390,20 @@ impl Executor for ProcessPool {
         let n = inputs.len();
         self.send(T::NAME, inputs, |inputs| {
             let payload = self.encode::<T>(inputs)?;
+            let traced = self.shared.config.tracer.is_enabled();
+            // A chunk of one (map's chunksize 1) shows its item.
+            let preview = || match inputs.as_slice() {
+                [one] => crate::trace::preview(one),
+                many => crate::trace::preview(many),
+            };
             Ok(Job {
                 task: T::NAME,
                 signature: T::SIGNATURE,
                 payload,
                 deliver: deliver_chunk::<T>(promise, n),
                 attempts: 0,
-                submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
+                submitted: traced.then(Instant::now),
+                input: traced.then(preview),
             })
         })?;
         Ok(fut)
@@ -461,6 +472,7 @@ impl RawExecutor for ProcessPool {
                 deliver: deliver(promise, Ok),
                 attempts: 0,
                 submitted: self.shared.config.tracer.is_enabled().then(Instant::now),
+                input: None,
             })
         })?;
         Ok(fut)

@@ -670,6 +670,7 @@ impl Slot {
             task: job.task.to_string(),
             signature: job.signature,
             payload: std::mem::take(&mut job.payload),
+            measure: job.submitted.is_some(),
         };
         let SlotState::Idle(mut w) = Slot::take(io) else {
             unreachable!("checked above");
@@ -716,11 +717,11 @@ impl Slot {
         let pid = w.switch.pid;
         let broken = match w.conn.try_recv::<FromWorker>() {
             Ok(None) => return,
-            Ok(Some(FromWorker::Reply { id, outcome })) if pending == Some(id) => {
-                let SlotState::Busy(mut w, call) = Slot::take(io) else {
+            Ok(Some(FromWorker::Reply { id, outcome, usage })) if pending == Some(id) => {
+                let SlotState::Busy(mut w, mut call) = Slot::take(io) else {
                     unreachable!("a call is pending only on a busy slot");
                 };
-                trace(shared, &call, outcome.is_ok(), &mut w);
+                trace(shared, &mut call, outcome.is_ok(), usage, &mut w);
                 io.outbox.push((call.job.deliver, outcome));
                 w.tasks += 1;
                 let spent = shared
@@ -757,8 +758,15 @@ impl Slot {
     }
 }
 
-/// Records a finished call, when tracing.
-fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
+/// Records a finished call, when tracing: with what the worker measured
+/// of it (its own CPU time and peak RSS), else the worker's peak.
+fn trace(
+    shared: &PoolShared,
+    call: &mut Call,
+    ok: bool,
+    usage: Option<wire::Usage>,
+    w: &mut Worker,
+) {
     if let Some(submitted) = call.job.submitted {
         shared.config.tracer.record_span(Span {
             task: call.job.task,
@@ -766,9 +774,9 @@ fn trace(shared: &PoolShared, call: &Call, ok: bool, w: &mut Worker) {
             pid: w.switch.pid,
             times: (submitted, call.started, Instant::now()),
             ok,
-            peak_rss: w.peak_rss(),
-            cpu: None,
-            input: None,
+            peak_rss: usage.and_then(|u| u.peak_rss).or_else(|| w.peak_rss()),
+            cpu: usage.map(|u| std::time::Duration::from_nanos(u.cpu_ns)),
+            input: call.job.input.take(),
         });
     }
 }
@@ -977,7 +985,7 @@ fn park(bell: &Bell, watch: Option<&UnixStream>, wake: Option<Instant>) {
 
 /// A worker leaves its slot: retired (its socket closed, reaped), or dead
 /// (reaped; its call failed with the reason, or queued again for a retry).
-fn end_worker(w: Worker, call: Option<Call>, broken: Option<Broken>, shared: &PoolShared) {
+fn end_worker(w: Worker, mut call: Option<Call>, broken: Option<Broken>, shared: &PoolShared) {
     let mut w = w;
     match broken {
         None => {
@@ -986,8 +994,8 @@ fn end_worker(w: Worker, call: Option<Call>, broken: Option<Broken>, shared: &Po
             retire(w);
         }
         Some(Broken::Protocol(message)) => {
-            if let Some(call) = &call {
-                trace(shared, call, false, &mut w);
+            if let Some(call) = &mut call {
+                trace(shared, call, false, None, &mut w);
             }
             let _ = reap(w);
             if let Some(call) = call {
@@ -998,8 +1006,8 @@ fn end_worker(w: Worker, call: Option<Call>, broken: Option<Broken>, shared: &Po
             }
         }
         Some(Broken::Gone) => {
-            if let Some(call) = &call {
-                trace(shared, call, false, &mut w);
+            if let Some(call) = &mut call {
+                trace(shared, call, false, None, &mut w);
             }
             let (pid, cause, reason) = reap(w);
             let Some(call) = call else {

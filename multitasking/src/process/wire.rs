@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::TaskError;
 
 /// The protocol version; both sides must agree.
-pub(crate) const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 2;
 
 /// Bytes of the length prefix.
 const HEADER: usize = 4;
@@ -53,7 +53,21 @@ pub(crate) enum ToWorker {
         signature: u64,
         /// The encoded `Vec<Input>`.
         payload: Vec<u8>,
+        /// Measure the call's own CPU time and peak RSS ([`Usage`]): a
+        /// traced call asks; the measuring costs two `/proc` accesses.
+        measure: bool,
     },
+}
+
+/// What a call used in its worker, when it was asked to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(crate) struct Usage {
+    /// CPU time of the worker's thread during the call, in nanoseconds.
+    pub(crate) cpu_ns: u64,
+    /// The worker's peak resident set during the call, in bytes: the
+    /// high-water mark is reset before the call (`/proc/self/clear_refs`),
+    /// so this is the call's own peak, not the worker's lifetime one.
+    pub(crate) peak_rss: Option<u64>,
 }
 
 /// A message from a worker to the pool.
@@ -75,6 +89,8 @@ pub(crate) enum FromWorker {
         id: u64,
         /// The encoded `Chunk<Output>`, or why the batch did not run.
         outcome: Result<Vec<u8>, TaskError>,
+        /// What the call used, when it was asked to measure.
+        usage: Option<Usage>,
     },
     /// The worker has started and now runs its initializer; `Hello` (or
     /// `InitFailed`) follows. Lets a slow initializer be told from a start
@@ -442,6 +458,7 @@ mod tests {
             task: "m::is_prime".into(),
             signature: 42,
             payload: vec![1, 2, 3],
+            measure: true,
         };
         a.send(&call).unwrap();
         a.send(&call).unwrap();
@@ -451,6 +468,10 @@ mod tests {
         let reply = FromWorker::Reply {
             id: 7,
             outcome: Err(TaskError::Cancelled { task: "t".into() }),
+            usage: Some(Usage {
+                cpu_ns: 1_500,
+                peak_rss: Some(4 << 20),
+            }),
         };
         b.send(&reply).unwrap();
         assert_eq!(a.recv::<FromWorker>(deadline).unwrap(), reply);
@@ -464,6 +485,7 @@ mod tests {
             task: "t".into(),
             signature: 0,
             payload: (0..len).map(|i| i as u8).collect(),
+            measure: false,
         };
         // The writer blocks once the socket buffer fills: write from a thread.
         let sent: Vec<_> = [(1, 10), (2, 3 << 20), (3, 10), (4, 100_000), (5, 1)]
@@ -498,6 +520,7 @@ mod tests {
             task: "t".into(),
             signature: 0,
             payload: vec![0; 64],
+            measure: false,
         };
         assert!(matches!(a.send(&big), Err(WireError::TooLarge { .. })));
         // A peer that lies about the size is refused before the body is read.
@@ -570,7 +593,7 @@ mod tests {
             at in any::<prop::sample::Index>(),
             flip in 1u8..=255,
         ) {
-            let frame = encode_frame(&ToWorker::Call { id, task: "t".into(), signature: 1, payload }).unwrap();
+            let frame = encode_frame(&ToWorker::Call { id, task: "t".into(), signature: 1, payload, measure: false }).unwrap();
             let mut body = frame[HEADER..].to_vec();
             let i = at.index(body.len());
             body[i] ^= flip;
@@ -584,7 +607,7 @@ mod tests {
             let (a, mut b) = pair(1 << 16);
             let mut bytes = Vec::new();
             for &id in &ids {
-                bytes.extend(encode_frame(&FromWorker::Reply { id, outcome: Ok(vec![id as u8; 3]) }).unwrap());
+                bytes.extend(encode_frame(&FromWorker::Reply { id, outcome: Ok(vec![id as u8; 3]), usage: None }).unwrap());
             }
             let mut s = a.sock.try_clone().unwrap();
             s.set_nonblocking(false).unwrap();
@@ -593,7 +616,7 @@ mod tests {
             }
             for &id in &ids {
                 let m: FromWorker = b.recv(Some(Instant::now() + Duration::from_secs(5))).unwrap();
-                prop_assert_eq!(m, FromWorker::Reply { id, outcome: Ok(vec![id as u8; 3]) });
+                prop_assert_eq!(m, FromWorker::Reply { id, outcome: Ok(vec![id as u8; 3]), usage: None });
             }
         }
     }

@@ -9,7 +9,7 @@
 
 use crate::error::TaskError;
 use crate::process::sys;
-use crate::process::wire::{Conn, FromWorker, ToWorker, WireError};
+use crate::process::wire::{Conn, FromWorker, ToWorker, Usage, WireError};
 use crate::task;
 
 /// Set (to the protocol version) in a worker's environment by its pool.
@@ -123,14 +123,18 @@ fn serve() -> i32 {
             task: name,
             signature,
             payload,
+            measure,
         } = msg;
+        let meter = measure.then(Meter::start);
         let outcome = run_call(&name, signature, &payload, &me);
-        let reply = FromWorker::Reply { id, outcome };
+        let usage = meter.map(Meter::stop);
+        let reply = FromWorker::Reply { id, outcome, usage };
         match conn.send(&reply) {
             Ok(()) => {}
             Err(WireError::TooLarge { size, cap }) => {
                 let too_large = FromWorker::Reply {
                     id,
+                    usage,
                     outcome: Err(TaskError::TooLarge {
                         task: name,
                         size,
@@ -142,6 +146,33 @@ fn serve() -> i32 {
                 }
             }
             Err(_) => return 0,
+        }
+    }
+}
+
+/// Measures one call: its thread's CPU time, and its own peak RSS (the
+/// kernel's high-water mark is reset first, so that a 1 MiB task after a
+/// 200 MiB one reports 1 MiB, not the worker's lifetime peak).
+struct Meter {
+    /// The thread's CPU clock when the call began.
+    cpu: std::time::Duration,
+}
+
+impl Meter {
+    fn start() -> Meter {
+        // "5" resets VmHWM to the current RSS (Linux 4.0+); without it the
+        // peak is the worker's since the last reset, an upper bound.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Meter {
+            cpu: crate::trace::thread_cpu(),
+        }
+    }
+
+    fn stop(self) -> Usage {
+        let cpu = crate::trace::thread_cpu().saturating_sub(self.cpu);
+        Usage {
+            cpu_ns: u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX),
+            peak_rss: crate::info::rss_of(std::process::id()).map(|(_, peak)| peak),
         }
     }
 }

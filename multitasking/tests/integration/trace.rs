@@ -6,7 +6,7 @@ use std::time::Duration;
 use multitasking::trace::{chrome, report::Report, svg, Tracer};
 use multitasking::{Executor, ProcessPool, ThreadPool};
 
-use crate::tasks::{flaky, sleep_ms};
+use crate::tasks::{flaky, hog, sleep_ms};
 
 fn check(trace: &multitasking::trace::Trace, tasks: usize, workers: usize) {
     assert_eq!(trace.events.len(), tasks);
@@ -82,6 +82,41 @@ fn a_process_pool_traces_pids_rss_and_failures() {
     // A chunk whose item panicked still ran: the chunk is ok; the item's
     // error is in the map's output.
     assert!(trace.events.iter().all(|e| e.ok));
+}
+
+/// Each task's own peak RSS, CPU time and input, not its worker's: tasks of
+/// 200, 5 and 1 MiB on one worker were all reported at its 202 MiB peak.
+#[test]
+fn a_process_task_reports_its_own_memory_and_cpu() {
+    let tracer = Tracer::new();
+    let pool = ProcessPool::builder()
+        .max_workers(1)
+        .tracer(tracer.clone())
+        .build()
+        .unwrap();
+    for mb in [200usize, 5, 1] {
+        crate::conformance::get(&pool.submit(hog, (mb, 0)).unwrap()).unwrap();
+    }
+    crate::conformance::get(&pool.submit(sleep_ms, 50).unwrap()).unwrap();
+    let trace = tracer.snapshot();
+    assert_eq!(trace.events.len(), 4);
+    let mib = |e: &multitasking::trace::TaskEvent| e.peak_rss.expect("a peak") >> 20;
+    let (big, mid, small, sleep) = (
+        &trace.events[0],
+        &trace.events[1],
+        &trace.events[2],
+        &trace.events[3],
+    );
+    assert!(mib(big) >= 200, "the 200 MiB task: {} MiB", mib(big));
+    assert!(mib(mid) < 100, "the 5 MiB task after it: {} MiB", mib(mid));
+    assert!(mib(small) < 100, "the 1 MiB task: {} MiB", mib(small));
+    assert_eq!(big.input.as_deref(), Some("[200,0]"));
+    // Touching 200 MiB takes CPU; a 50 ms sleep takes next to none.
+    assert!(big.cpu.expect("cpu") > Duration::ZERO);
+    assert!(
+        sleep.cpu.expect("cpu") < Duration::from_millis(25),
+        "{sleep:?}"
+    );
 }
 
 #[test]

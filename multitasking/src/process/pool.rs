@@ -391,11 +391,7 @@ impl Executor for ProcessPool {
         self.send(T::NAME, inputs, |inputs| {
             let payload = self.encode::<T>(inputs)?;
             let traced = self.shared.config.tracer.is_enabled();
-            // A chunk of one (map's chunksize 1) shows its item.
-            let preview = || match inputs.as_slice() {
-                [one] => crate::trace::preview(one),
-                many => crate::trace::preview(many),
-            };
+            let preview = || crate::trace::preview_batch(inputs);
             Ok(Job {
                 task: T::NAME,
                 signature: T::SIGNATURE,

@@ -555,11 +555,7 @@ impl Executor for ThreadPool {
         task: T,
         inputs: Vec<T::Input>,
     ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>> {
-        // A chunk of one (map's chunksize 1) shows its item, as a submit does.
-        let preview = |items: &Vec<T::Input>| match items.as_slice() {
-            [one] => Some(crate::trace::preview(one)),
-            many => Some(crate::trace::preview(many)),
-        };
+        let preview = |items: &Vec<T::Input>| Some(crate::trace::preview_batch(items));
         self.chunk_job(T::NAME, inputs, preview, move |items| {
             run_chunk_here(task, items)
         })

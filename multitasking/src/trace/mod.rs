@@ -114,6 +114,15 @@ pub(crate) fn preview<V: Serialize + ?Sized>(value: &V) -> String {
     s
 }
 
+/// A preview of a batch's inputs: its one item as [`preview`] gives it
+/// (what a `map` of chunk size 1 sends), else the whole list.
+pub(crate) fn preview_batch<V: Serialize>(items: &[V]) -> String {
+    match items {
+        [one] => preview(one),
+        many => preview(many),
+    }
+}
+
 /// The CPU time this thread has used so far.
 pub(crate) fn thread_cpu() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);

@@ -1136,7 +1136,12 @@ impl Executor for ClusterPool {
 
 impl Drop for ClusterPool {
     fn drop(&mut self) {
-        self.shutdown(Shutdown::default());
+        // Dropped while its owner unwinds: cancel what has not started
+        // rather than make the panic wait for the queue.
+        self.shutdown(Shutdown {
+            wait: true,
+            cancel_futures: std::thread::panicking(),
+        });
     }
 }
 

@@ -477,6 +477,11 @@ impl RawExecutor for ProcessPool {
 
 impl Drop for ProcessPool {
     fn drop(&mut self) {
-        self.shutdown(Shutdown::default());
+        // Dropped while its owner unwinds: cancel what has not started
+        // rather than make the panic wait for the queue.
+        self.shutdown(Shutdown {
+            wait: true,
+            cancel_futures: std::thread::panicking(),
+        });
     }
 }

@@ -590,3 +590,33 @@ fn a_slow_initializer_is_reported_as_slow_not_as_a_missing_init() {
     );
     assert!(!text.contains("init() first"), "{text}");
 }
+
+/// A pool dropped while its owner panics cancels the queue instead of
+/// running it first (it waited for every queued task, 30 s in one run).
+#[test]
+fn a_pool_dropped_in_a_panic_cancels_what_has_not_started() {
+    let path = std::env::temp_dir().join(format!(
+        "multitasking-panicdrop-{}.marks",
+        std::process::id()
+    ));
+    let path = path.to_string_lossy().into_owned();
+    let _ = std::fs::remove_file(&path);
+    let p = path.clone();
+    let owner = std::thread::spawn(move || {
+        let pool = ProcessPool::builder().max_workers(1).build().unwrap();
+        // The one worker is busy for a while: the marks wait in the queue.
+        let busy = pool.submit(crate::tasks::sleep_ms, 500).unwrap();
+        let futs: Vec<_> = (0..20u64)
+            .map(|i| pool.submit(crate::tasks::mark, (p.clone(), i)).unwrap())
+            .collect();
+        let _keep = (pool, busy, futs);
+        panic!("the owner gives up");
+    });
+    assert!(owner.join().is_err());
+    let ran = crate::tasks::marks(&path);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        ran.is_empty(),
+        "queued tasks ran during the unwind: {ran:?}"
+    );
+}

@@ -39,7 +39,7 @@ fn contenders(jobs: usize, job: &str) -> Vec<(String, Command)> {
         let mut c = Command::new(exe);
         c.args([
             "run",
-            "-q",
+            "--quiet",
             "-e",
             executor,
             "-j",

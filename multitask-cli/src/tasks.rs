@@ -61,10 +61,13 @@ pub(crate) struct ShellJob {
     pub(crate) seq: u64,
     /// The command line, placeholders already replaced.
     pub(crate) cmd: String,
+    /// What the job reads on stdin (`--pipe`); `None` is `/dev/null`.
+    pub(crate) stdin: Option<Vec<u8>>,
     /// Kill the job's process group after this many milliseconds.
     pub(crate) timeout_ms: Option<u64>,
-    /// Run a failing job again up to this many times.
-    pub(crate) retries: u32,
+    /// How many times a failing job runs in all (GNU parallel's
+    /// `--retries`); 0 and 1 both mean once.
+    pub(crate) tries: u32,
 }
 
 /// How a job ended (its last attempt).
@@ -101,7 +104,8 @@ impl ShellOutcome {
     }
 }
 
-/// Runs one shell job here, retrying a failure up to `job.retries` times.
+/// Runs one shell job here, a failure again until it has run `job.tries`
+/// times.
 #[multitasking::task]
 pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
     let timeout = job.timeout_ms.map(Duration::from_millis);
@@ -112,7 +116,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let clock = Instant::now();
-        let ran = crate::shell::run(&job.cmd, timeout);
+        let ran = crate::shell::run_with_input(&job.cmd, job.stdin.as_deref(), timeout);
         let seconds = clock.elapsed().as_secs_f64();
         let outcome = match ran {
             Ok(done) => ShellOutcome {
@@ -143,7 +147,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
                 host: multitasking::host_name(),
             },
         };
-        if outcome.succeeded() || attempts > job.retries {
+        if outcome.succeeded() || attempts >= job.tries {
             return outcome;
         }
     }
@@ -187,8 +191,9 @@ mod tests {
         let job = ShellJob {
             seq: 7,
             cmd: "echo out; echo err >&2; exit 3".to_string(),
+            stdin: None,
             timeout_ms: None,
-            retries: 1,
+            tries: 2,
         };
         let o = run_shell.call(job);
         assert_eq!((o.seq, o.code, o.signal, o.attempts), (7, Some(3), None, 2));

@@ -13,7 +13,7 @@
 //!   --resume, --halt soon stop)          |
 //!        ^                               v
 //!        +---- outcome loop <---- outcomes as they complete
-//!              output.rs (-k reorder, --tag, --results), joblog.rs,
+//!              output.rs (-k reorder, --tag, --results, --joblog),
 //!              --halt, progress, exit status
 //! ```
 //!
@@ -30,7 +30,6 @@
 //! line in GNU parallel's format is written as each job ends.
 
 mod inputs;
-mod joblog;
 pub(crate) mod options;
 mod output;
 mod template;
@@ -49,9 +48,8 @@ use anyhow::Result;
 use multitasking::{Executor, ExecutorSpec};
 
 use self::inputs::{Blocks, Colsep, Packer, Reading, Record};
-use self::joblog::JobLog;
 use self::options::{Halt, HaltOn, Limit};
-use self::output::{Finished, Printer, Reorder};
+use self::output::{Finished, JobLog, Printer, Reorder};
 use self::template::{Fill, Template};
 use crate::args::RunArgs;
 use crate::tasks::{run_shell, ShellJob, ShellOutcome};
@@ -158,7 +156,7 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         colsep: args.colsep.as_deref().map(Colsep::parse).transpose()?,
     };
     let skip: HashSet<u64> = match &args.joblog {
-        Some(path) if args.resume || args.resume_failed => joblog::finished(path, args.resume)?,
+        Some(path) if args.resume || args.resume_failed => output::finished(path, args.resume)?,
         _ => HashSet::new(),
     };
 

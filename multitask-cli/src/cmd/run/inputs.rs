@@ -404,27 +404,26 @@ impl<R: Read> Blocks<R> {
         }
     }
 
-    /// Reads more into `buf`; false at the end of the input.
+    /// Reads more into `buf`, up to the rest of a block (at least 64 KiB);
+    /// false at the end of the input.
+    ///
+    /// NOTE: `read_to_end` on a `take` fills only the spare capacity it
+    /// needs; sizing the buffer up front instead zeroed a whole block for
+    /// each pipe-sized (64 KiB) read.
     fn fill(&mut self) -> bool {
         if self.eof {
             return false;
         }
-        let start = self.buf.len();
-        let want = self.block.clamp(64 * 1024, 4 << 20);
-        self.buf.resize(start + want, 0);
-        loop {
-            match self.input.read(&mut self.buf[start..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(0) | Err(_) => {
-                    self.buf.truncate(start);
-                    self.eof = true;
-                    return false;
-                }
-                Ok(n) => {
-                    self.buf.truncate(start + n);
-                    return true;
-                }
+        let want = self
+            .block
+            .saturating_sub(self.buf.len())
+            .clamp(64 * 1024, 4 << 20) as u64;
+        match (&mut self.input).take(want).read_to_end(&mut self.buf) {
+            Ok(0) | Err(_) => {
+                self.eof = true;
+                false
             }
+            Ok(_) => true,
         }
     }
 

@@ -2,13 +2,14 @@
 # Runs every test of the workspace on a fresh Debian machine:
 #   bash scripts/test.sh [extra nextest args]
 #
-# It installs what the tests need (redis-server, chromium and chromedriver,
-# via apt-get, when missing),
+# It installs what the tests need (redis-server, GNU parallel, chromium and
+# chromedriver, via apt-get, when missing),
 # starts a throwaway redis-server on a free loopback port for the cluster
 # tests, runs the whole suite with cargo-nextest (cargo test when nextest is
 # missing), the doctests, and the loom model checks of the future's state
 # machine. Tests that need Redis fail, not skip, when CI=true and Redis
-# can't be had. Set MULTITASK_SKIP_LOOM=1 to skip the model checks.
+# can't be had, and so do the GNU parallel compatibility tests of
+# `multitask run`. Set MULTITASK_SKIP_LOOM=1 to skip the model checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,30 @@ cd "$(dirname "$0")/.."
 source scripts/redis.sh
 # shellcheck source=scripts/browser.sh
 source scripts/browser.sh
+
+# GNU parallel, for multitask-cli/tests/parallel_compat: the same command
+# lines through both.
+ensure_parallel() {
+  if command -v parallel >/dev/null 2>&1; then
+    return 0
+  fi
+  say "installing GNU parallel"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -q parallel >/dev/null 2>&1 \
+    || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q parallel >/dev/null 2>&1; } \
+    || return 1
+  command -v parallel >/dev/null 2>&1
+}
+
+if ! ensure_parallel; then
+  if [ "${CI:-}" = "true" ]; then
+    echo "error: GNU parallel could not be installed; the compatibility tests need it" >&2
+    exit 1
+  fi
+  echo "warning: no GNU parallel; the compatibility tests will skip (they fail under CI=true)" >&2
+fi
 
 # The integration suite runs the example programs: build them first.
 say "cargo build --workspace --examples"

@@ -3,7 +3,10 @@
 //!
 //! 1. 1000 jobs of `true` (the cost of starting a job: a `sh -c` each);
 //! 2. 100 jobs of `sleep 0.02` on 4 slots (does the runner keep its slots
-//!    busy: the ideal is 25 rounds of 20 ms, 0.5 s).
+//!    busy: the ideal is 25 rounds of 20 ms, 0.5 s);
+//! 3. `--pipe`: 200 MB of lines cut into 1 MB blocks, each fed to a
+//!    `wc -l` on 2 slots, against `parallel --pipe` (the rate at which
+//!    stdin is cut and handed out; xargs has no such mode).
 //!
 //! Each contender runs each job through `sh -c`, reads the arguments from
 //! stdin, and runs 2 (or 4) jobs at once. Best of 3 runs each, alternating.
@@ -39,7 +42,7 @@ fn contenders(jobs: usize, job: &str) -> Vec<(String, Command)> {
         let mut c = Command::new(exe);
         c.args([
             "run",
-            "-q",
+            "--quiet",
             "-e",
             executor,
             "-j",
@@ -94,6 +97,49 @@ fn compare(title: &str, n: usize, jobs: usize, job: &str) {
     println!();
 }
 
+/// `--pipe` on `mb` megabytes of 100-byte lines, `jobs` slots: multitask
+/// on both executors and GNU parallel.
+fn compare_pipe(mb: usize, jobs: usize) {
+    let line = format!("{}\n", "x".repeat(99));
+    let input = line.repeat(mb * 10_000);
+    let j = jobs.to_string();
+    let exe = env!("CARGO_BIN_EXE_multitask");
+    let mut runs: Vec<(String, Command)> = Vec::new();
+    for executor in ["processes", "threads"] {
+        let mut c = Command::new(exe);
+        c.args([
+            "run", "--quiet", "-e", executor, "-j", &j, "--pipe", "wc", "-l",
+        ]);
+        runs.push((format!("multitask run --pipe -e {executor}"), c));
+    }
+    let mut p = Command::new("parallel");
+    p.args(["--will-cite", "-j", &j, "--pipe", "wc", "-l"]);
+    runs.push(("GNU parallel --pipe".to_string(), p));
+    let mut best: Vec<Option<Duration>> = vec![None; runs.len()];
+    for _ in 0..3 {
+        for (i, (_, cmd)) in runs.iter_mut().enumerate() {
+            if let Some(d) = timed(cmd, &input) {
+                best[i] = Some(best[i].map_or(d, |b| b.min(d)));
+            }
+        }
+    }
+    println!("## --pipe: {mb} MB in 1 MB blocks to `wc -l`, {jobs} at once\n");
+    println!("| runner | wall s | MB/s | vs multitask run --pipe -e processes |");
+    println!("| --- | ---: | ---: | ---: |");
+    for ((name, _), b) in runs.iter().zip(&best) {
+        match (b, best[0]) {
+            (Some(d), Some(base)) => println!(
+                "| {name} | {:.3} | {:.0} | {:.2}x |",
+                d.as_secs_f64(),
+                mb as f64 / d.as_secs_f64(),
+                d.as_secs_f64() / base.as_secs_f64()
+            ),
+            _ => println!("| {name} | failed | | |"),
+        }
+    }
+    println!();
+}
+
 fn main() {
     println!("# parallel command runners, same jobs, one run\n");
     compare("1000 jobs of `true`, 2 at once", 1000, 2, "true");
@@ -103,4 +149,5 @@ fn main() {
         4,
         "sleep 0.02; :",
     );
+    compare_pipe(200, 2);
 }

@@ -11,14 +11,15 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use multitasking::ExecutorSpec;
 
-use crate::cmd::run::Halt;
+use crate::cmd::run::options::{parse_duration, parse_size, Halt, Jobs, Timeout};
 
 /// multitask: run work in parallel on threads, worker processes or a cluster.
 #[derive(Debug, Parser)]
 #[command(name = "multitask", version, propagate_version = true)]
 pub(crate) struct Cli {
-    /// No progress output on stderr.
-    #[arg(short, long, global = true)]
+    /// No progress output on stderr. (No `-q`: in `multitask run` that
+    /// is GNU parallel's quoting.)
+    #[arg(long, global = true)]
     pub(crate) quiet: bool,
     /// What to do.
     #[command(subcommand)]
@@ -35,7 +36,7 @@ pub(crate) enum Command {
     Info(InfoArgs),
     /// Run a shell command for each argument, in parallel (like xargs -P or
     /// GNU parallel).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Join a cluster queue on Redis and run its tasks until SIGINT/SIGTERM.
     Worker(WorkerArgs),
     /// Show a cluster queue: workers, depth, in flight, dead letters.
@@ -128,42 +129,134 @@ pub(crate) struct InfoArgs {
 /// `multitask run`.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Replacement strings in CMD: {} the argument, {.} without its extension, \
-{/} its basename, {//} its directory, {/.} basename without extension, \
-{#} the job number. With none of them the argument is appended. \
-Arguments are shell-quoted. Without ::: the arguments are read from \
-stdin, one per line.
+Input sources: ::: ARGS, :::: FILES (- is stdin), -a FILE; several give \
+every combination, :::+ and ::::+ pair with the source before. With none, \
+stdin, one argument per line (NUL-separated with -0).
+
+Replacement strings in CMD: {} the arguments, {.} without extension, {/} \
+basename, {//} directory, {/.} basename without extension, {1}..{n} one \
+argument (also {2.}, {2/}, {2//}, {2/.}), {#} the job number, {%} the job \
+slot. With none of them the arguments are appended. Arguments are \
+shell-quoted as GNU parallel quotes them.
 
 Exit status: the number of failed jobs (at most 101), 0 if all succeeded; \
-with --halt, the exit status of the job that stopped the run; 130 on Ctrl-C.")]
+with --halt ...,fail=1 the status of the failed job; with a percentage, the \
+percentage failed; 2 on a usage error; 130 on Ctrl-C.")]
 pub(crate) struct RunArgs {
-    /// Jobs at once (default: usable CPUs); sets the worker count of a
-    /// processes or threads spec.
-    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
-    pub(crate) jobs: Option<u32>,
+    /// Jobs at once: N, 0 (as many as can run), N% of the CPUs, +N or -N
+    /// CPUs (default: usable CPUs); sets the worker count of a processes or
+    /// threads spec.
+    #[arg(
+        short = 'j',
+        long = "jobs",
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    pub(crate) jobs: Option<Jobs>,
     /// Executor: serial, threads, threads:N, processes, processes:N or redis://HOST/DB?queue=Q.
     #[arg(short, long, value_name = "SPEC", default_value = "processes")]
     pub(crate) executor: ExecutorSpec,
-    /// Kill a job (its whole process group) after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
-    pub(crate) timeout: Option<Duration>,
-    /// Run a failing job again up to N times.
+    /// Kill a job (its whole process group) after SECS (30s, 2m), or after
+    /// P% of the median run time of the jobs finished so far.
+    #[arg(long, value_name = "SECS|P%")]
+    pub(crate) timeout: Option<Timeout>,
+    /// Run a failing job up to N times in all (GNU parallel's meaning).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) retries: u32,
     /// Print outputs in input order (default: as jobs complete).
     #[arg(short, long)]
     pub(crate) keep_order: bool,
-    /// Write a line per job to FILE (replacing it), in GNU parallel's --joblog format.
+    /// Write a line per job to FILE, in GNU parallel's --joblog format.
     #[arg(long, value_name = "FILE")]
     pub(crate) joblog: Option<PathBuf>,
-    /// Stop on failures: never, now,fail=N (kill running jobs) or soon,fail=N
-    /// (start no new jobs).
-    #[arg(long, value_name = "WHEN", default_value = "never")]
+    /// Skip the jobs the --joblog file lists, and append to it.
+    #[arg(long, requires = "joblog")]
+    pub(crate) resume: bool,
+    /// Like --resume, but run the jobs it lists as failed again.
+    #[arg(long, requires = "joblog", conflicts_with = "resume")]
+    pub(crate) resume_failed: bool,
+    /// Stop early: never, or now|soon with fail=N, fail=P%, success=N,
+    /// success=P%, done=N, done=P% (now kills the running jobs, soon
+    /// waits for them).
+    #[arg(
+        long,
+        value_name = "WHEN",
+        default_value = "never",
+        allow_hyphen_values = true
+    )]
     pub(crate) halt: Halt,
+    /// Wait this long between job starts.
+    #[arg(long, value_name = "SECS", value_parser = parse_duration)]
+    pub(crate) delay: Option<Duration>,
     /// Print the commands that would run, and run nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
-    /// The command, then optionally ::: and the arguments.
+    /// Read arguments from FILE (like :::: FILE); may be repeated.
+    #[arg(short = 'a', long = "arg-file", value_name = "FILE")]
+    pub(crate) arg_file: Vec<PathBuf>,
+    /// Cut each argument into columns at SEP, for {1}..{n}.
+    #[arg(short = 'C', long, value_name = "SEP")]
+    pub(crate) colsep: Option<String>,
+    /// Arguments are NUL-separated, not lines.
+    #[arg(short = '0', long = "null")]
+    pub(crate) null: bool,
+    /// Up to N arguments per job.
+    #[arg(
+        short = 'n',
+        long = "max-args",
+        value_name = "N",
+        conflicts_with = "max_replace_args"
+    )]
+    pub(crate) max_args: Option<usize>,
+    /// N arguments per job, {1}..{N} each (missing ones empty); -N 0 runs
+    /// the command once per argument without it. With --pipe: N records
+    /// per job.
+    #[arg(short = 'N', long = "max-replace-args", value_name = "N")]
+    pub(crate) max_replace_args: Option<usize>,
+    /// As many arguments per job as the command line holds, a word with {}
+    /// repeated for each (context replace).
+    #[arg(short = 'X', conflicts_with_all = ["m", "max_args", "max_replace_args"])]
+    pub(crate) xargs: bool,
+    /// As many arguments per job as the command line holds, {} all of them.
+    #[arg(short = 'm', conflicts_with_all = ["max_args", "max_replace_args"])]
+    pub(crate) m: bool,
+    /// Use STR instead of {} for the arguments.
+    #[arg(short = 'I', long = "replace", value_name = "STR")]
+    pub(crate) replace: Option<String>,
+    /// Quote the command's words, so the shell takes them as given.
+    #[arg(short = 'q', long = "quote")]
+    pub(crate) quote: bool,
+    /// Cut stdin into blocks (--block) or -N records, one per job's stdin.
+    #[arg(long, conflicts_with_all = ["arg_file", "xargs", "m", "max_args", "colsep", "results"])]
+    pub(crate) pipe: bool,
+    /// The --pipe block size in bytes (k=1000, K=1024, M, G; default 1M).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "pipe")]
+    pub(crate) block: Option<usize>,
+    /// Prefix each output line with the job's arguments and a tab.
+    #[arg(long)]
+    pub(crate) tag: bool,
+    /// Prefix each output line with STR (replacement strings allowed) and a tab.
+    #[arg(long, value_name = "STR")]
+    pub(crate) tagstring: Option<String>,
+    /// Write each job's output to DIR/1/ARG/.../{seq,stdout,stderr}
+    /// instead of printing it.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) results: Option<PathBuf>,
+    /// Accepted for GNU parallel's sake: output is always whole lines, at
+    /// the job's end.
+    #[arg(long)]
+    pub(crate) line_buffer: bool,
+    /// Accepted for GNU parallel's sake: output comes at the job's end, one
+    /// block per job.
+    #[arg(short = 'u', long)]
+    pub(crate) ungroup: bool,
+    /// Show a progress bar on stderr (it shows on a terminal anyway).
+    #[arg(long)]
+    pub(crate) bar: bool,
+    /// Show the progress with the time left on stderr.
+    #[arg(long)]
+    pub(crate) eta: bool,
+    /// The command, then optionally the input sources.
     #[arg(value_name = "CMD", required = true, trailing_var_arg = true)]
     pub(crate) command: Vec<String>,
 }
@@ -190,14 +283,6 @@ pub(crate) struct DashboardArgs {
     pub(crate) allow_actions: bool,
 }
 
-/// Parses a positive number of seconds, fractions allowed (`0.5`).
-fn parse_seconds(s: &str) -> Result<Duration, String> {
-    match s.trim().parse::<f64>() {
-        Ok(secs) if secs > 0.0 && secs.is_finite() => Ok(Duration::from_secs_f64(secs)),
-        _ => Err(format!("expected a positive number of seconds, got {s:?}")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,10 +294,11 @@ mod tests {
     }
 
     #[test]
-    fn seconds_parse() {
-        assert_eq!(parse_seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(parse_seconds("0").is_err());
-        assert!(parse_seconds("soon").is_err());
+    fn durations_parse() {
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
     }
 }
 

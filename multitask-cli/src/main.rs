@@ -6,7 +6,8 @@
 //! `init` turns such a start into a worker that never returns here. Then it
 //! installs the Ctrl-C handler, parses the command line (a usage error is
 //! one line and exit 2) and runs the subcommand (an error is one line and
-//! exit 1).
+//! exit 1, or 2 for a usage error it finds itself, such as a missing
+//! input file of `multitask run`).
 
 mod args;
 mod cmd;
@@ -43,6 +44,10 @@ fn main() -> ExitCode {
     match cmd::dispatch(cli) {
         Ok(code) => code,
         Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE),
+        Err(e) if e.downcast_ref::<cmd::run::Usage>().is_some() => {
+            term::error(format!("{e:#}"));
+            ExitCode::from(2)
+        }
         Err(e) => {
             term::error(format!("{e:#}"));
             ExitCode::FAILURE

@@ -216,12 +216,28 @@ impl Drop for Registered {
 
 /// Runs `cmd` with `sh -c`, killing its process group if it runs past
 /// `timeout`. An error means the shell could not be started.
+#[cfg(test)]
 pub(crate) fn run(cmd: &str, timeout: Option<Duration>) -> io::Result<Finished> {
+    run_with_input(cmd, None, timeout)
+}
+
+/// [`run`] with `input` on the shell's stdin (`--pipe`), written by a
+/// thread of its own so that a job which writes before it reads cannot
+/// deadlock against this one; without input stdin is `/dev/null`.
+pub(crate) fn run_with_input(
+    cmd: &str,
+    input: Option<&[u8]>,
+    timeout: Option<Duration>,
+) -> io::Result<Finished> {
     let mut command = Command::new("sh");
     command
         .arg("-c")
         .arg(cmd)
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -237,6 +253,17 @@ pub(crate) fn run(cmd: &str, timeout: Option<Duration>) -> io::Result<Finished> 
         (child, Registered(id))
     };
     let pgid = registered.0;
+    if let (Some(input), Some(mut pipe)) = (input, child.stdin.take()) {
+        let input = input.to_vec();
+        // Not joined: a process the job left behind may hold the pipe
+        // open unread; the thread ends when the last reader is gone. A
+        // job that exits without reading it all gets EPIPE here, which is
+        // its business, not an error of the run.
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&input);
+        });
+    }
     let deadline = timeout.map(|t| Instant::now() + t);
     // Without pidfds (Linux before 5.3) the exit is polled every 10 ms.
     let pidfd = rustix::process::pidfd_open(Pid::from_child(&child), PidfdFlags::empty()).ok();

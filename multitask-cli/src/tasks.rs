@@ -61,10 +61,14 @@ pub(crate) struct ShellJob {
     pub(crate) seq: u64,
     /// The command line, placeholders already replaced.
     pub(crate) cmd: String,
+    /// What the job reads on stdin (`--pipe`); `None` is `/dev/null`.
+    #[serde(with = "opt_bytes")]
+    pub(crate) stdin: Option<Vec<u8>>,
     /// Kill the job's process group after this many milliseconds.
     pub(crate) timeout_ms: Option<u64>,
-    /// Run a failing job again up to this many times.
-    pub(crate) retries: u32,
+    /// How many times a failing job runs in all (GNU parallel's
+    /// `--retries`); 0 and 1 both mean once.
+    pub(crate) tries: u32,
 }
 
 /// How a job ended (its last attempt).
@@ -81,8 +85,10 @@ pub(crate) struct ShellOutcome {
     /// True if the job was killed for running past its timeout.
     pub(crate) timed_out: bool,
     /// Everything the job wrote to stdout.
+    #[serde(with = "bytes")]
     pub(crate) stdout: Vec<u8>,
     /// Everything the job wrote to stderr (and why it could not start).
+    #[serde(with = "bytes")]
     pub(crate) stderr: Vec<u8>,
     /// When the last attempt started, in seconds since the Unix epoch.
     pub(crate) start: f64,
@@ -101,7 +107,84 @@ impl ShellOutcome {
     }
 }
 
-/// Runs one shell job here, retrying a failure up to `job.retries` times.
+/// Byte buffers as one serde byte string rather than a sequence of `u8`:
+/// postcard (the process pool's wire) then copies a job's stdin block or
+/// output whole instead of a byte at a time.
+mod bytes {
+    use std::fmt;
+
+    use serde::de::{self, SeqAccess};
+    use serde::{Deserializer, Serializer};
+
+    pub(crate) fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(b)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        d.deserialize_byte_buf(Visitor)
+    }
+
+    /// Takes a byte string, or a sequence of bytes (what JSON holds).
+    struct Visitor;
+
+    impl<'de> de::Visitor<'de> for Visitor {
+        type Value = Vec<u8>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("bytes")
+        }
+
+        fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+
+        fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+}
+
+/// [`bytes`] for an optional buffer.
+mod opt_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// One buffer read back, through [`super::bytes`].
+    #[derive(Deserialize)]
+    struct Buf(#[serde(with = "super::bytes")] Vec<u8>);
+
+    /// One buffer to write, borrowed.
+    struct BufRef<'a>(&'a [u8]);
+
+    impl Serialize for BufRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0)
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(b: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match b {
+            Some(b) => s.serialize_some(&BufRef(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<Buf>::deserialize(d)?.map(|b| b.0))
+    }
+}
+
+/// Runs one shell job here, a failure again until it has run `job.tries`
+/// times.
 #[multitasking::task]
 pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
     let timeout = job.timeout_ms.map(Duration::from_millis);
@@ -112,7 +195,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let clock = Instant::now();
-        let ran = crate::shell::run(&job.cmd, timeout);
+        let ran = crate::shell::run_with_input(&job.cmd, job.stdin.as_deref(), timeout);
         let seconds = clock.elapsed().as_secs_f64();
         let outcome = match ran {
             Ok(done) => ShellOutcome {
@@ -143,7 +226,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
                 host: multitasking::host_name(),
             },
         };
-        if outcome.succeeded() || attempts > job.retries {
+        if outcome.succeeded() || attempts >= job.tries {
             return outcome;
         }
     }
@@ -183,12 +266,29 @@ mod tests {
     }
 
     #[test]
+    fn jobs_and_outcomes_survive_a_self_describing_codec() {
+        let job = ShellJob {
+            seq: 1,
+            cmd: "cat".into(),
+            stdin: Some(b"a\nb\n".to_vec()),
+            timeout_ms: None,
+            tries: 1,
+        };
+        let json = serde_json::to_string(&job).unwrap();
+        assert_eq!(serde_json::from_str::<ShellJob>(&json).unwrap(), job);
+        let none = ShellJob { stdin: None, ..job };
+        let json = serde_json::to_string(&none).unwrap();
+        assert_eq!(serde_json::from_str::<ShellJob>(&json).unwrap(), none);
+    }
+
+    #[test]
     fn run_shell_reports_code_output_and_retries() {
         let job = ShellJob {
             seq: 7,
             cmd: "echo out; echo err >&2; exit 3".to_string(),
+            stdin: None,
             timeout_ms: None,
-            retries: 1,
+            tries: 2,
         };
         let o = run_shell.call(job);
         assert_eq!((o.seq, o.code, o.signal, o.attempts), (7, Some(3), None, 2));

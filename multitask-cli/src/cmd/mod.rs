@@ -26,7 +26,7 @@ pub(crate) fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Primes(args) => primes::main(args, cli.quiet),
         Command::Info(args) => info::main(args),
-        Command::Run(args) => run::main(args, cli.quiet),
+        Command::Run(args) => run::main(*args, cli.quiet),
         Command::Bench(args) => bench::main(args, cli.quiet),
         Command::Worker(args) => worker::main(args),
         Command::Status(args) => status::main(args),

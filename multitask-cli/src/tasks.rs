@@ -102,7 +102,10 @@ impl ShellOutcome {
 }
 
 /// Runs one shell job here, retrying a failure up to `job.retries` times.
-#[multitasking::task]
+///
+/// Dangerous: it runs whatever command its input holds, so a cluster
+/// worker serves it only with `--allow-shell`.
+#[multitasking::task(dangerous)]
 pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
     let timeout = job.timeout_ms.map(Duration::from_millis);
     let mut attempts = 0;

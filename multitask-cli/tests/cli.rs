@@ -856,3 +856,48 @@ fn a_timed_out_job_leaves_no_program_alive() {
     let _ = std::fs::remove_file(&path);
     assert!(left.is_empty(), "after --timeout these live on: {left:?}");
 }
+
+/// `multitask worker` on `url` with `extra` flags; killed on drop.
+struct CliWorker(std::process::Child);
+
+impl CliWorker {
+    fn start(url: &str, extra: &[&str]) -> CliWorker {
+        let child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+            .args(["worker", "--broker", url, "--concurrency", "1"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a worker");
+        CliWorker(child)
+    }
+}
+
+impl Drop for CliWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn run_on_a_cluster_needs_workers_that_allow_a_shell() {
+    let Some(base) = test_redis() else { return };
+    let base = base
+        .split_once('?')
+        .map_or(base.as_str(), |(b, _)| b)
+        .to_string();
+    let url = format!("{base}?queue=cli-shell-{}", std::process::id());
+    let run = ["run", "-e", &url, "echo", ":::", "from-the-cluster"];
+    {
+        let _worker = CliWorker::start(&url, &[]);
+        let ran = multitask_with(&run, None, Duration::from_secs(30));
+        assert_eq!(ran.code, Some(1), "{ran:?}");
+        assert!(!ran.stdout.contains("from-the-cluster"), "{ran:?}");
+        assert!(ran.stderr.contains("--allow-shell"), "{}", ran.stderr);
+    }
+    let _worker = CliWorker::start(&url, &["--allow-shell"]);
+    let ran = multitask_with(&run, None, Duration::from_secs(30));
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout.trim(), "from-the-cluster");
+}

@@ -198,6 +198,20 @@ pub enum TaskError {
         /// What the client found.
         reason: String,
     },
+    /// The cluster worker that took the task does not serve it: its
+    /// allow-list does not name it, or it is marked dangerous and the
+    /// worker was not told to run dangerous tasks. The task did not run.
+    #[error(
+        "task {task} is not allowed on worker {worker}: start a worker that serves it \
+         (multitask worker --tasks NAME,..., or Worker::builder().allow([...])); a task marked \
+         dangerous, such as run_shell, also needs --allow-shell (WorkerBuilder::allow_dangerous)"
+    )]
+    NotAllowed {
+        /// The task's name.
+        task: String,
+        /// The worker that refused it.
+        worker: String,
+    },
 }
 
 fn at(location: &Option<String>) -> String {
@@ -238,7 +252,8 @@ impl TaskError {
             | TaskError::TooLarge { task, .. }
             | TaskError::Broker { task, .. }
             | TaskError::ResultTaken { task }
-            | TaskError::Lost { task, .. } => task,
+            | TaskError::Lost { task, .. }
+            | TaskError::NotAllowed { task, .. } => task,
         }
     }
 
@@ -270,6 +285,7 @@ impl TaskError {
             TaskError::Broker { .. } => "broker",
             TaskError::ResultTaken { .. } => "result_taken",
             TaskError::Lost { .. } => "lost",
+            TaskError::NotAllowed { .. } => "not_allowed",
         }
     }
 

@@ -108,6 +108,15 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
                 let notable = o.timed_out || o.code.is_none();
                 (!o.succeeded()).then(|| (exit_status_of(&o), describe_failure(&o, &args), notable))
             }
+            Err(multitasking::TaskError::NotAllowed { worker, .. }) => Some((
+                1,
+                format!(
+                    "a job was refused: worker {worker} does not run shell commands; start the \
+                     cluster's workers with `multitask worker --allow-shell` (they then run any \
+                     command a client of the queue sends)"
+                ),
+                true,
+            )),
             Err(e) => Some((1, format!("a job failed: {e}"), true)),
         };
         let Some((status, why, notable)) = failure else {

@@ -1,6 +1,10 @@
 //! `multitask worker`: join a cluster queue and run its tasks in worker
 //! processes of this binary until SIGINT or SIGTERM, which drain: running
 //! tasks finish and are written back, no new ones are fetched.
+//!
+//! It serves the tasks `--tasks` names, by default all but `run_shell`,
+//! which runs only with `--allow-shell`: a worker runs what anyone who can
+//! write to the queue asks of it.
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -26,6 +30,10 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
     if let Some(s) = args.visibility {
         b = b.visibility_timeout(std::time::Duration::from_secs_f64(s));
     }
+    if let Some(tasks) = &args.tasks {
+        b = b.allow(tasks.iter().cloned());
+    }
+    b = b.allow_dangerous(args.allow_shell);
     let worker = b
         .build()
         .with_context(|| format!("joining {}", multitasking::cluster::redact(&args.broker)))?;

@@ -68,6 +68,18 @@
 //! timeout (30 s by default) fails every pending call; `NOPERM`,
 //! `WRONGTYPE` and a refused password fail the calls they concern at once.
 //!
+//! ## What a worker runs
+//!
+//! Anyone who can write to the task stream can ask a worker for any task,
+//! so a worker serves an allow-list ([`WorkerBuilder::allow`], `multitask
+//! worker --tasks`): by default every task compiled into it except those
+//! marked dangerous (`#[multitasking::task(dangerous)]`, such as
+//! `multitask run`'s `run_shell`), which run only on a worker told so
+//! ([`WorkerBuilder::allow_dangerous`], `--allow-shell`). A task it does
+//! not serve is dead-lettered with the reason and fails for its client
+//! with [`TaskError::NotAllowed`](crate::TaskError::NotAllowed); it never
+//! runs.
+//!
 //! ## Permissions
 //!
 //! What a client and a worker need, as Redis ACL rules (Redis 7; the
@@ -85,6 +97,7 @@
 //!
 //! `multitask status` reads with `+smembers +get +xlen +xpending`.
 
+mod allow;
 mod broker;
 mod client;
 mod keys;

@@ -7,7 +7,8 @@
 //!   BLOCK`, only as many tasks as there are free slots (after a failed
 //!   read, first the entries already delivered to it, whose reply may have
 //!   been lost); each task is checked (known name, same signature) and
-//!   handed to the pool;
+//!   handed to the pool, if the worker's allow-list admits it (see
+//!   [`WorkerBuilder::allow`]; a refused task is dead-lettered);
 //! - **complete**: for a batch of finished tasks, one script per client
 //!   that XADDs their results packed in one entry, then XACKs and XDELs
 //!   the tasks, so a result is never acknowledged without being stored (a
@@ -34,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::cluster::allow::Allowed;
 use crate::cluster::broker::{
     entries, is_permanent, pack_results, stream_reply, Broker, Entry, Link, Packed, ToPack,
 };
@@ -78,6 +80,10 @@ pub struct WorkerBuilder {
     max_deliveries: u32,
     /// How long the broker may be unreachable before a result is given up.
     broker_timeout: Duration,
+    /// The tasks to serve, as given; `None` for every one not dangerous.
+    allow: Option<Vec<String>>,
+    /// True if dangerous tasks may run.
+    dangerous: bool,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -88,11 +94,41 @@ impl fmt::Debug for WorkerBuilder {
             .field("concurrency", &self.concurrency)
             .field("visibility", &self.visibility)
             .field("max_deliveries", &self.max_deliveries)
+            .field("allow", &self.allow)
+            .field("dangerous", &self.dangerous)
             .finish_non_exhaustive()
     }
 }
 
 impl WorkerBuilder {
+    /// Serves only these tasks: each a registered name (the function's
+    /// module path, `my_app::jobs::resize`) or a suffix of one at a `::`
+    /// that no other task has (`resize`). Any other task is dead-lettered
+    /// with the reason, and its future fails with
+    /// [`TaskError::NotAllowed`]. [`WorkerBuilder::build`] fails for a
+    /// name that matches no task or several, and for a task marked
+    /// dangerous unless [`WorkerBuilder::allow_dangerous`] is set.
+    /// Default: every registered task not marked dangerous.
+    pub fn allow<I, S>(mut self, tasks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allow = Some(tasks.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Also serves tasks marked dangerous (`#[multitasking::task(dangerous)]`,
+    /// such as `multitask run`'s `run_shell`, which runs any shell command
+    /// its client sends): those the allow-list names, or all of them
+    /// without one. `multitask worker --allow-shell` sets it. Default:
+    /// false, and anyone who can write to the queue can't make this worker
+    /// run a shell.
+    pub fn allow_dangerous(mut self, yes: bool) -> Self {
+        self.dangerous = yes;
+        self
+    }
+
     /// The queue to serve (default: the URL's `?queue=`, else `default`).
     pub fn queue(mut self, q: impl Into<String>) -> Self {
         self.queue = Some(q.into());
@@ -152,6 +188,7 @@ impl WorkerBuilder {
                 .to_string();
             url = format!("{base}?queue={q}");
         }
+        let allowed = Allowed::resolve(self.allow.as_deref(), self.dangerous)?;
         let broker = Broker::open(&url)?;
         let keys = Keys::new(&broker.url.queue);
         let mut probe = broker.connect(Duration::from_secs(5))?;
@@ -176,6 +213,7 @@ impl WorkerBuilder {
                 visibility: self.visibility,
                 max_deliveries: self.max_deliveries,
                 broker_timeout: self.broker_timeout,
+                allowed,
             }),
         })
     }
@@ -273,6 +311,8 @@ struct Core {
     max_deliveries: u32,
     /// How long the broker may be unreachable before a result is given up.
     broker_timeout: Duration,
+    /// The tasks it serves.
+    allowed: Allowed,
 }
 
 /// A worker serving one queue. See the module docs.
@@ -323,6 +363,8 @@ impl Worker {
             visibility: Duration::from_secs(30),
             max_deliveries: 3,
             broker_timeout: Duration::from_secs(30),
+            allow: None,
+            dangerous: false,
         }
     }
 
@@ -465,6 +507,14 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
         task: name.to_string(),
     };
     let entry = match task::resolve(name, sig, &core.me) {
+        Ok(entry) if !core.allowed.admits(&entry) => {
+            let error = TaskError::NotAllowed {
+                task: name.to_string(),
+                worker: core.me.clone(),
+            };
+            dead_letter(core, link, &e.id, &lease, &error, 1);
+            return;
+        }
         Ok(entry) => entry,
         Err(error) => {
             dead_letter(core, link, &e.id, &lease, &error, 1);

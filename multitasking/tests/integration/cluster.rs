@@ -18,7 +18,7 @@ use multitasking::executor::ChunkFuture;
 use multitasking::{ClusterPool, Executor, Shutdown, SubmitError, Task, TaskError, TaskFuture};
 
 use crate::conformance::{get, Caps, LIMIT};
-use crate::tasks::{double, sleep_ms};
+use crate::tasks::{double, obey, sleep_ms};
 
 /// The test Redis, or `None` (skip) outside CI.
 fn redis_url() -> Option<String> {
@@ -61,11 +61,16 @@ struct InProcessWorker {
 
 impl InProcessWorker {
     fn start(url: &str, concurrency: usize, visibility: Duration) -> InProcessWorker {
-        let w = Worker::builder(url)
-            .concurrency(concurrency)
-            .visibility_timeout(visibility)
-            .build()
-            .expect("start a worker");
+        InProcessWorker::of(
+            Worker::builder(url)
+                .concurrency(concurrency)
+                .visibility_timeout(visibility),
+        )
+    }
+
+    /// Builds the worker `b` describes and runs it.
+    fn of(b: multitasking::cluster::WorkerBuilder) -> InProcessWorker {
+        let w = b.build().expect("start a worker");
         let stop = w.stop_handle();
         let handle = std::thread::spawn(move || w.run());
         InProcessWorker {
@@ -1168,4 +1173,88 @@ fn status_says_what_runs_as_it_changes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(status(&url).unwrap().in_flight, 0);
+}
+
+/// The dead letters of `queue`, as text.
+fn dead_letter_text(base: &str, queue: &str) -> String {
+    let client = redis::Client::open(base).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let dead: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("mt:{{{queue}}}:dead"))
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    format!("{dead:?}")
+}
+
+#[test]
+fn a_worker_serves_only_its_allow_list() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("allow");
+    let url = queue_url(&base, &queue);
+    // `double` by its suffix, `sleep_ms` by its full name.
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .allow(["double", <sleep_ms as Task>::NAME]),
+    );
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 4).unwrap()), Ok(8));
+    assert_eq!(get(&pool.submit(sleep_ms, 1).unwrap()), Ok(1));
+    let refused = get(&pool.submit(crate::tasks::noop, 1).unwrap());
+    match &refused {
+        Err(e @ TaskError::NotAllowed { task, worker }) => {
+            assert_eq!(task, <crate::tasks::noop as Task>::NAME);
+            assert!(worker.contains("pid"), "{worker}");
+            assert!(e.to_string().contains("--tasks"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_for("the refused task was not dead-lettered", || {
+        status(&url).unwrap().dead_letters == 1
+    });
+    let text = dead_letter_text(&base, &queue);
+    assert!(text.contains("not allowed"), "{text}");
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10), "it goes on");
+}
+
+#[test]
+fn dangerous_tasks_run_only_on_workers_told_so() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("dangerous");
+    let url = queue_url(&base, &queue);
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    {
+        // The default: every task but the dangerous ones.
+        let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+        assert_eq!(get(&pool.submit(double, 1).unwrap()), Ok(2));
+        match get(&pool.submit(obey, 1).unwrap()) {
+            Err(e @ TaskError::NotAllowed { .. }) => {
+                assert!(e.to_string().contains("--allow-shell"), "{e}")
+            }
+            other => panic!("a dangerous task ran on a default worker: {other:?}"),
+        }
+    }
+    // Listing it is not enough: the worker is refused, naming the flag.
+    let e = Worker::builder(&url)
+        .allow(["obey"])
+        .build()
+        .expect_err("a dangerous task listed without its flag");
+    assert!(e.to_string().contains("--allow-shell"), "{e}");
+    for b in [
+        Worker::builder(&url).allow_dangerous(true),
+        Worker::builder(&url).allow(["obey"]).allow_dangerous(true),
+    ] {
+        let _worker = InProcessWorker::of(b.concurrency(2));
+        assert_eq!(get(&pool.submit(obey, 1).unwrap()), Ok(2));
+    }
+    // A name that matches no task fails at once.
+    let e = Worker::builder(&url)
+        .allow(["no_such_task"])
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("no registered task"), "{e}");
 }

@@ -239,6 +239,11 @@ pub(crate) struct WorkerArgs {
     /// any shell command a client of the queue asks for, as this user.
     #[arg(long)]
     pub(crate) allow_shell: bool,
+    /// Take only tasks signed with a key in FILE (one per line; the first
+    /// signs results) and sign results; also MULTITASK_CLUSTER_KEY
+    /// (comma-separated). Never on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 /// `multitask status`.

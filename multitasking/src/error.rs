@@ -212,6 +212,16 @@ pub enum TaskError {
         /// The worker that refused it.
         worker: String,
     },
+    /// A signed queue refused the task or its result: an entry without a
+    /// valid signature under the queue's key (unsigned, forged, altered or
+    /// replayed), or past its expiry. What it carried was not trusted.
+    #[error("task {task} was rejected: {reason}")]
+    Rejected {
+        /// The task's name.
+        task: String,
+        /// What failed its check, and where.
+        reason: String,
+    },
 }
 
 fn at(location: &Option<String>) -> String {
@@ -253,7 +263,8 @@ impl TaskError {
             | TaskError::Broker { task, .. }
             | TaskError::ResultTaken { task }
             | TaskError::Lost { task, .. }
-            | TaskError::NotAllowed { task, .. } => task,
+            | TaskError::NotAllowed { task, .. }
+            | TaskError::Rejected { task, .. } => task,
         }
     }
 
@@ -286,6 +297,7 @@ impl TaskError {
             TaskError::ResultTaken { .. } => "result_taken",
             TaskError::Lost { .. } => "lost",
             TaskError::NotAllowed { .. } => "not_allowed",
+            TaskError::Rejected { .. } => "rejected",
         }
     }
 

@@ -1258,3 +1258,182 @@ fn dangerous_tasks_run_only_on_workers_told_so() {
         .unwrap_err();
     assert!(e.to_string().contains("no registered task"), "{e}");
 }
+
+/// Keys of 16 bytes or more, shared by a queue's clients and workers.
+const KEY_NEW: &str = "the queue's new key, 32 bytes ok";
+const KEY_OLD: &str = "the queue's old key, 32 bytes ok";
+const KEY_OTHER: &str = "another queue's key, not this one";
+
+/// A raw connection to the test Redis.
+fn raw(base: &str) -> redis::Connection {
+    redis::Client::open(base)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap()
+}
+
+/// A stream's entries: id and fields, oldest first.
+type Fields = std::collections::HashMap<String, Vec<u8>>;
+fn stream_entries(con: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> {
+    redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap()
+}
+
+/// XADDs an entry of `fields` to `key`.
+fn xadd(con: &mut redis::Connection, key: &str, fields: &Fields) {
+    let mut c = redis::cmd("XADD");
+    c.arg(key).arg("*");
+    for (k, v) in fields {
+        c.arg(k).arg(&v[..]);
+    }
+    let _: String = c.query(con).unwrap();
+}
+
+#[test]
+fn signed_queues_run_signed_tasks_and_dead_letter_the_rest() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("signed");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    // The client signs with the old key and trusts either; the worker
+    // (below) takes either and signs with the new one: a rotation.
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_keys([KEY_OLD, KEY_NEW])
+        .unwrap();
+    let stale = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_key(KEY_NEW)
+        .unwrap()
+        .with_task_expiry(Duration::from_millis(1));
+    // Written before any worker runs: one to copy, one to expire.
+    let first = pool.submit(double, 21).unwrap();
+    let expired = stale.submit(double, 2).unwrap();
+    wait_for("the tasks were never written", || {
+        stream_entries(&mut con, &tasks).len() == 2
+    });
+    let signed = stream_entries(&mut con, &tasks)
+        .into_iter()
+        .map(|(_, f)| f)
+        // The one that does not expire at once.
+        .max_by_key(|f| {
+            String::from_utf8_lossy(&f["exp"])
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .keys([KEY_NEW, KEY_OLD]),
+    );
+    let firsts = [get(&first), get(&expired)];
+    let ran = firsts.iter().filter(|r| **r == Ok(42)).count();
+    let stale_reason = firsts.iter().find_map(|r| match r {
+        Err(TaskError::Rejected { reason, .. }) => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(ran, 1, "{firsts:?}");
+    assert!(
+        stale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("expired")),
+        "{firsts:?}"
+    );
+    // Replayed as it was, altered, and stripped of its signature.
+    xadd(&mut con, &tasks, &signed);
+    let mut altered = signed.clone();
+    altered.insert(
+        "payload".to_string(),
+        multitasking::executor::encode(
+            <double as Task>::NAME,
+            <double as Task>::CODEC,
+            &vec![1000u64],
+        )
+        .unwrap(),
+    );
+    altered.insert("id".to_string(), b"altered".to_vec());
+    xadd(&mut con, &tasks, &altered);
+    let mut unsigned = signed.clone();
+    unsigned.remove("mac");
+    unsigned.insert("id".to_string(), b"unsigned".to_vec());
+    xadd(&mut con, &tasks, &unsigned);
+    wait_for("the bad entries were not dead-lettered", || {
+        status(&url).unwrap().dead_letters == 4
+    });
+    let text = dead_letter_text(&base, &queue);
+    for says in ["expired", "a replay", "does not check", "unsigned"] {
+        assert!(text.contains(says), "{says}: {text}");
+    }
+    // A client without the key: its task never runs and, its reply key
+    // untrusted, it is lost in bounded time.
+    let plain = ClusterPool::connect_with(&url, 2).unwrap();
+    let r = plain
+        .submit(double, 1)
+        .unwrap()
+        .result_timeout(Duration::from_secs(10))
+        .expect("an unsigned task's future hung");
+    assert!(matches!(r, Err(TaskError::Lost { .. })), "{r:?}");
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10), "it goes on");
+}
+
+#[test]
+fn a_client_with_a_key_trusts_no_forged_result() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("forged");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_key(KEY_NEW)
+        .unwrap();
+    let futs: Vec<_> = (0..2u64).map(|i| pool.submit(double, i).unwrap()).collect();
+    wait_for("the tasks were never written", || {
+        stream_entries(&mut con, &tasks).len() == 2
+    });
+    let written = stream_entries(&mut con, &tasks);
+    let field = |i: usize, name: &str| written[i].1[name].clone();
+    let reply = String::from_utf8(field(0, "reply")).unwrap();
+    // An unsigned "result", and an error entry with a made-up tag.
+    let mut forged = Fields::new();
+    forged.insert("id".to_string(), field(0, "id"));
+    forged.insert("task".to_string(), field(0, "task"));
+    forged.insert("payload".to_string(), vec![1, 2, 3]);
+    xadd(&mut con, &reply, &forged);
+    let error = serde_json::to_vec(&TaskError::Cancelled {
+        task: "x".to_string(),
+    })
+    .unwrap();
+    let mut bad_tag = Fields::new();
+    bad_tag.insert("id".to_string(), field(1, "id"));
+    bad_tag.insert("task".to_string(), field(1, "task"));
+    bad_tag.insert("error".to_string(), error);
+    bad_tag.insert("mac".to_string(), vec![0; 32]);
+    xadd(&mut con, &reply, &bad_tag);
+    for f in &futs {
+        match get(f) {
+            Err(TaskError::Rejected { reason, .. }) => {
+                assert!(reason.contains("not signed"), "{reason}")
+            }
+            other => panic!("a forged result was trusted: {other:?}"),
+        }
+    }
+    // A worker that takes the client's key but signs with another: its
+    // packed results are not trusted either.
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .keys([KEY_OTHER, KEY_NEW]),
+    );
+    match get(&pool.submit(double, 3).unwrap()) {
+        Err(TaskError::Rejected { .. }) => {}
+        other => panic!("a result signed with another key was trusted: {other:?}"),
+    }
+}

@@ -14,20 +14,32 @@ use redis::Value;
 
 use crate::cluster::keys::{parse_url, BrokerUrl};
 use crate::error::Error;
-use crate::executor::redact;
+use crate::executor::{redact, scrub};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One Redis server, for opening connections to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Broker {
     /// The redis crate's client (opens connections; holds no socket).
     client: redis::Client,
     /// The URL with the password hidden, for messages.
     shown: String,
+    /// The URL as given, only to scrub its password from what the redis
+    /// crate says (never shown).
+    given: String,
     /// The parsed URL.
     pub(crate) url: BrokerUrl,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The redis client and the URL as given hold the password.
+        f.debug_struct("Broker")
+            .field("url", &self.shown)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {
@@ -40,10 +52,11 @@ impl Broker {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         let client = redis::Client::open(parsed.redis.as_str())
-            .map_err(|e| Error::Broker(format!("{}: {e}", redact(url))))?;
+            .map_err(|e| Error::Broker(scrub(&format!("{}: {e}", redact(url)), url)))?;
         Ok(Broker {
             client,
             shown: redact(url),
+            given: url.to_string(),
             url: parsed,
         })
     }
@@ -69,7 +82,7 @@ impl Broker {
         } else {
             e.to_string()
         };
-        Error::Broker(format!("{}: {what}", self.shown))
+        Error::Broker(scrub(&format!("{}: {what}", self.shown), &self.given))
     }
 }
 

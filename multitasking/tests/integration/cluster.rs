@@ -1437,3 +1437,36 @@ fn a_client_with_a_key_trusts_no_forged_result() {
         other => panic!("a result signed with another key was trusted: {other:?}"),
     }
 }
+
+#[test]
+fn passwords_with_at_colon_slash_or_escapes_never_show() {
+    let Some(redis) = OwnRedis::start(&["--requirepass", "right-secret"]) else {
+        return;
+    };
+    let port = redis.port;
+    for (typed, secret) in [
+        ("wr@ng:pa/ss", "wr@ng:pa/ss"),
+        ("wr%40ng%3Apa%2Fss", "wr@ng:pa/ss"),
+        ("se:cr@t", "se:cr@t"),
+        ("p%2Fw%3Fd%23x", "p/w?d#x"),
+    ] {
+        let url = format!("redis://app:{typed}@127.0.0.1:{port}/0?queue=q");
+        let shown = [
+            ClusterPool::connect(&url)
+                .expect_err("a wrong password")
+                .to_string(),
+            status(&url).expect_err("a wrong password").to_string(),
+            Worker::builder(&url)
+                .build()
+                .expect_err("a wrong password")
+                .to_string(),
+            format!("{:?}", Worker::builder(&url)),
+            multitasking::cluster::redact(&url),
+        ];
+        for text in shown {
+            for hidden in [typed, secret] {
+                assert!(!text.contains(hidden), "{typed}: {text}");
+            }
+        }
+    }
+}

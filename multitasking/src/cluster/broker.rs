@@ -51,8 +51,31 @@ impl Broker {
             // the program may have installed one already, which is fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(parsed.redis.as_str())
-            .map_err(|e| Error::Broker(scrub(&format!("{}: {e}", redact(url)), url)))?;
+        let shown =
+            |e: &dyn std::fmt::Display| Error::Broker(scrub(&format!("{}: {e}", redact(url)), url));
+        let client = if parsed.tls.any() {
+            let read = |path: &str| {
+                std::fs::read(path).map_err(|e| shown(&format!("reading {path}: {e}")))
+            };
+            let client_tls = match (&parsed.tls.cert, &parsed.tls.key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                _ => None,
+            };
+            let root_cert = parsed.tls.ca.as_deref().map(read).transpose()?;
+            redis::Client::build_with_tls(
+                parsed.redis.as_str(),
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+        } else {
+            redis::Client::open(parsed.redis.as_str())
+        }
+        .map_err(|e| shown(&e))?;
         Ok(Broker {
             client,
             shown: redact(url),

@@ -112,6 +112,14 @@
 //! stays possible for whoever can write to Redis: the ACL rules below limit
 //! who can.
 //!
+//! ## TLS
+//!
+//! `rediss://` connects with TLS and checks the broker's certificate
+//! against the system's roots, or the CA in `?tls_ca=PATH`; `#insecure`
+//! accepts any (tests only). `&tls_cert=PATH&tls_key=PATH` present a
+//! client certificate, for a broker that asks for one
+//! (`tls-auth-clients yes`).
+//!
 //! ## Permissions
 //!
 //! What a client and a worker need, as Redis ACL rules (Redis 7; the

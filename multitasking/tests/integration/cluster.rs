@@ -1470,3 +1470,118 @@ fn passwords_with_at_colon_slash_or_escapes_never_show() {
         }
     }
 }
+
+/// Runs `openssl` with `args` in `dir`; false if it is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn tls_brokers_that_ask_for_a_client_certificate_get_one() {
+    let dir = std::env::temp_dir().join(format!("mt-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ext = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    ext(
+        "server.ext",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    ext("client.ext", "extendedKeyUsage=clientAuth\n");
+    let made = openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    ) && ["server", "client"].iter().all(|who| {
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={who}"),
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+            ],
+        ) && openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{who}.ext"),
+                "-out",
+                &format!("{who}.crt"),
+            ],
+        )
+    });
+    if !made {
+        eprintln!("note: openssl is missing or failed; client-certificate test skipped");
+        return;
+    }
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+    let Some(redis) = OwnRedis::start(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "yes",
+    ]) else {
+        return;
+    };
+    let base = format!("rediss://127.0.0.1:{}/0?queue=mtls&tls_ca={ca}", redis.port);
+    let url = format!(
+        "{base}&tls_cert={}&tls_key={}",
+        path("client.crt"),
+        path("client.key")
+    );
+    // The server's certificate is checked against the CA (no #insecure),
+    // and ours against the server's.
+    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10));
+    drop(pool);
+    drop(worker);
+    // Without a client certificate the server refuses the handshake.
+    let e = ClusterPool::connect(&base).expect_err("a client without a certificate");
+    assert!(!e.to_string().is_empty());
+    let e = ClusterPool::connect(&format!("{url}&tls_cert=/nowhere/client.crt"))
+        .expect_err("a missing certificate file")
+        .to_string();
+    assert!(e.contains("/nowhere/client.crt"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

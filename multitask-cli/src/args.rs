@@ -317,6 +317,19 @@ pub(crate) struct WorkerArgs {
     /// Seconds a task may sit idle with a dead worker before another takes it over.
     #[arg(long, value_name = "SECS")]
     pub(crate) visibility: Option<f64>,
+    /// Serve only these tasks, comma-separated: registered names or unique
+    /// suffixes (is_prime,bench_work). Default: every task but run_shell.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub(crate) tasks: Option<Vec<String>>,
+    /// Also run `run_shell`, the task `multitask run -e redis://...` sends:
+    /// any shell command a client of the queue asks for, as this user.
+    #[arg(long)]
+    pub(crate) allow_shell: bool,
+    /// Take only tasks signed with a key in FILE (one per line; the first
+    /// signs results) and sign results; also MULTITASK_CLUSTER_KEY
+    /// (comma-separated). Never on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 /// `multitask status`.

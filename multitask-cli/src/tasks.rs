@@ -185,7 +185,10 @@ mod opt_bytes {
 
 /// Runs one shell job here, a failure again until it has run `job.tries`
 /// times.
-#[multitasking::task]
+///
+/// Dangerous: it runs whatever command its input holds, so a cluster
+/// worker serves it only with `--allow-shell`.
+#[multitasking::task(dangerous)]
 pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
     let timeout = job.timeout_ms.map(Duration::from_millis);
     let mut attempts = 0;

@@ -39,9 +39,15 @@ fn multitask(args: &[&str]) -> Ran {
 
 /// Runs `multitask ARGS` with `stdin`, failing the test after `limit`.
 fn multitask_with(args: &[&str], stdin: Option<&str>, limit: Duration) -> Ran {
+    multitask_env(args, stdin, &[], limit)
+}
+
+/// As [`multitask_with`], with environment variables `env` set.
+fn multitask_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)], limit: Duration) -> Ran {
     let start = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_multitask"))
         .args(args)
+        .envs(env.iter().copied())
         .env_remove("NO_COLOR")
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -855,4 +861,92 @@ fn a_timed_out_job_leaves_no_program_alive() {
     let left = survivors(&pids);
     let _ = std::fs::remove_file(&path);
     assert!(left.is_empty(), "after --timeout these live on: {left:?}");
+}
+
+/// `multitask worker` on `url` with `extra` flags; killed on drop.
+struct CliWorker(std::process::Child);
+
+impl CliWorker {
+    fn start(url: &str, extra: &[&str]) -> CliWorker {
+        let child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+            .args(["worker", "--broker", url, "--concurrency", "1"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a worker");
+        CliWorker(child)
+    }
+}
+
+impl Drop for CliWorker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn run_on_a_cluster_needs_workers_that_allow_a_shell() {
+    let Some(base) = test_redis() else { return };
+    let base = base
+        .split_once('?')
+        .map_or(base.as_str(), |(b, _)| b)
+        .to_string();
+    let url = format!("{base}?queue=cli-shell-{}", std::process::id());
+    let run = ["run", "-e", &url, "echo", ":::", "from-the-cluster"];
+    {
+        let _worker = CliWorker::start(&url, &[]);
+        let ran = multitask_with(&run, None, Duration::from_secs(30));
+        assert_eq!(ran.code, Some(1), "{ran:?}");
+        assert!(!ran.stdout.contains("from-the-cluster"), "{ran:?}");
+        assert!(ran.stderr.contains("--allow-shell"), "{}", ran.stderr);
+    }
+    let _worker = CliWorker::start(&url, &["--allow-shell"]);
+    let ran = multitask_with(&run, None, Duration::from_secs(30));
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(ran.stdout.trim(), "from-the-cluster");
+}
+
+#[test]
+fn a_signed_cluster_runs_what_its_key_signs() {
+    let Some(base) = test_redis() else { return };
+    let base = base
+        .split_once('?')
+        .map_or(base.as_str(), |(b, _)| b)
+        .to_string();
+    let url = format!("{base}?queue=cli-signed-{}", std::process::id());
+    let dir = std::env::temp_dir().join(format!("mt-cli-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = "a key of the cli test: 32 bytes!";
+    let (good, short) = (dir.join("key"), dir.join("short"));
+    std::fs::write(&good, format!("{key}\n")).unwrap();
+    std::fs::write(&short, "short\n").unwrap();
+    // Without a key the worker says, once, that it takes anything; a
+    // short key is refused. Both before joining (no broker here).
+    let nowhere = ["worker", "--broker", "redis://127.0.0.1:1/0"];
+    let ran = multitask_with(&nowhere, None, Duration::from_secs(30));
+    assert_eq!(
+        ran.stderr.matches("accepts unsigned tasks").count(),
+        1,
+        "{ran:?}"
+    );
+    let mut with_short = nowhere.to_vec();
+    with_short.extend(["--key-file", short.to_str().unwrap()]);
+    let ran = multitask_with(&with_short, None, Duration::from_secs(30));
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.stderr.contains("at least 16"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("unsigned"), "{}", ran.stderr);
+    let _worker = CliWorker::start(&url, &["--key-file", good.to_str().unwrap()]);
+    let primes = ["primes", "-e", &url, "--json", "--repeat", "1", "7", "8"];
+    let ran = multitask_env(
+        &primes,
+        None,
+        &[("MULTITASK_CLUSTER_KEY", key)],
+        Duration::from_secs(30),
+    );
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let v: Value = serde_json::from_str(ran.stdout.trim()).unwrap();
+    assert_eq!(v["results"][0]["prime"], true, "{v}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

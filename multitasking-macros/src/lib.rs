@@ -20,6 +20,8 @@ struct TaskArgs {
     name: Option<LitStr>,
     /// `codec = "json"` or `"postcard"`.
     codec: Option<LitStr>,
+    /// `dangerous`: a cluster worker serves it only when told to.
+    dangerous: bool,
 }
 
 impl Parse for TaskArgs {
@@ -27,9 +29,23 @@ impl Parse for TaskArgs {
         let mut args = TaskArgs {
             name: None,
             codec: None,
+            dangerous: false,
         };
-        let pairs = Punctuated::<syn::MetaNameValue, Token![,]>::parse_terminated(input)?;
-        for pair in pairs {
+        let metas = Punctuated::<syn::Meta, Token![,]>::parse_terminated(input)?;
+        for meta in metas {
+            let pair = match meta {
+                syn::Meta::Path(p) if p.is_ident("dangerous") => {
+                    args.dangerous = true;
+                    continue;
+                }
+                syn::Meta::NameValue(pair) => pair,
+                other => {
+                    return Err(syn::Error::new_spanned(
+                        other,
+                        "unknown option: expected name = \"...\", codec = \"...\" or dangerous",
+                    ))
+                }
+            };
             let lit = match &pair.value {
                 syn::Expr::Lit(syn::ExprLit {
                     lit: syn::Lit::Str(s),
@@ -50,7 +66,7 @@ impl Parse for TaskArgs {
             } else {
                 return Err(syn::Error::new_spanned(
                     pair.path,
-                    "unknown option: expected name = \"...\" or codec = \"...\"",
+                    "unknown option: expected name = \"...\", codec = \"...\" or dangerous",
                 ));
             }
         }
@@ -71,8 +87,12 @@ impl Parse for TaskArgs {
 ///
 /// Several arguments make a tuple input: `fn add(a: u64, b: u64)` is
 /// submitted as `pool.submit(add, (1, 2))`. Options: `name = "..."` (the
-/// registered name; default the module path) and `codec = "json"` (for
-/// types postcard can't carry).
+/// registered name; default the module path), `codec = "json"` (for
+/// types postcard can't carry) and `dangerous`: a task that can do
+/// anything its input says (run a shell command, write any file), which a
+/// cluster worker serves only when told to (`multitask worker
+/// --allow-shell`, `WorkerBuilder::allow_dangerous`), whatever its
+/// allow-list says otherwise.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     let args = parse_macro_input!(attr as TaskArgs);
@@ -169,6 +189,7 @@ fn expand_task(args: TaskArgs, func: ItemFn) -> syn::Result<proc_macro2::TokenSt
         Span::call_site(),
     );
     let ret = &sig.output;
+    let dangerous = args.dangerous;
 
     Ok(quote! {
         #(#attrs)*
@@ -190,6 +211,7 @@ fn expand_task(args: TaskArgs, func: ItemFn) -> syn::Result<proc_macro2::TokenSt
                 concat!(#name_expr, #type_text).as_bytes(),
             );
             const CODEC: ::multitasking::Codec = #codec;
+            const DANGEROUS: bool = #dangerous;
             fn run(&self, input: Self::Input) -> Self::Output {
                 #destructure
                 Self::call(*self, #(#temps),*)

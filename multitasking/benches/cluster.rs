@@ -6,6 +6,8 @@
 //!    items (automatic chunking: batched submit and fetch), and 20k single
 //!    submits (all submitted, then all waited for);
 //! 2. single-task round trip (submit, result, repeat): p50 and p99;
+//!    both unsigned and signed (a shared key: every task and result entry
+//!    carries an HMAC-SHA256), for the cost of signing;
 //! 3. the ceiling: `redis-benchmark` XADD on the same server (pipelined
 //!    16 deep, and one at a time);
 //! 4. Celery on the same Redis (benches/python/celery_bench.py), when
@@ -99,17 +101,22 @@ fn celery(port: u16) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// One configuration: 2 workers of 16 slots on process or thread pools;
-/// (map items/s, single-submit tasks/s, round trip p50, p99).
-fn run_config(port: u16, processes: bool) -> (f64, f64, Duration, Duration) {
-    let url = format!("redis://127.0.0.1:{port}/0?queue=bench-{processes}");
+/// The key of the signed configurations.
+const KEY: &str = "the bench's shared key, 32 bytes";
+
+/// One configuration: 2 workers of 16 slots on process or thread pools,
+/// `signed` or not; (map items/s, single-submit tasks/s, round trip p50,
+/// p99).
+fn run_config(port: u16, processes: bool, signed: bool) -> (f64, f64, Duration, Duration) {
+    let keys: Vec<&str> = if signed { vec![KEY] } else { Vec::new() };
+    let url = format!("redis://127.0.0.1:{port}/0?queue=bench-{processes}-{signed}");
     let mut stops: Vec<StopHandle> = Vec::new();
     let mut threads = Vec::new();
     for _ in 0..2 {
         // 16 fetch slots feeding 2 workers: a worker holds more tasks than
         // it runs at once so that fetches, started notices and results
         // travel in batches.
-        let b = Worker::builder(&url).concurrency(16);
+        let b = Worker::builder(&url).concurrency(16).keys(&keys);
         let w = if processes {
             b.pool(multitasking::ProcessPool::new(2).unwrap())
         } else {
@@ -120,7 +127,10 @@ fn run_config(port: u16, processes: bool) -> (f64, f64, Duration, Duration) {
         stops.push(w.stop_handle());
         threads.push(std::thread::spawn(move || w.run()));
     }
-    let pool = ClusterPool::connect_with(&url, 32).unwrap();
+    let pool = ClusterPool::connect_with(&url, 32)
+        .unwrap()
+        .with_keys(&keys)
+        .unwrap();
     for r in pool.map(noop, 0..1000u64) {
         r.unwrap();
     }
@@ -171,21 +181,22 @@ fn main() {
     let mut single_rate = 0.0;
     let mut p50 = Duration::ZERO;
     let mut map_rate = 0.0;
-    for processes in [true, false] {
-        let r = run_config(port, processes);
+    for (processes, signed) in [(true, false), (false, false), (true, true), (false, true)] {
+        let r = run_config(port, processes, signed);
         println!(
-            "| {} | {:.0} items/s | {:.0} tasks/s | {:.3} / {:.3} ms |",
+            "| {}{} | {:.0} items/s | {:.0} tasks/s | {:.3} / {:.3} ms |",
             if processes {
                 "process pools (2 processes each)"
             } else {
                 "thread pools (2 threads each)"
             },
+            if signed { ", signed" } else { "" },
             r.0,
             r.1,
             r.2.as_secs_f64() * 1e3,
             r.3.as_secs_f64() * 1e3
         );
-        if processes {
+        if processes && !signed {
             (map_rate, single_rate, p50) = (r.0, r.1, r.2);
         }
     }

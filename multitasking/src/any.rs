@@ -59,8 +59,10 @@ impl AnyExecutor {
                 Ok(AnyExecutor::Processes(b.build()?))
             }
             #[cfg(feature = "cluster")]
+            // The key, if any, comes from the environment: never a URL.
             ExecutorSpec::Redis(url) => Ok(AnyExecutor::Cluster(
-                crate::cluster::ClusterPool::connect(url)?,
+                crate::cluster::ClusterPool::connect(url)?
+                    .with_keys(crate::cluster::keys_from_env())?,
             )),
             #[cfg(not(feature = "cluster"))]
             ExecutorSpec::Redis(_) => Err(Error::Unavailable(

@@ -198,6 +198,30 @@ pub enum TaskError {
         /// What the client found.
         reason: String,
     },
+    /// The cluster worker that took the task does not serve it: its
+    /// allow-list does not name it, or it is marked dangerous and the
+    /// worker was not told to run dangerous tasks. The task did not run.
+    #[error(
+        "task {task} is not allowed on worker {worker}: start a worker that serves it \
+         (multitask worker --tasks NAME,..., or Worker::builder().allow([...])); a task marked \
+         dangerous, such as run_shell, also needs --allow-shell (WorkerBuilder::allow_dangerous)"
+    )]
+    NotAllowed {
+        /// The task's name.
+        task: String,
+        /// The worker that refused it.
+        worker: String,
+    },
+    /// A signed queue refused the task or its result: an entry without a
+    /// valid signature under the queue's key (unsigned, forged, altered or
+    /// replayed), or past its expiry. What it carried was not trusted.
+    #[error("task {task} was rejected: {reason}")]
+    Rejected {
+        /// The task's name.
+        task: String,
+        /// What failed its check, and where.
+        reason: String,
+    },
 }
 
 fn at(location: &Option<String>) -> String {
@@ -238,7 +262,9 @@ impl TaskError {
             | TaskError::TooLarge { task, .. }
             | TaskError::Broker { task, .. }
             | TaskError::ResultTaken { task }
-            | TaskError::Lost { task, .. } => task,
+            | TaskError::Lost { task, .. }
+            | TaskError::NotAllowed { task, .. }
+            | TaskError::Rejected { task, .. } => task,
         }
     }
 
@@ -270,6 +296,8 @@ impl TaskError {
             TaskError::Broker { .. } => "broker",
             TaskError::ResultTaken { .. } => "result_taken",
             TaskError::Lost { .. } => "lost",
+            TaskError::NotAllowed { .. } => "not_allowed",
+            TaskError::Rejected { .. } => "rejected",
         }
     }
 

@@ -163,8 +163,8 @@ impl FromStr for ExecutorSpec {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         let bad = |reason: String| Error::Spec {
-            spec: s.to_string(),
-            reason,
+            spec: redact(s),
+            reason: scrub(&reason, s),
         };
         let t = s.trim();
         if t.starts_with("redis://") || t.starts_with("rediss://") {
@@ -212,22 +212,108 @@ impl fmt::Display for ExecutorSpec {
 
 /// `url` with any password replaced by `***`, for logs and errors.
 ///
-/// The credentials end at the *last* `@`: a password typed raw may hold
-/// `@`, `:` or `/` (it should be percent-encoded, but people paste what
-/// they have), and splitting at the first `@` printed the rest of it. A
-/// URL whose query holds an `@` may come out over-redacted; never leaked.
+/// A URL with one `@` goes through a real URL parser (the `url` crate, as
+/// the redis crate reads it), and the password it finds is replaced. Any
+/// other string holding an `@` (a password typed raw, with `@`, `/`, `?`
+/// or `#` in it, which the parser reads as something else; a bad spec
+/// string) is cut by hand: the credentials end at the *last* `@`, and
+/// everything between the first `:` after the scheme and that `@` goes.
+/// A URL whose query holds an `@` may so come out over-redacted; never
+/// leaked.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    if url.matches('@').count() == 1 {
+        if let Ok(mut u) = url::Url::parse(url) {
+            if u.password().is_some() && u.set_password(Some("***")).is_ok() {
+                return u.to_string();
+            }
+        }
+    }
+    redact_by_hand(url)
+}
+
+/// [`redact`] without a parser: see there.
+fn redact_by_hand(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
         return url.to_string();
     };
-    let Some(at) = rest.rfind('@') else {
+    let Some(start) = credentials_start(url).filter(|&s| s <= at) else {
         return url.to_string();
     };
-    let (auth, host) = (&rest[..at], &rest[at + 1..]);
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+    let auth = &url[start..at];
+    match auth.find(':') {
+        Some(c) => format!("{}{}:***@{}", &url[..start], &auth[..c], &url[at + 1..]),
         None => url.to_string(),
     }
+}
+
+/// Where the credentials of `url` would start: after `scheme://`, or
+/// after `scheme:` and any slashes; `None` without a scheme.
+fn credentials_start(url: &str) -> Option<usize> {
+    if let Some(i) = url.find("://") {
+        return Some(i + 3);
+    }
+    let i = url.find(':')?;
+    let after = &url[i + 1..];
+    Some(i + 1 + (after.len() - after.trim_start_matches('/').len()))
+}
+
+/// `text` (an error that may echo the URL) with the password of broker
+/// URL `url` replaced by `***` wherever it appears, as typed or
+/// percent-decoded; the URL itself redacted too.
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact(url));
+    let mut secrets: Vec<String> = Vec::new();
+    if let Ok(u) = url::Url::parse(url) {
+        if let Some(p) = u.password() {
+            secrets.push(p.to_string());
+            if let Ok(decoded) = percent_decode(p) {
+                secrets.push(decoded);
+            }
+        }
+    }
+    // As cut by hand, for what the parser misreads: the password runs from
+    // the first `:` after the scheme to one of the `@`s after it.
+    if let Some(start) = credentials_start(url) {
+        if let Some(colon) = url[start..].find(':').map(|c| start + c + 1) {
+            for (at, _) in url.match_indices('@').filter(|(at, _)| *at >= colon) {
+                let raw = &url[colon..at];
+                secrets.push(raw.to_string());
+                if let Ok(decoded) = percent_decode(raw) {
+                    secrets.push(decoded);
+                }
+            }
+        }
+    }
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    for s in secrets.iter().filter(|s| s.len() >= 3) {
+        out = out.replace(s.as_str(), "***");
+    }
+    out
+}
+
+/// `s` with `%XX` escapes decoded; an error if that is not UTF-8.
+fn percent_decode(s: &str) -> Result<String, std::string::FromUtf8Error> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
 }
 
 /// Runs a chunk here, for executors that run tasks in this process.
@@ -284,12 +370,64 @@ mod tests {
             ("rediss://:s3cret@h", "rediss://:***@h"),
             ("redis://u:p%40ss@h", "redis://u:***@h"),
             ("redis://h:6379/0", "redis://h:6379/0"),
+            ("redis://u:12?x@h:6379/0", "redis://u:***@h:6379/0"),
+            ("redis://u:1/b@h", "redis://u:***@h"),
+            ("redis://u:p#w@h/0", "redis://u:***@h/0"),
+            ("redis://h/0?queue=a@b", "redis://h/0?queue=a@b"),
+            ("redis:/u:pw@h", "redis:/u:***@h"),
+            ("redis:u:pw@h", "redis:u:***@h"),
         ] {
             assert_eq!(redact(url), shown, "{url}");
         }
     }
 
+    #[test]
+    fn a_bad_spec_never_shows_a_password() {
+        let e = "redis:/u:hunter2@h".parse::<ExecutorSpec>().unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn scrub_hides_the_password_in_an_echoing_error() {
+        let url = "redis://u:p%40ss%2Fw0rd@h:6379/0";
+        let said = format!("cannot connect to {url}: AUTH p@ss/w0rd refused (p%40ss%2Fw0rd)");
+        let out = scrub(&said, url);
+        assert!(
+            !out.contains("p@ss/w0rd") && !out.contains("p%40ss"),
+            "{out}"
+        );
+        assert!(out.contains("redis://u:***@h:6379/0"), "{out}");
+    }
+
     proptest::proptest! {
+        /// Any printable password, any user, with or without a query (one
+        /// holding an `@` too), typed raw or percent-encoded: redact never
+        /// shows it, and keeps the host.
+        #[test]
+        fn redact_hides_any_password(
+            user in "[a-z]{0,8}",
+            password in "[ -~]{4,24}",
+            encode in proptest::bool::ANY,
+            scheme in proptest::sample::select(vec!["redis", "rediss"]),
+            query in proptest::option::of("[a-z@]{1,8}"),
+        ) {
+            let password = if encode {
+                password
+                    .bytes()
+                    .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+                    .collect()
+            } else {
+                password
+            };
+            let tail = query.map(|q| format!("?queue={q}")).unwrap_or_default();
+            let url = format!("{scheme}://{user}:{password}@hostname:6379/0{tail}");
+            let shown = redact(&url);
+            proptest::prop_assert!(!shown.contains(&password), "{url} -> {shown}");
+            proptest::prop_assert!(shown.contains("***"), "{url} -> {shown}");
+            let said = scrub(&format!("error at {url}: {password}"), &url);
+            proptest::prop_assert!(!said.contains(&password), "{url} -> {said}");
+        }
+
         #[test]
         fn redact_never_shows_a_password(
             user in "[a-z]{0,8}",

@@ -51,6 +51,11 @@ pub trait Task: Copy + Default + Send + Sync + 'static {
     const SIGNATURE: u64;
     /// The codec for inputs and outputs.
     const CODEC: Codec = Codec::Postcard;
+    /// True for a task that can do whatever its input says (run a shell
+    /// command, write any file): a cluster worker serves it only when told
+    /// to ([`WorkerBuilder::allow_dangerous`](crate::cluster::WorkerBuilder::allow_dangerous)).
+    /// `#[multitasking::task(dangerous)]` sets it. Default: false.
+    const DANGEROUS: bool = false;
     /// Runs the task here, in this thread.
     fn run(&self, input: Self::Input) -> Self::Output;
 }
@@ -68,6 +73,8 @@ pub struct TaskEntry {
     pub signature: u64,
     /// Its codec.
     pub codec: Codec,
+    /// True if it is marked dangerous ([`Task::DANGEROUS`]).
+    pub dangerous: bool,
     /// Runs a batch of encoded inputs.
     pub run: BatchFn,
 }
@@ -82,6 +89,7 @@ pub fn entry<T: Task>() -> TaskEntry {
         name: T::NAME,
         signature: T::SIGNATURE,
         codec: T::CODEC,
+        dangerous: T::DANGEROUS,
         run: run_batch::<T>,
     }
 }
@@ -121,6 +129,12 @@ pub fn register<T: Task>(_task: T) {
 pub fn lookup(name: &str) -> Option<TaskEntry> {
     let map = registry().read().unwrap_or_else(|p| p.into_inner());
     map.get(name).copied()
+}
+
+/// Every registered task.
+pub(crate) fn registered() -> Vec<TaskEntry> {
+    let map = registry().read().unwrap_or_else(|p| p.into_inner());
+    map.values().copied().collect()
 }
 
 /// Finds `name` and checks its signature, as a worker does before a call.

@@ -1,6 +1,12 @@
 //! `multitask worker`: join a cluster queue and run its tasks in worker
 //! processes of this binary until SIGINT or SIGTERM, which drain: running
 //! tasks finish and are written back, no new ones are fetched.
+//!
+//! It serves the tasks `--tasks` names, by default all but `run_shell`,
+//! which runs only with `--allow-shell`: a worker runs what anyone who can
+//! write to the queue asks of it. With a key (`--key-file`, or
+//! `MULTITASK_CLUSTER_KEY`) it takes only tasks signed with it; without,
+//! it says once that it takes unsigned ones.
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -26,6 +32,27 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
     if let Some(s) = args.visibility {
         b = b.visibility_timeout(std::time::Duration::from_secs_f64(s));
     }
+    if let Some(tasks) = &args.tasks {
+        b = b.allow(tasks.iter().cloned());
+    }
+    b = b.allow_dangerous(args.allow_shell);
+    let keys = match &args.key_file {
+        Some(path) => multitasking::cluster::parse_keys(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("reading the key file {}", path.display()))?,
+        ),
+        None => multitasking::cluster::keys_from_env(),
+    };
+    if keys.is_empty() && args.key_file.is_some() {
+        anyhow::bail!("the key file holds no key: give it one per line (openssl rand -hex 32)");
+    }
+    if keys.is_empty() {
+        term::note(
+            "this worker accepts unsigned tasks: anyone who can write to the queue can run them; \
+             give it a key with --key-file or MULTITASK_CLUSTER_KEY",
+        );
+    }
+    b = b.keys(keys);
     let worker = b
         .build()
         .with_context(|| format!("joining {}", multitasking::cluster::redact(&args.broker)))?;

@@ -14,20 +14,32 @@ use redis::Value;
 
 use crate::cluster::keys::{parse_url, BrokerUrl};
 use crate::error::Error;
-use crate::executor::redact;
+use crate::executor::{redact, scrub};
 
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One Redis server, for opening connections to it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct Broker {
     /// The redis crate's client (opens connections; holds no socket).
     client: redis::Client,
     /// The URL with the password hidden, for messages.
     shown: String,
+    /// The URL as given, only to scrub its password from what the redis
+    /// crate says (never shown).
+    given: String,
     /// The parsed URL.
     pub(crate) url: BrokerUrl,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The redis client and the URL as given hold the password.
+        f.debug_struct("Broker")
+            .field("url", &self.shown)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {
@@ -39,11 +51,35 @@ impl Broker {
             // the program may have installed one already, which is fine.
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let client = redis::Client::open(parsed.redis.as_str())
-            .map_err(|e| Error::Broker(format!("{}: {e}", redact(url))))?;
+        let shown =
+            |e: &dyn std::fmt::Display| Error::Broker(scrub(&format!("{}: {e}", redact(url)), url));
+        let client = if parsed.tls.any() {
+            let read = |path: &str| {
+                std::fs::read(path).map_err(|e| shown(&format!("reading {path}: {e}")))
+            };
+            let client_tls = match (&parsed.tls.cert, &parsed.tls.key) {
+                (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read(cert)?,
+                    client_key: read(key)?,
+                }),
+                _ => None,
+            };
+            let root_cert = parsed.tls.ca.as_deref().map(read).transpose()?;
+            redis::Client::build_with_tls(
+                parsed.redis.as_str(),
+                redis::TlsCertificates {
+                    client_tls,
+                    root_cert,
+                },
+            )
+        } else {
+            redis::Client::open(parsed.redis.as_str())
+        }
+        .map_err(|e| shown(&e))?;
         Ok(Broker {
             client,
             shown: redact(url),
+            given: url.to_string(),
             url: parsed,
         })
     }
@@ -69,7 +105,7 @@ impl Broker {
         } else {
             e.to_string()
         };
-        Error::Broker(format!("{}: {what}", self.shown))
+        Error::Broker(scrub(&format!("{}: {what}", self.shown), &self.given))
     }
 }
 

@@ -31,6 +31,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Fault, Link};
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
+use crate::cluster::seal::{self, Seal};
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{redact, ChunkFuture, Executor, Shutdown, Terminate};
 use crate::future::TaskFuture;
@@ -52,6 +53,9 @@ const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// The default broker timeout: how long the broker may be unreachable
 /// before pending calls fail.
 const DEFAULT_BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a signed task stays valid after it is written, by default: a
+/// worker refuses it later (see [`ClusterPool::with_task_expiry`]).
+const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
 /// How long a cancel waits for the writer to learn a call's entry id.
 const WITHDRAW_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -166,6 +170,10 @@ struct ClientShared {
     duplicates: AtomicU64,
     /// Records each task, once set.
     tracer: std::sync::OnceLock<Tracer>,
+    /// The queue's keys, once set: tasks are signed, results checked.
+    seal: std::sync::OnceLock<Seal>,
+    /// How long a signed task stays valid after it is written, in ms.
+    expiry_ms: AtomicU64,
 }
 
 /// An executor whose workers are other processes, on this machine or
@@ -247,6 +255,8 @@ impl ClusterPool {
             },
             duplicates: AtomicU64::new(0),
             tracer: std::sync::OnceLock::new(),
+            seal: std::sync::OnceLock::new(),
+            expiry_ms: AtomicU64::new(DEFAULT_EXPIRY.as_millis() as u64),
             broker,
         });
         let s = shared.clone();
@@ -271,6 +281,42 @@ impl ClusterPool {
     /// host and pid. Set once; later calls are ignored.
     pub fn with_tracer(self, tracer: Tracer) -> Self {
         let _ = self.shared.tracer.set(tracer);
+        self
+    }
+
+    /// Signs every task with `key` (HMAC-SHA256) and trusts only results
+    /// signed with it: the key the queue's workers were given
+    /// ([`WorkerBuilder::keys`](crate::cluster::WorkerBuilder::keys)). A
+    /// result entry that fails its check (forged, altered, unsigned) fails
+    /// the calls it names with [`TaskError::Rejected`] and is never taken
+    /// for their outcome. Set once, before the first submit; fails for a
+    /// key shorter than 16 bytes. Default: no key, nothing signed.
+    pub fn with_key(self, key: impl AsRef<[u8]>) -> Result<Self, Error> {
+        self.with_keys([key])
+    }
+
+    /// As [`ClusterPool::with_key`] with several keys, for rotation: the
+    /// first signs, results signed with any are trusted.
+    pub fn with_keys<I, K>(self, keys: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        let keys: Vec<K> = keys.into_iter().collect();
+        if let Some(seal) = Seal::new(&keys)? {
+            let _ = self.shared.seal.set(seal);
+        }
+        Ok(self)
+    }
+
+    /// How long a signed task stays valid once written: a worker that
+    /// takes it later refuses it (dead-lettered; the call fails with
+    /// [`TaskError::Rejected`]). The bound on replays: a worker remembers
+    /// the calls it took until they expire. Default: 10 minutes.
+    pub fn with_task_expiry(self, expiry: Duration) -> Self {
+        self.shared
+            .expiry_ms
+            .store(expiry.as_millis().max(1) as u64, Ordering::Relaxed);
         self
     }
 
@@ -654,20 +700,43 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
                 break Err(why);
             }
             let timeout_ms = shared.task_timeout_ms.load(Ordering::Relaxed);
+            let timeout = if timeout_ms > 0 {
+                timeout_ms.to_string()
+            } else {
+                String::new()
+            };
+            let seal = shared.seal.get();
+            let exp = (seal::now_ms() + shared.expiry_ms.load(Ordering::Relaxed)).to_string();
             let r = link.run(|con| {
                 let mut p = redis::pipe();
                 for c in &batch {
+                    let sig = c.signature.to_string();
                     let add = p.cmd("XADD");
                     add.arg(&tasks).arg("*");
                     if timeout_ms > 0 {
-                        add.arg("timeout_ms").arg(timeout_ms);
+                        add.arg("timeout_ms").arg(&timeout);
+                    }
+                    if let Some(seal) = seal {
+                        let mac = seal.sign(&seal::task_parts(
+                            &tasks,
+                            [
+                                c.id.as_bytes(),
+                                c.task.as_bytes(),
+                                sig.as_bytes(),
+                                shared.results.as_bytes(),
+                                &c.payload,
+                                timeout.as_bytes(),
+                                exp.as_bytes(),
+                            ],
+                        ));
+                        add.arg("exp").arg(&exp).arg("mac").arg(mac);
                     }
                     add.arg("id")
                         .arg(&c.id)
                         .arg("task")
                         .arg(c.task)
                         .arg("sig")
-                        .arg(c.signature.to_string())
+                        .arg(&sig)
                         .arg("reply")
                         .arg(&shared.results)
                         .arg("payload")
@@ -842,9 +911,31 @@ fn read_results(shared: &ClientShared) {
 /// Resolves what result entry `e` says: a batch of results, a started
 /// notice, or one result (a dead letter's error).
 fn take_result(shared: &ClientShared, e: &Entry) {
+    let field = |name: &str| e.fields.get(name).map_or(&[][..], Vec::as_slice);
+    let signed = |parts: &[&[u8]]| {
+        shared
+            .seal
+            .get()
+            .is_none_or(|s| e.fields.get("mac").is_some_and(|mac| s.verify(parts, mac)))
+    };
+    let results = shared.results.as_bytes();
     if e.fields.contains_key("batch") {
         let ran_by = RanBy::of(e, "worker");
+        let trusted = signed(&[
+            seal::RESULTS,
+            results,
+            field("batch"),
+            field("data"),
+            field("worker"),
+            field("host"),
+            field("pid"),
+        ]);
         match unpack_results(e) {
+            Ok(results) if !trusted => {
+                for (head, _) in results {
+                    reject(shared, &head.id, &e.id);
+                }
+            }
             Ok(results) => {
                 for (head, outcome) in results {
                     let ran = Duration::from_micros(head.ran_us);
@@ -864,6 +955,19 @@ fn take_result(shared: &ClientShared, e: &Entry) {
         return;
     };
     if e.fields.contains_key("started") {
+        let trusted = signed(&[
+            seal::STARTED,
+            results,
+            field("id"),
+            field("started"),
+            field("host"),
+            field("pid"),
+            field("held_us"),
+        ]);
+        // A notice only informs: an untrusted one is dropped.
+        if !trusted {
+            return;
+        }
         if let Some(p) = lock(&shared.pending).get_mut(&id) {
             p.deliver.start(None);
             if let Some(submitted) = p.submitted {
@@ -876,6 +980,19 @@ fn take_result(shared: &ClientShared, e: &Entry) {
                 p.started = Some((at, RanBy::of(e, "started")));
             }
         }
+        return;
+    }
+    // A worker sends one result alone only with a dead letter: an error.
+    let trusted = e.fields.contains_key("error")
+        && signed(&[
+            seal::ERROR,
+            results,
+            field("id"),
+            field("task"),
+            field("error"),
+        ]);
+    if shared.seal.get().is_some() && !trusted {
+        reject(shared, &id, &e.id);
         return;
     }
     let outcome = match (e.fields.get("payload"), e.fields.get("error")) {
@@ -892,6 +1009,22 @@ fn take_result(shared: &ClientShared, e: &Entry) {
         }),
     };
     resolve(shared, &id, outcome, None);
+}
+
+/// Fails call `id`, if pending, for a result entry (`entry`) that failed
+/// its signature check: its outcome is never taken from it.
+fn reject(shared: &ClientShared, id: &str, entry: &str) {
+    let Some(p) = lock(&shared.pending).remove(id) else {
+        return;
+    };
+    p.deliver.finish(Err(TaskError::Rejected {
+        task: p.task.to_string(),
+        reason: format!(
+            "its result entry {entry} on {} is not signed with the queue's key (forged, \
+             altered, or from a worker without the key): not trusted",
+            shared.results
+        ),
+    }));
 }
 
 /// Asks the broker about calls queued for at least [`AUDIT_EVERY`]: those

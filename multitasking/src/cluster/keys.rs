@@ -66,10 +66,34 @@ pub(crate) struct BrokerUrl {
     pub(crate) redis: String,
     /// The queue (`?queue=`; default `default`).
     pub(crate) queue: String,
+    /// Files for TLS (`?tls_ca=`, `?tls_cert=`, `?tls_key=`).
+    pub(crate) tls: TlsFiles,
+}
+
+/// PEM files a `rediss://` URL names: a CA to check the server's
+/// certificate with, instead of the system's roots, and a client
+/// certificate and key, for a server that asks for one
+/// (`tls-auth-clients yes`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct TlsFiles {
+    /// The CA certificates (`tls_ca`).
+    pub(crate) ca: Option<String>,
+    /// The client certificate (`tls_cert`); set with `key`.
+    pub(crate) cert: Option<String>,
+    /// The client's private key (`tls_key`); set with `cert`.
+    pub(crate) key: Option<String>,
+}
+
+impl TlsFiles {
+    /// True if any file is named.
+    pub(crate) fn any(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
 }
 
 /// Parses `redis://[user:password@]host:port/db?queue=name` (or
-/// `rediss://` for TLS).
+/// `rediss://` for TLS, which also takes `tls_ca=PATH`, and
+/// `tls_cert=PATH&tls_key=PATH` for a client certificate).
 pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
     let bad = |reason: &str| Error::Spec {
         spec: crate::executor::redact(url),
@@ -88,6 +112,7 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
         None => (url, ""),
     };
     let mut queue = "default".to_string();
+    let mut tls = TlsFiles::default();
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -99,8 +124,17 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
                 }
                 queue = q.to_string();
             }
+            Some(("tls_ca", p)) => tls.ca = Some(p.to_string()),
+            Some(("tls_cert", p)) => tls.cert = Some(p.to_string()),
+            Some(("tls_key", p)) => tls.key = Some(p.to_string()),
             _ => rest.push(pair),
         }
+    }
+    if tls.any() && !url.starts_with("rediss://") {
+        return Err(bad("tls_ca, tls_cert and tls_key need a rediss:// URL"));
+    }
+    if tls.cert.is_some() != tls.key.is_some() {
+        return Err(bad("a client certificate needs both tls_cert and tls_key"));
     }
     let mut redis = if rest.is_empty() {
         base.to_string()
@@ -110,7 +144,7 @@ pub(crate) fn parse_url(url: &str) -> Result<BrokerUrl, Error> {
     if let Some(f) = fragment {
         redis = format!("{redis}#{f}");
     }
-    Ok(BrokerUrl { redis, queue })
+    Ok(BrokerUrl { redis, queue, tls })
 }
 
 #[cfg(test)]
@@ -150,5 +184,18 @@ mod tests {
             .to_string();
         assert!(e.contains("queue name") && !e.contains("secret"), "{e}");
         assert!(parse_url("http://h").is_err());
+        let u = parse_url("rediss://h/0?tls_ca=/c/ca.pem&queue=q&tls_cert=c.pem&tls_key=k.pem")
+            .unwrap();
+        assert_eq!(u.redis, "rediss://h/0");
+        assert_eq!(
+            (
+                u.tls.ca.as_deref(),
+                u.tls.cert.as_deref(),
+                u.tls.key.as_deref()
+            ),
+            (Some("/c/ca.pem"), Some("c.pem"), Some("k.pem"))
+        );
+        assert!(parse_url("redis://h/0?tls_ca=ca.pem").is_err());
+        assert!(parse_url("rediss://h/0?tls_cert=c.pem").is_err());
     }
 }

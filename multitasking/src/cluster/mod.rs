@@ -68,6 +68,58 @@
 //! timeout (30 s by default) fails every pending call; `NOPERM`,
 //! `WRONGTYPE` and a refused password fail the calls they concern at once.
 //!
+//! ## What a worker runs
+//!
+//! Anyone who can write to the task stream can ask a worker for any task,
+//! so a worker serves an allow-list ([`WorkerBuilder::allow`], `multitask
+//! worker --tasks`): by default every task compiled into it except those
+//! marked dangerous (`#[multitasking::task(dangerous)]`, such as
+//! `multitask run`'s `run_shell`), which run only on a worker told so
+//! ([`WorkerBuilder::allow_dangerous`], `--allow-shell`). A task it does
+//! not serve is dead-lettered with the reason and fails for its client
+//! with [`TaskError::NotAllowed`](crate::TaskError::NotAllowed); it never
+//! runs.
+//!
+//! ## Signed entries
+//!
+//! With a key shared by a queue's clients and workers
+//! ([`ClusterPool::with_key`], [`WorkerBuilder::keys`]; `multitask worker
+//! --key-file`, or `MULTITASK_CLUSTER_KEY`, which pools built from a spec
+//! string read too), every task entry carries an HMAC-SHA256 (field `mac`)
+//! over the task stream's key and its fields id, task, sig, reply,
+//! payload, timeout_ms and exp (the Unix ms after which it is void,
+//! 10 minutes after it is written by default,
+//! [`ClusterPool::with_task_expiry`]); every result entry, started notice
+//! and dead letter's error carries one over the client's stream key and
+//! its fields. A worker with keys dead-letters, with the reason, any task
+//! that is unsigned, forged or altered (its reply key is then not trusted:
+//! no error is sent there, and its client, if any, finds it lost), expired
+//! (its client gets [`TaskError::Rejected`](crate::TaskError::Rejected)),
+//! or replayed: a call id it took before from another entry (a redelivery
+//! of the same entry after a worker died is not a replay). A client with a
+//! key fails the calls a result entry names with `Rejected` when that entry
+//! does not check, and ignores such a started notice. Keys rotate: a
+//! worker and a client accept a list, sign with the first and accept any.
+//! Without keys nothing is signed or checked, and `multitask worker` says
+//! so on stderr.
+//!
+//! What it does not do: hide anything (entries are signed, not encrypted;
+//! use `rediss://` on the wire), or stop a replay of a task to *another*
+//! worker within its expiry (each worker remembers the calls it took; a
+//! record in Redis would be no defence against someone who can write to
+//! Redis). Such a replay runs the task again, and its client drops the
+//! second result as a duplicate. Deleting entries, or flooding the queue,
+//! stays possible for whoever can write to Redis: the ACL rules below limit
+//! who can.
+//!
+//! ## TLS
+//!
+//! `rediss://` connects with TLS and checks the broker's certificate
+//! against the system's roots, or the CA in `?tls_ca=PATH`; `#insecure`
+//! accepts any (tests only). `&tls_cert=PATH&tls_key=PATH` present a
+//! client certificate, for a broker that asks for one
+//! (`tls-auth-clients yes`).
+//!
 //! ## Permissions
 //!
 //! What a client and a worker need, as Redis ACL rules (Redis 7; the
@@ -85,13 +137,16 @@
 //!
 //! `multitask status` reads with `+smembers +get +xlen +xpending`.
 
+mod allow;
 mod broker;
 mod client;
 mod keys;
+mod seal;
 mod status;
 mod worker;
 
 pub use client::ClusterPool;
+pub use seal::{keys_from_env, parse_keys};
 pub use status::{
     dead_letters, discard_dead_letter, status, tasks_read, ClusterStatus, DeadLetter, WorkerStatus,
 };

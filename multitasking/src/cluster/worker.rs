@@ -7,7 +7,8 @@
 //!   BLOCK`, only as many tasks as there are free slots (after a failed
 //!   read, first the entries already delivered to it, whose reply may have
 //!   been lost); each task is checked (known name, same signature) and
-//!   handed to the pool;
+//!   handed to the pool, if the worker's allow-list admits it (see
+//!   [`WorkerBuilder::allow`]; a refused task is dead-lettered);
 //! - **complete**: for a batch of finished tasks, one script per client
 //!   that XADDs their results packed in one entry, then XACKs and XDELs
 //!   the tasks, so a result is never acknowledged without being stored (a
@@ -34,11 +35,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
+use crate::cluster::allow::Allowed;
 use crate::cluster::broker::{
     entries, is_permanent, pack_results, stream_reply, Broker, Entry, Link, Packed, ToPack,
 };
 use crate::cluster::client::random;
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
+use crate::cluster::seal::{self, Seal};
 use crate::error::{Error, ExitCause, TaskError};
 use crate::executor::RawExecutor;
 use crate::future::TaskFuture;
@@ -78,6 +81,12 @@ pub struct WorkerBuilder {
     max_deliveries: u32,
     /// How long the broker may be unreachable before a result is given up.
     broker_timeout: Duration,
+    /// The tasks to serve, as given; `None` for every one not dangerous.
+    allow: Option<Vec<String>>,
+    /// True if dangerous tasks may run.
+    dangerous: bool,
+    /// The queue's shared keys (the first signs); none for unsigned.
+    keys: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -88,11 +97,60 @@ impl fmt::Debug for WorkerBuilder {
             .field("concurrency", &self.concurrency)
             .field("visibility", &self.visibility)
             .field("max_deliveries", &self.max_deliveries)
+            .field("allow", &self.allow)
+            .field("dangerous", &self.dangerous)
+            .field("keys", &self.keys.len())
             .finish_non_exhaustive()
     }
 }
 
 impl WorkerBuilder {
+    /// Serves only these tasks: each a registered name (the function's
+    /// module path, `my_app::jobs::resize`) or a suffix of one at a `::`
+    /// that no other task has (`resize`). Any other task is dead-lettered
+    /// with the reason, and its future fails with
+    /// [`TaskError::NotAllowed`]. [`WorkerBuilder::build`] fails for a
+    /// name that matches no task or several, and for a task marked
+    /// dangerous unless [`WorkerBuilder::allow_dangerous`] is set.
+    /// Default: every registered task not marked dangerous.
+    pub fn allow<I, S>(mut self, tasks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allow = Some(tasks.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Also serves tasks marked dangerous (`#[multitasking::task(dangerous)]`,
+    /// such as `multitask run`'s `run_shell`, which runs any shell command
+    /// its client sends): those the allow-list names, or all of them
+    /// without one. `multitask worker --allow-shell` sets it. Default:
+    /// false, and anyone who can write to the queue can't make this worker
+    /// run a shell.
+    pub fn allow_dangerous(mut self, yes: bool) -> Self {
+        self.dangerous = yes;
+        self
+    }
+
+    /// Takes only tasks signed with one of these keys (HMAC-SHA256, shared
+    /// with the queue's clients: [`ClusterPool::with_keys`](crate::ClusterPool::with_keys)),
+    /// and signs its results with the first. An unsigned, forged, altered,
+    /// replayed or expired task is dead-lettered with the reason, and does
+    /// not run. Several keys rotate one out: give the new one first and the
+    /// old one after until every client signs with the new.
+    /// [`WorkerBuilder::build`] fails for a key shorter than 16 bytes.
+    /// Default: none, and the worker takes unsigned tasks from anyone who
+    /// can write to the queue.
+    pub fn keys<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        self.keys = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        self
+    }
+
     /// The queue to serve (default: the URL's `?queue=`, else `default`).
     pub fn queue(mut self, q: impl Into<String>) -> Self {
         self.queue = Some(q.into());
@@ -152,6 +210,8 @@ impl WorkerBuilder {
                 .to_string();
             url = format!("{base}?queue={q}");
         }
+        let allowed = Allowed::resolve(self.allow.as_deref(), self.dangerous)?;
+        let seal = Seal::new(&self.keys)?;
         let broker = Broker::open(&url)?;
         let keys = Keys::new(&broker.url.queue);
         let mut probe = broker.connect(Duration::from_secs(5))?;
@@ -176,6 +236,9 @@ impl WorkerBuilder {
                 visibility: self.visibility,
                 max_deliveries: self.max_deliveries,
                 broker_timeout: self.broker_timeout,
+                allowed,
+                seal,
+                seen: Mutex::new(Seen::default()),
             }),
         })
     }
@@ -273,7 +336,28 @@ struct Core {
     max_deliveries: u32,
     /// How long the broker may be unreachable before a result is given up.
     broker_timeout: Duration,
+    /// The tasks it serves.
+    allowed: Allowed,
+    /// The queue's keys, if its entries are signed.
+    seal: Option<Seal>,
+    /// Signed calls taken, against replays.
+    seen: Mutex<Seen>,
 }
+
+/// The signed calls a worker took lately: call id to the task stream
+/// entry that carried it and its expiry. Another entry with a seen call id
+/// is a replay; the same entry again is a redelivery. Entries past their
+/// expiry are dropped, for their tasks would be refused anyway.
+#[derive(Debug, Default)]
+struct Seen {
+    /// Call id -> (entry id, expiry in Unix ms).
+    calls: HashMap<String, (String, u64)>,
+    /// When expired calls were last dropped.
+    pruned: Option<Instant>,
+}
+
+/// How often [`Seen`] drops expired calls.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 /// A worker serving one queue. See the module docs.
 pub struct Worker {
@@ -323,6 +407,9 @@ impl Worker {
             visibility: Duration::from_secs(30),
             max_deliveries: 3,
             broker_timeout: Duration::from_secs(30),
+            allow: None,
+            dangerous: false,
+            keys: Vec::new(),
         }
     }
 
@@ -464,7 +551,30 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
         reply: reply.to_string(),
         task: name.to_string(),
     };
+    if let Some(seal) = &core.seal {
+        if let Err((why, trusted)) = check_task(core, seal, &e) {
+            let error = TaskError::Rejected {
+                task: name.to_string(),
+                reason: format!("worker {}: task entry {}: {why}", core.me, e.id),
+            };
+            let lease = Lease {
+                // Only a signed entry says truly where its answer goes.
+                reply: if trusted { lease.reply } else { String::new() },
+                ..lease
+            };
+            dead_letter(core, link, &e.id, &lease, &error, 1);
+            return;
+        }
+    }
     let entry = match task::resolve(name, sig, &core.me) {
+        Ok(entry) if !core.allowed.admits(&entry) => {
+            let error = TaskError::NotAllowed {
+                task: name.to_string(),
+                worker: core.me.clone(),
+            };
+            dead_letter(core, link, &e.id, &lease, &error, 1);
+            return;
+        }
         Ok(entry) => entry,
         Err(error) => {
             dead_letter(core, link, &e.id, &lease, &error, 1);
@@ -510,6 +620,71 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
     }
 }
 
+/// The fields of task entry `e` that its signature covers.
+fn signed_fields(e: &Entry) -> [&[u8]; 7] {
+    seal::TASK_FIELDS.map(|f| e.fields.get(f).map_or(&[][..], Vec::as_slice))
+}
+
+/// True if task entry `e` carries a valid signature (always, on an
+/// unsigned queue): its reply key is its client's.
+fn signed_by_a_client(core: &Core, e: &Entry) -> bool {
+    let Some(seal) = &core.seal else { return true };
+    let stream = core.keys.tasks();
+    e.fields
+        .get("mac")
+        .is_some_and(|mac| seal.verify(&seal::task_parts(&stream, signed_fields(e)), mac))
+}
+
+/// Checks task entry `e` on a signed queue: signed with a key of `seal`,
+/// not expired, not a replay of a call taken from another entry. On
+/// failure, why, and whether its reply key can be trusted (only if its
+/// signature holds).
+fn check_task(core: &Core, seal: &Seal, e: &Entry) -> Result<(), (String, bool)> {
+    let Some(mac) = e.fields.get("mac") else {
+        return Err((
+            "unsigned, and this worker takes only tasks signed with the queue's key".to_string(),
+            false,
+        ));
+    };
+    let stream = core.keys.tasks();
+    if !seal.verify(&seal::task_parts(&stream, signed_fields(e)), mac) {
+        return Err((
+            "its signature does not check: forged, altered, or signed with another key".to_string(),
+            false,
+        ));
+    }
+    let now = seal::now_ms();
+    let exp = e
+        .text("exp")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(0);
+    if exp < now {
+        return Err((
+            format!(
+                "it expired {} ms ago, before a worker took it",
+                now.saturating_sub(exp)
+            ),
+            true,
+        ));
+    }
+    let id = e.text("id").unwrap_or_default();
+    let mut seen = lock(&core.seen);
+    if seen.pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+        seen.calls.retain(|_, (_, exp)| *exp >= now);
+        seen.pruned = Some(Instant::now());
+    }
+    match seen.calls.get(id) {
+        Some((entry, _)) if *entry != e.id => Err((
+            format!("a replay: call {id} came already, as entry {entry}"),
+            false,
+        )),
+        _ => {
+            seen.calls.insert(id.to_string(), (e.id.clone(), exp));
+            Ok(())
+        }
+    }
+}
+
 /// Marks the held tasks that have run `NOTICE_DELAY` without a notice as
 /// announced; their leases and since when they are held, and when the next
 /// one falls due.
@@ -536,7 +711,20 @@ fn due_notices(core: &Core) -> (Vec<(Lease, Instant)>, Option<Instant>) {
 /// started, and how long ago (`held_us`: the client dates the start from
 /// its own clock, whatever the notice's delay).
 fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[(Lease, Instant)]) {
+    let pid = std::process::id().to_string();
     for (l, since) in leases {
+        let held_us = (since.elapsed().as_micros() as u64).to_string();
+        let mac = core.seal.as_ref().map_or_else(Vec::new, |s| {
+            s.sign(&[
+                seal::STARTED,
+                l.reply.as_bytes(),
+                l.id.as_bytes(),
+                core.me.as_bytes(),
+                host.as_bytes(),
+                pid.as_bytes(),
+                held_us.as_bytes(),
+            ])
+        });
         p.cmd("XADD")
             .arg(&l.reply)
             .arg("*")
@@ -547,9 +735,11 @@ fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[(Leas
             .arg("host")
             .arg(host)
             .arg("pid")
-            .arg(std::process::id())
+            .arg(&pid)
             .arg("held_us")
-            .arg(since.elapsed().as_micros() as u64)
+            .arg(&held_us)
+            .arg("mac")
+            .arg(mac)
             .ignore();
     }
 }
@@ -587,6 +777,15 @@ fn dead_letter(
             .arg(&core.me)
             .ignore();
         if !lease.reply.is_empty() {
+            let mac = core.seal.as_ref().map_or_else(Vec::new, |s| {
+                s.sign(&[
+                    seal::ERROR,
+                    lease.reply.as_bytes(),
+                    lease.id.as_bytes(),
+                    lease.task.as_bytes(),
+                    &json,
+                ])
+            });
             p.cmd("XADD")
                 .arg(&lease.reply)
                 .arg("*")
@@ -596,6 +795,8 @@ fn dead_letter(
                 .arg(&lease.task)
                 .arg("error")
                 .arg(&json)
+                .arg("mac")
+                .arg(mac)
                 .ignore();
             p.cmd("EXPIRE")
                 .arg(&lease.reply)
@@ -619,20 +820,21 @@ const COMPLETE_BATCH: usize = 256;
 /// tasks, so that no task is acknowledged without its result: KEYS[1] the
 /// task stream, KEYS[2] the client's result stream; ARGV[1] the group,
 /// ARGV[2] the result stream's time to live (s), ARGV[3..5] worker, host
-/// and pid, ARGV[6] how many packed entries, then their (batch, data)
-/// pairs, then the task entry ids. A result that can't be written (the
+/// and pid, ARGV[6] how many packed entries, then their (batch, data,
+/// mac) triples (mac empty on an unsigned queue), then the task entry ids. A result that can't be written (the
 /// reply key holds another type) is returned as the error, the tasks
 /// untouched: the worker then dead-letters them.
 const COMPLETE_LUA: &str = r"
 local n = tonumber(ARGV[6])
 for i = 0, n - 1 do
-  local r = redis.pcall('XADD', KEYS[2], '*', 'batch', ARGV[7 + 2 * i],
-    'data', ARGV[8 + 2 * i], 'worker', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5])
+  local r = redis.pcall('XADD', KEYS[2], '*', 'batch', ARGV[7 + 3 * i],
+    'data', ARGV[8 + 3 * i], 'mac', ARGV[9 + 3 * i], 'worker', ARGV[3],
+    'host', ARGV[4], 'pid', ARGV[5])
   if type(r) == 'table' and r.err then return r end
 end
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 local ids = {}
-for i = 7 + 2 * n, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 7 + 3 * n, #ARGV do ids[#ids + 1] = ARGV[i] end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
 redis.call('XDEL', KEYS[1], unpack(ids))
 return 1
@@ -978,8 +1180,20 @@ fn add_results(
         .arg(host)
         .arg(std::process::id())
         .arg(packs.len());
+    let pid = std::process::id().to_string();
     for (packed, data) in &packs {
-        cmd.arg(packed).arg(data);
+        let mac = core.seal.as_ref().map_or_else(Vec::new, |s| {
+            s.sign(&[
+                seal::RESULTS,
+                reply.as_bytes(),
+                packed,
+                data,
+                core.me.as_bytes(),
+                host.as_bytes(),
+                pid.as_bytes(),
+            ])
+        });
+        cmd.arg(packed).arg(data).arg(mac);
     }
     for &i in members {
         cmd.arg(&unwritten[i].0.entry);
@@ -1102,9 +1316,14 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
                 continue;
             };
             let e = entries(&found).into_iter().next().unwrap_or_default();
+            let reply = if signed_by_a_client(core, &e) {
+                e.text("reply").unwrap_or("")
+            } else {
+                ""
+            };
             let lease = Lease {
                 id: e.text("id").unwrap_or("").to_string(),
-                reply: e.text("reply").unwrap_or("").to_string(),
+                reply: reply.to_string(),
                 task: e.text("task").unwrap_or("?").to_string(),
             };
             let error = TaskError::WorkerDied {

@@ -18,7 +18,7 @@ use multitasking::executor::ChunkFuture;
 use multitasking::{ClusterPool, Executor, Shutdown, SubmitError, Task, TaskError, TaskFuture};
 
 use crate::conformance::{get, Caps, LIMIT};
-use crate::tasks::{double, sleep_ms};
+use crate::tasks::{double, obey, sleep_ms};
 
 /// The test Redis, or `None` (skip) outside CI.
 fn redis_url() -> Option<String> {
@@ -61,11 +61,16 @@ struct InProcessWorker {
 
 impl InProcessWorker {
     fn start(url: &str, concurrency: usize, visibility: Duration) -> InProcessWorker {
-        let w = Worker::builder(url)
-            .concurrency(concurrency)
-            .visibility_timeout(visibility)
-            .build()
-            .expect("start a worker");
+        InProcessWorker::of(
+            Worker::builder(url)
+                .concurrency(concurrency)
+                .visibility_timeout(visibility),
+        )
+    }
+
+    /// Builds the worker `b` describes and runs it.
+    fn of(b: multitasking::cluster::WorkerBuilder) -> InProcessWorker {
+        let w = b.build().expect("start a worker");
         let stop = w.stop_handle();
         let handle = std::thread::spawn(move || w.run());
         InProcessWorker {
@@ -1168,4 +1173,415 @@ fn status_says_what_runs_as_it_changes() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(status(&url).unwrap().in_flight, 0);
+}
+
+/// The dead letters of `queue`, as text.
+fn dead_letter_text(base: &str, queue: &str) -> String {
+    let client = redis::Client::open(base).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    let dead: redis::Value = redis::cmd("XRANGE")
+        .arg(format!("mt:{{{queue}}}:dead"))
+        .arg("-")
+        .arg("+")
+        .query(&mut con)
+        .unwrap();
+    format!("{dead:?}")
+}
+
+#[test]
+fn a_worker_serves_only_its_allow_list() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("allow");
+    let url = queue_url(&base, &queue);
+    // `double` by its suffix, `sleep_ms` by its full name.
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .allow(["double", <sleep_ms as Task>::NAME]),
+    );
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 4).unwrap()), Ok(8));
+    assert_eq!(get(&pool.submit(sleep_ms, 1).unwrap()), Ok(1));
+    let refused = get(&pool.submit(crate::tasks::noop, 1).unwrap());
+    match &refused {
+        Err(e @ TaskError::NotAllowed { task, worker }) => {
+            assert_eq!(task, <crate::tasks::noop as Task>::NAME);
+            assert!(worker.contains("pid"), "{worker}");
+            assert!(e.to_string().contains("--tasks"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    wait_for("the refused task was not dead-lettered", || {
+        status(&url).unwrap().dead_letters == 1
+    });
+    let text = dead_letter_text(&base, &queue);
+    assert!(text.contains("not allowed"), "{text}");
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10), "it goes on");
+}
+
+#[test]
+fn dangerous_tasks_run_only_on_workers_told_so() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("dangerous");
+    let url = queue_url(&base, &queue);
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    {
+        // The default: every task but the dangerous ones.
+        let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+        assert_eq!(get(&pool.submit(double, 1).unwrap()), Ok(2));
+        match get(&pool.submit(obey, 1).unwrap()) {
+            Err(e @ TaskError::NotAllowed { .. }) => {
+                assert!(e.to_string().contains("--allow-shell"), "{e}")
+            }
+            other => panic!("a dangerous task ran on a default worker: {other:?}"),
+        }
+    }
+    // Listing it is not enough: the worker is refused, naming the flag.
+    let e = Worker::builder(&url)
+        .allow(["obey"])
+        .build()
+        .expect_err("a dangerous task listed without its flag");
+    assert!(e.to_string().contains("--allow-shell"), "{e}");
+    for b in [
+        Worker::builder(&url).allow_dangerous(true),
+        Worker::builder(&url).allow(["obey"]).allow_dangerous(true),
+    ] {
+        let _worker = InProcessWorker::of(b.concurrency(2));
+        assert_eq!(get(&pool.submit(obey, 1).unwrap()), Ok(2));
+    }
+    // A name that matches no task fails at once.
+    let e = Worker::builder(&url)
+        .allow(["no_such_task"])
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("no registered task"), "{e}");
+}
+
+/// Keys of 16 bytes or more, shared by a queue's clients and workers.
+const KEY_NEW: &str = "the queue's new key, 32 bytes ok";
+const KEY_OLD: &str = "the queue's old key, 32 bytes ok";
+const KEY_OTHER: &str = "another queue's key, not this one";
+
+/// A raw connection to the test Redis.
+fn raw(base: &str) -> redis::Connection {
+    redis::Client::open(base)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap()
+}
+
+/// A stream's entries: id and fields, oldest first.
+type Fields = std::collections::HashMap<String, Vec<u8>>;
+fn stream_entries(con: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> {
+    redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query(con)
+        .unwrap()
+}
+
+/// XADDs an entry of `fields` to `key`.
+fn xadd(con: &mut redis::Connection, key: &str, fields: &Fields) {
+    let mut c = redis::cmd("XADD");
+    c.arg(key).arg("*");
+    for (k, v) in fields {
+        c.arg(k).arg(&v[..]);
+    }
+    let _: String = c.query(con).unwrap();
+}
+
+#[test]
+fn signed_queues_run_signed_tasks_and_dead_letter_the_rest() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("signed");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    // The client signs with the old key and trusts either; the worker
+    // (below) takes either and signs with the new one: a rotation.
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_keys([KEY_OLD, KEY_NEW])
+        .unwrap();
+    let stale = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_key(KEY_NEW)
+        .unwrap()
+        .with_task_expiry(Duration::from_millis(1));
+    // Written before any worker runs: one to copy, one to expire.
+    let first = pool.submit(double, 21).unwrap();
+    let expired = stale.submit(double, 2).unwrap();
+    wait_for("the tasks were never written", || {
+        stream_entries(&mut con, &tasks).len() == 2
+    });
+    let signed = stream_entries(&mut con, &tasks)
+        .into_iter()
+        .map(|(_, f)| f)
+        // The one that does not expire at once.
+        .max_by_key(|f| {
+            String::from_utf8_lossy(&f["exp"])
+                .parse::<u64>()
+                .unwrap_or(0)
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .keys([KEY_NEW, KEY_OLD]),
+    );
+    let firsts = [get(&first), get(&expired)];
+    let ran = firsts.iter().filter(|r| **r == Ok(42)).count();
+    let stale_reason = firsts.iter().find_map(|r| match r {
+        Err(TaskError::Rejected { reason, .. }) => Some(reason.clone()),
+        _ => None,
+    });
+    assert_eq!(ran, 1, "{firsts:?}");
+    assert!(
+        stale_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("expired")),
+        "{firsts:?}"
+    );
+    // Replayed as it was, altered, and stripped of its signature.
+    xadd(&mut con, &tasks, &signed);
+    let mut altered = signed.clone();
+    altered.insert(
+        "payload".to_string(),
+        multitasking::executor::encode(
+            <double as Task>::NAME,
+            <double as Task>::CODEC,
+            &vec![1000u64],
+        )
+        .unwrap(),
+    );
+    altered.insert("id".to_string(), b"altered".to_vec());
+    xadd(&mut con, &tasks, &altered);
+    let mut unsigned = signed.clone();
+    unsigned.remove("mac");
+    unsigned.insert("id".to_string(), b"unsigned".to_vec());
+    xadd(&mut con, &tasks, &unsigned);
+    wait_for("the bad entries were not dead-lettered", || {
+        status(&url).unwrap().dead_letters == 4
+    });
+    let text = dead_letter_text(&base, &queue);
+    for says in ["expired", "a replay", "does not check", "unsigned"] {
+        assert!(text.contains(says), "{says}: {text}");
+    }
+    // A client without the key: its task never runs and, its reply key
+    // untrusted, it is lost in bounded time.
+    let plain = ClusterPool::connect_with(&url, 2).unwrap();
+    let r = plain
+        .submit(double, 1)
+        .unwrap()
+        .result_timeout(Duration::from_secs(10))
+        .expect("an unsigned task's future hung");
+    assert!(matches!(r, Err(TaskError::Lost { .. })), "{r:?}");
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10), "it goes on");
+}
+
+#[test]
+fn a_client_with_a_key_trusts_no_forged_result() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("forged");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_key(KEY_NEW)
+        .unwrap();
+    let futs: Vec<_> = (0..2u64).map(|i| pool.submit(double, i).unwrap()).collect();
+    wait_for("the tasks were never written", || {
+        stream_entries(&mut con, &tasks).len() == 2
+    });
+    let written = stream_entries(&mut con, &tasks);
+    let field = |i: usize, name: &str| written[i].1[name].clone();
+    let reply = String::from_utf8(field(0, "reply")).unwrap();
+    // An unsigned "result", and an error entry with a made-up tag.
+    let mut forged = Fields::new();
+    forged.insert("id".to_string(), field(0, "id"));
+    forged.insert("task".to_string(), field(0, "task"));
+    forged.insert("payload".to_string(), vec![1, 2, 3]);
+    xadd(&mut con, &reply, &forged);
+    let error = serde_json::to_vec(&TaskError::Cancelled {
+        task: "x".to_string(),
+    })
+    .unwrap();
+    let mut bad_tag = Fields::new();
+    bad_tag.insert("id".to_string(), field(1, "id"));
+    bad_tag.insert("task".to_string(), field(1, "task"));
+    bad_tag.insert("error".to_string(), error);
+    bad_tag.insert("mac".to_string(), vec![0; 32]);
+    xadd(&mut con, &reply, &bad_tag);
+    for f in &futs {
+        match get(f) {
+            Err(TaskError::Rejected { reason, .. }) => {
+                assert!(reason.contains("not signed"), "{reason}")
+            }
+            other => panic!("a forged result was trusted: {other:?}"),
+        }
+    }
+    // A worker that takes the client's key but signs with another: its
+    // packed results are not trusted either.
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .keys([KEY_OTHER, KEY_NEW]),
+    );
+    match get(&pool.submit(double, 3).unwrap()) {
+        Err(TaskError::Rejected { .. }) => {}
+        other => panic!("a result signed with another key was trusted: {other:?}"),
+    }
+}
+
+#[test]
+fn passwords_with_at_colon_slash_or_escapes_never_show() {
+    let Some(redis) = OwnRedis::start(&["--requirepass", "right-secret"]) else {
+        return;
+    };
+    let port = redis.port;
+    for (typed, secret) in [
+        ("wr@ng:pa/ss", "wr@ng:pa/ss"),
+        ("wr%40ng%3Apa%2Fss", "wr@ng:pa/ss"),
+        ("se:cr@t", "se:cr@t"),
+        ("p%2Fw%3Fd%23x", "p/w?d#x"),
+    ] {
+        let url = format!("redis://app:{typed}@127.0.0.1:{port}/0?queue=q");
+        let shown = [
+            ClusterPool::connect(&url)
+                .expect_err("a wrong password")
+                .to_string(),
+            status(&url).expect_err("a wrong password").to_string(),
+            Worker::builder(&url)
+                .build()
+                .expect_err("a wrong password")
+                .to_string(),
+            format!("{:?}", Worker::builder(&url)),
+            multitasking::cluster::redact(&url),
+        ];
+        for text in shown {
+            for hidden in [typed, secret] {
+                assert!(!text.contains(hidden), "{typed}: {text}");
+            }
+        }
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`; false if it is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn tls_brokers_that_ask_for_a_client_certificate_get_one() {
+    let dir = std::env::temp_dir().join(format!("mt-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ext = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    ext(
+        "server.ext",
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    );
+    ext("client.ext", "extendedKeyUsage=clientAuth\n");
+    let made = openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    ) && ["server", "client"].iter().all(|who| {
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={who}"),
+                "-keyout",
+                &format!("{who}.key"),
+                "-out",
+                &format!("{who}.csr"),
+            ],
+        ) && openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{who}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &format!("{who}.ext"),
+                "-out",
+                &format!("{who}.crt"),
+            ],
+        )
+    });
+    if !made {
+        eprintln!("note: openssl is missing or failed; client-certificate test skipped");
+        return;
+    }
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (cert, key, ca) = (path("server.crt"), path("server.key"), path("ca.crt"));
+    let Some(redis) = OwnRedis::start(&[
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "yes",
+    ]) else {
+        return;
+    };
+    let base = format!("rediss://127.0.0.1:{}/0?queue=mtls&tls_ca={ca}", redis.port);
+    let url = format!(
+        "{base}&tls_cert={}&tls_key={}",
+        path("client.crt"),
+        path("client.key")
+    );
+    // The server's certificate is checked against the CA (no #insecure),
+    // and ours against the server's.
+    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10));
+    drop(pool);
+    drop(worker);
+    // Without a client certificate the server refuses the handshake.
+    let e = ClusterPool::connect(&base).expect_err("a client without a certificate");
+    assert!(!e.to_string().is_empty());
+    let e = ClusterPool::connect(&format!("{url}&tls_cert=/nowhere/client.crt"))
+        .expect_err("a missing certificate file")
+        .to_string();
+    assert!(e.contains("/nowhere/client.crt"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,6 +14,13 @@ pub(crate) fn noop(x: u64) -> u64 {
     x
 }
 
+/// Stands for a task that does whatever its input says (as `run_shell`
+/// does): marked dangerous, so cluster workers serve it only when told to.
+#[multitasking::task(dangerous)]
+pub(crate) fn obey(x: u64) -> u64 {
+    x + 1
+}
+
 /// Sleeps `ms` milliseconds, then returns it.
 #[multitasking::task]
 pub(crate) fn sleep_ms(ms: u64) -> u64 {

@@ -322,7 +322,15 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             Ok(o) => o,
             Err(e) => {
                 failed += 1;
-                progress.print(|| term::note(format!("a job failed: {e}")));
+                let why = match &e {
+                    multitasking::TaskError::NotAllowed { worker, .. } => format!(
+                        "a job was refused: worker {worker} does not run shell commands; start the \
+                         cluster's workers with `multitask worker --allow-shell` (they then run any \
+                         command a client of the queue sends)"
+                    ),
+                    e => format!("a job failed: {e}"),
+                };
+                progress.print(|| term::note(why));
                 progress.tick(done, total);
                 continue;
             }

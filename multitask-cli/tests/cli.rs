@@ -908,6 +908,48 @@ fn run_on_a_cluster_needs_workers_that_allow_a_shell() {
     assert_eq!(ran.stdout.trim(), "from-the-cluster");
 }
 
+/// `multitask run` fans out on the cluster as `--sshlogin` does in GNU
+/// parallel: output in order with -k, the exit status counting failures,
+/// and the job log's host and exit columns, as from a local run.
+#[test]
+fn run_fans_out_on_the_cluster_as_it_runs_here() {
+    let Some(base) = test_redis() else { return };
+    let base = base
+        .split_once('?')
+        .map_or(base.as_str(), |(b, _)| b)
+        .to_string();
+    let url = format!("{base}?queue=cli-fanout-{}", std::process::id());
+    let _a = CliWorker::start(&url, &["--allow-shell"]);
+    let _b = CliWorker::start(&url, &["--allow-shell"]);
+    let log = std::env::temp_dir().join(format!("mt-fanout-{}.log", std::process::id()));
+    let log_arg = log.display().to_string();
+    let cmd = "echo out-{}; [ {} != 2 ] || exit 3";
+    let args = [
+        "run", "-e", &url, "-k", "--joblog", &log_arg, cmd, ":::", "1", "2", "3", "4",
+    ];
+    let ran = multitask_with(&args, None, Duration::from_secs(60));
+    assert_eq!(ran.code, Some(1), "one job failed: {ran:?}");
+    assert_eq!(
+        ran.lines(),
+        vec!["out-1", "out-2", "out-3", "out-4"],
+        "{ran:?}"
+    );
+    let text = std::fs::read_to_string(&log).expect("the job log");
+    let _ = std::fs::remove_file(&log);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for r in &rows {
+        // Seq Host Starttime JobRuntime Send Receive Exitval Signal Command
+        assert!(!r[1].is_empty(), "a host: {text}");
+        let exit = if r[0] == "2" { "3" } else { "0" };
+        assert_eq!(r[6], exit, "{text}");
+    }
+}
+
 #[test]
 fn a_signed_cluster_runs_what_its_key_signs() {
     let Some(base) = test_redis() else { return };

@@ -133,7 +133,9 @@ fn run_one(
             Ok((d, t, ex.spec()))
         }
         url if is_cluster(url) => {
-            let ex = multitasking::ClusterPool::connect_with(url, workers)?;
+            // Signed as a pool built from the spec string would be.
+            let ex = multitasking::ClusterPool::connect_with(url, workers)?
+                .with_keys(multitasking::cluster::keys_from_env())?;
             let t = Instant::now();
             for r in ex.map(bench_work, work.to_vec()).chunksize(1) {
                 r.context("a bench task failed")?;

@@ -9,6 +9,15 @@
 say() { printf '\n== %s: %s\n' "$(date +%H:%M:%S)" "$*"; }
 
 ensure_redis() {
+  # openssl makes the certificates of the TLS tests.
+  if ! command -v openssl >/dev/null 2>&1; then
+    say "installing openssl"
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q openssl >/dev/null 2>&1 \
+      || { $sudo apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q openssl >/dev/null 2>&1; } \
+      || true
+  fi
   if command -v redis-server >/dev/null 2>&1; then
     return 0
   fi

@@ -6,12 +6,17 @@
 //! hang kills the child and fails the test with a message, never a CI
 //! timeout.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+#[path = "support/bounded.rs"]
+mod bounded;
+
+use bounded::run_bounded;
 
 /// What a run of the binary did.
 #[derive(Debug)]
@@ -44,52 +49,17 @@ fn multitask_with(args: &[&str], stdin: Option<&str>, limit: Duration) -> Ran {
 
 /// As [`multitask_with`], with environment variables `env` set.
 fn multitask_env(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)], limit: Duration) -> Ran {
-    let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_multitask"));
+    command
         .args(args)
         .envs(env.iter().copied())
-        .env_remove("NO_COLOR")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn multitask");
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        let text = text.to_string();
-        thread::spawn(move || {
-            let _ = pipe.write_all(text.as_bytes());
-        });
-    }
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().expect("stdout piped")));
-    let stderr = read(Box::new(child.stderr.take().expect("stderr piped")));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("multitask {args:?} still running after {limit:?}; killed it");
-        }
-        thread::sleep(Duration::from_millis(10));
-    };
+        .env_remove("NO_COLOR");
+    let done = run_bounded(command, stdin, limit, &format!("multitask {args:?}"));
     Ran {
-        code: status.code(),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
-        elapsed: start.elapsed(),
+        code: done.code,
+        stdout: done.stdout,
+        stderr: done.stderr,
+        elapsed: done.elapsed,
     }
 }
 

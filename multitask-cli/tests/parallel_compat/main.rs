@@ -17,16 +17,18 @@
 //! job log, `--retries`, `--resume`, `--results`, tags, `--pipe`,
 //! timeouts, `--delay` and the differences on purpose.
 
+#[path = "../support/bounded.rs"]
+mod bounded;
 mod inputs;
 mod jobs;
 mod records;
 
-use std::io::{Read, Write};
+use bounded::run_bounded;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// What a run did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,59 +79,21 @@ pub(crate) fn scratch(what: &str) -> PathBuf {
 
 /// Runs `program ARGS` in `dir` with `stdin`, failing after 60 s.
 pub(crate) fn run_in(program: &Path, args: &[&str], stdin: Option<&str>, dir: &Path) -> Ran {
-    let limit = Duration::from_secs(60);
-    let start = Instant::now();
     let home = scratch("home");
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    command
         .args(args)
         .current_dir(dir)
         .env("HOME", &home)
         .env_remove("PARALLEL")
-        .env_remove("NO_COLOR")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-    if let Some(text) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin piped");
-        let text = text.to_string();
-        thread::spawn(move || {
-            let _ = pipe.write_all(text.as_bytes());
-        });
-    }
-    let read = |mut pipe: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut s = String::new();
-            let _ = pipe.read_to_string(&mut s);
-            s
-        })
-    };
-    let stdout = read(Box::new(child.stdout.take().expect("stdout piped")));
-    let stderr = read(Box::new(child.stderr.take().expect("stderr piped")));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} {args:?} still running after {limit:?}; killed it",
-                program.display()
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+        .env_remove("NO_COLOR");
+    let what = format!("{} {args:?}", program.display());
+    let done = run_bounded(command, stdin, Duration::from_secs(60), &what);
     let _ = std::fs::remove_dir_all(&home);
     Ran {
-        code: status.code(),
-        stdout: stdout.join().expect("stdout reader"),
-        stderr: stderr.join().expect("stderr reader"),
+        code: done.code,
+        stdout: done.stdout,
+        stderr: done.stderr,
     }
 }
 

@@ -10,6 +10,23 @@ use crate::{Executor, Shutdown, TaskError};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
+/// Runs `n` tasks on `pool` that each wait for all the others: they finish
+/// only if `n` workers run at once.
+fn meet(pool: &ThreadPool, n: usize) {
+    let gate = Arc::new(std::sync::Barrier::new(n));
+    let futs: Vec<_> = (0..n)
+        .map(|_| {
+            let g = gate.clone();
+            pool.spawn(move || g.wait()).unwrap()
+        })
+        .collect();
+    for f in futs {
+        f.result_timeout(LIMIT)
+            .unwrap_or_else(|| panic!("{n} tasks that wait for each other never all ran"))
+            .unwrap();
+    }
+}
+
 #[test]
 fn workers_carry_the_name_prefix() {
     let pool = ThreadPool::builder()
@@ -40,18 +57,7 @@ fn initializer_runs_once_per_worker() {
         .build()
         .unwrap();
     // Three tasks that wait for each other need three workers at once.
-    let gate = Arc::new(std::sync::Barrier::new(3));
-    let futs: Vec<_> = (0..3)
-        .map(|_| {
-            let g = gate.clone();
-            pool.spawn(move || g.wait()).unwrap()
-        })
-        .collect();
-    for f in futs {
-        f.result_timeout(LIMIT)
-            .expect("three workers started")
-            .unwrap();
-    }
+    meet(&pool, 3);
     pool.shutdown(Shutdown::default());
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
@@ -80,18 +86,7 @@ fn sequential_calls_use_one_thread() {
 #[test]
 fn threads_grow_to_max_workers_under_load() {
     let pool = ThreadPool::new(4).unwrap();
-    let gate = Arc::new(std::sync::Barrier::new(4));
-    let futs: Vec<_> = (0..4)
-        .map(|_| {
-            let g = gate.clone();
-            pool.spawn(move || g.wait()).unwrap()
-        })
-        .collect();
-    for f in futs {
-        f.result_timeout(LIMIT)
-            .expect("four tasks that wait for each other ran at once")
-            .unwrap();
-    }
+    meet(&pool, 4);
     let more: Vec<_> = (0..100).map(|i| pool.spawn(move || i).unwrap()).collect();
     for f in more {
         f.result_timeout(LIMIT).expect("in time").unwrap();

@@ -400,10 +400,7 @@ fn poisoned_tasks_are_dead_lettered_and_the_worker_goes_on() {
     let queue = fresh_queue("poison");
     let url = queue_url(&base, &queue);
     let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
-    let client = redis::Client::open(base.as_str()).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(&base);
     let tasks = format!("mt:{{{queue}}}:tasks");
     let real = <double as Task>::NAME;
     let cases: [(&str, String); 3] = [
@@ -691,10 +688,7 @@ fn a_bad_reply_key_fails_its_tasks_and_holds_no_slot() {
     let queue = fresh_queue("badreply");
     let url = queue_url(&base, &queue);
     let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
-    let client = redis::Client::open(base.as_str()).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(&base);
     // A reply "stream" that is a string: every write to it is WRONGTYPE.
     let bad = format!("mt:{{{queue}}}:results:bad");
     let _: () = redis::cmd("SET")
@@ -883,10 +877,7 @@ fn permanent_broker_errors_fail_at_once() {
     let Some(redis) = OwnRedis::start(&[]) else {
         return;
     };
-    let admin = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
-    let mut con = admin
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(&format!("redis://127.0.0.1:{}/0", redis.port));
     let _: () = redis::cmd("ACL")
         .arg(
             &[
@@ -939,10 +930,7 @@ fn result_streams_expire_unless_renewed() {
     let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
     let pool = ClusterPool::connect_with(&url, 2).unwrap();
     assert_eq!(get(&pool.submit(double, 2).unwrap()), Ok(4));
-    let client = redis::Client::open(base.as_str()).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(&base);
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("mt:{{{queue}}}:results:*"))
         .query(&mut con)
@@ -1043,11 +1031,7 @@ fn a_password_changed_mid_run_fails_calls_at_once() {
         fresh_queue("auth")
     );
     let pool = ClusterPool::connect_with(&url, 2).unwrap();
-    let admin =
-        redis::Client::open(format!("redis://:first-secret@127.0.0.1:{}/0", redis.port)).unwrap();
-    let mut con = admin
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(&format!("redis://:first-secret@127.0.0.1:{}/0", redis.port));
     let _: () = redis::cmd("CONFIG")
         .arg(&["SET", "requirepass", "second-secret"][..])
         .query(&mut con)
@@ -1077,10 +1061,7 @@ fn the_documented_acl_rules_are_enough() {
     let Some(redis) = OwnRedis::start(&[]) else {
         return;
     };
-    let admin = redis::Client::open(format!("redis://127.0.0.1:{}/0", redis.port)).unwrap();
-    let mut con = admin
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(&format!("redis://127.0.0.1:{}/0", redis.port));
     // As in cluster/mod.rs, "Permissions".
     let client_rules = "~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del \
         +evalsha +script|load +xpending +xrange +xrevrange +zadd +zremrangebyscore";
@@ -1177,10 +1158,7 @@ fn status_says_what_runs_as_it_changes() {
 
 /// The dead letters of `queue`, as text.
 fn dead_letter_text(base: &str, queue: &str) -> String {
-    let client = redis::Client::open(base).unwrap();
-    let mut con = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .unwrap();
+    let mut con = raw(base);
     let dead: redis::Value = redis::cmd("XRANGE")
         .arg(format!("mt:{{{queue}}}:dead"))
         .arg("-")

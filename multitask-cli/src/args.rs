@@ -278,9 +278,13 @@ pub(crate) struct DashboardArgs {
     /// (also MULTITASK_DASHBOARD_TOKEN; never on the command line).
     #[arg(long, value_name = "FILE")]
     pub(crate) token_file: Option<PathBuf>,
-    /// Let the page discard dead letters.
+    /// Let the page requeue and discard dead letters.
     #[arg(long)]
     pub(crate) allow_actions: bool,
+    /// The queue's keys, one per line, for requeues on a signed queue (also
+    /// MULTITASK_CLUSTER_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_file: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -330,6 +334,14 @@ pub(crate) struct WorkerArgs {
     /// (comma-separated). Never on the command line.
     #[arg(long, value_name = "FILE")]
     pub(crate) key_file: Option<PathBuf>,
+    /// Measure each task's CPU time and peak RSS (some tens of µs per
+    /// task): the client's futures, traces and the dashboard show them.
+    #[arg(long)]
+    pub(crate) measure_usage: bool,
+    /// Don't publish finished tasks to the queue's span stream (what the
+    /// dashboard's timeline and slowest tasks read).
+    #[arg(long)]
+    pub(crate) no_spans: bool,
 }
 
 /// `multitask status`.
@@ -344,4 +356,19 @@ pub(crate) struct StatusArgs {
     /// Print one JSON object (with a `workers` array) instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also list the N newest dead letters: entry, task, deliveries, reason.
+    #[arg(long, value_name = "N")]
+    pub(crate) dead: Option<usize>,
+    /// Put dead letter ENTRY back on the queue as a new task (its caller was
+    /// failed already: nobody waits for it; it runs for what it does). On a
+    /// signed queue it needs the key (--key-file or MULTITASK_CLUSTER_KEY)
+    /// and the task's original signature must check.
+    #[arg(long, value_name = "ENTRY", conflicts_with = "discard")]
+    pub(crate) requeue: Option<String>,
+    /// Delete dead letter ENTRY.
+    #[arg(long, value_name = "ENTRY")]
+    pub(crate) discard: Option<String>,
+    /// The queue's keys for --requeue, one per line (the first signs).
+    #[arg(long, value_name = "FILE", requires = "requeue")]
+    pub(crate) key_file: Option<PathBuf>,
 }

@@ -102,6 +102,19 @@ struct Inner<T> {
     /// Threads parked on the condvar: a finish with none skips the notify,
     /// which is a system call even when nobody waits.
     sleepers: usize,
+    /// What the task used, when its executor measured it.
+    usage: Option<TaskUsage>,
+}
+
+/// What one task used where it ran, as its worker measured it
+/// ([`TaskFuture::usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TaskUsage {
+    /// The CPU time of the thread that ran it.
+    pub cpu: Duration,
+    /// Its own peak resident set in bytes: the worker's high-water mark,
+    /// reset before the task began. `None` where it can't be read.
+    pub peak_rss: Option<u64>,
 }
 
 /// The allocation a future and its promise share.
@@ -258,6 +271,7 @@ impl<T> TaskFuture<T> {
                 listeners: Vec::new(),
                 control: None,
                 sleepers: 0,
+                usage: None,
             }),
             cond: Condvar::new(),
             done: AtomicBool::new(false),
@@ -466,6 +480,30 @@ impl<T> TaskFuture<T> {
         inner
     }
 
+    /// What the task used (CPU time, peak RSS) where it ran, once done, if
+    /// its executor measured it: a process pool built with
+    /// [`measure_usage`](crate::ProcessPoolBuilder::measure_usage) or
+    /// traced, and a cluster whose workers measure
+    /// ([`WorkerBuilder::measure_usage`](crate::cluster::WorkerBuilder::measure_usage)).
+    /// `None` otherwise, and on thread pools (their traces carry CPU time).
+    ///
+    /// ```
+    /// # #[multitasking::task]
+    /// # fn burn(n: u64) -> u64 { (0..n).fold(0, |a, x| a ^ x.wrapping_mul(31)) }
+    /// # #[multitasking::main]
+    /// # fn main() {
+    /// use multitasking::{Executor, ProcessPool};
+    /// let pool = ProcessPool::builder().max_workers(1).measure_usage(true).build().unwrap();
+    /// let fut = pool.submit::<burn>(1_000_000).unwrap();
+    /// fut.wait();
+    /// let used = fut.usage().expect("measured");
+    /// assert!(used.cpu > std::time::Duration::ZERO);
+    /// # }
+    /// ```
+    pub fn usage(&self) -> Option<TaskUsage> {
+        lock(&self.shared.inner).usage
+    }
+
     /// The error, if the task is done and failed (or was cancelled); `None`
     /// while it runs or if it succeeded. Python's `exception()`, without the
     /// wait: call [`TaskFuture::wait_timeout`] first to wait.
@@ -625,6 +663,13 @@ impl<T> Promise<T> {
     /// Gives the future a way to kill the worker that runs it.
     pub fn set_terminate(&self, control: std::sync::Arc<dyn Terminate>) {
         lock(&self.shared.inner).control = Some(control);
+    }
+
+    /// Records what the task used, for [`TaskFuture::usage`]; call it
+    /// before [`Promise::complete`], so that whoever sees the outcome sees
+    /// the usage.
+    pub fn set_usage(&self, usage: TaskUsage) {
+        lock(&self.shared.inner).usage = Some(usage);
     }
 
     /// Delivers the outcome; false if the future was already done

@@ -106,7 +106,7 @@ pub use cluster::ClusterPool;
 pub use error::{Error, ExitCause, SubmitError, TaskError, WaitTimeout};
 #[doc(inline)]
 pub use executor::{Executor, ExecutorSpec, Shutdown};
-pub use future::{TaskFuture, Waitable};
+pub use future::{TaskFuture, TaskUsage, Waitable};
 pub use info::{host_name, info, usable_cpus, Info};
 pub use map::{Map, ProgressFn};
 pub use multitasking_macros::{main, task};

@@ -24,6 +24,8 @@ pub(crate) trait Deliver: Send {
     fn set_control(&self, control: Arc<dyn Terminate>);
     /// True once `start` succeeded.
     fn is_started(&self) -> bool;
+    /// Records what the task used, before `finish`.
+    fn set_usage(&self, usage: crate::TaskUsage);
     /// Decodes the reply and resolves the future.
     fn finish(self: Box<Self>, outcome: Result<Vec<u8>, TaskError>);
     /// Cancels the future (shutdown with `cancel_futures`).
@@ -64,6 +66,10 @@ where
 
     fn is_started(&self) -> bool {
         self.started
+    }
+
+    fn set_usage(&self, usage: crate::TaskUsage) {
+        self.promise.set_usage(usage);
     }
 
     fn finish(self: Box<Self>, outcome: Result<Vec<u8>, TaskError>) {

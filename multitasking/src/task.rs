@@ -77,6 +77,9 @@ pub struct TaskEntry {
     pub dangerous: bool,
     /// Runs a batch of encoded inputs.
     pub run: BatchFn,
+    /// A short preview of an encoded batch of inputs (as JSON, cut at 60
+    /// characters), for traces and dashboards.
+    pub preview: fn(&[u8]) -> String,
 }
 
 #[doc(hidden)]
@@ -91,6 +94,24 @@ pub fn entry<T: Task>() -> TaskEntry {
         codec: T::CODEC,
         dangerous: T::DANGEROUS,
         run: run_batch::<T>,
+        preview: preview_batch::<T>,
+    }
+}
+
+/// Payloads past this are previewed by their size alone: decoding them
+/// only to show 60 characters would cost more than the preview is worth.
+const PREVIEW_DECODE_MAX: usize = 64 << 10;
+
+/// The preview of an encoded batch of `T` inputs: its one item, or the
+/// list; its size where it is too big to decode for a preview, or does not
+/// decode.
+fn preview_batch<T: Task>(payload: &[u8]) -> String {
+    if payload.len() > PREVIEW_DECODE_MAX {
+        return format!("<{} bytes>", payload.len());
+    }
+    match decode::<Vec<T::Input>>(T::NAME, T::CODEC, payload) {
+        Ok(items) => crate::trace::preview_batch(&items),
+        Err(_) => format!("<{} bytes that do not decode>", payload.len()),
     }
 }
 

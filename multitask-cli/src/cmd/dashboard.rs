@@ -37,7 +37,8 @@ pub(crate) fn main(args: DashboardArgs) -> Result<ExitCode> {
     let mut dashboard = Dashboard::new()
         .listen(args.listen)
         .cluster(url)
-        .allow_actions(args.allow_actions);
+        .allow_actions(args.allow_actions)
+        .keys(crate::cmd::worker::queue_keys(args.key_file.as_deref())?);
     if let Some(token) = token(&args)? {
         dashboard = dashboard.token(token);
     }

@@ -36,16 +36,10 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
         b = b.allow(tasks.iter().cloned());
     }
     b = b.allow_dangerous(args.allow_shell);
-    let keys = match &args.key_file {
-        Some(path) => multitasking::cluster::parse_keys(
-            &std::fs::read_to_string(path)
-                .with_context(|| format!("reading the key file {}", path.display()))?,
-        ),
-        None => multitasking::cluster::keys_from_env(),
-    };
-    if keys.is_empty() && args.key_file.is_some() {
-        anyhow::bail!("the key file holds no key: give it one per line (openssl rand -hex 32)");
-    }
+    b = b
+        .measure_usage(args.measure_usage)
+        .publish_spans(!args.no_spans);
+    let keys = queue_keys(args.key_file.as_deref())?;
     if keys.is_empty() {
         term::note(
             "this worker accepts unsigned tasks: anyone who can write to the queue can run them; \
@@ -65,4 +59,21 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
     worker.run()?;
     term::note("drained: every running task finished");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The queue's keys: from `key_file` (one per line), else from
+/// MULTITASK_CLUSTER_KEY; none for an unsigned queue. A key file that holds
+/// no key is an error.
+pub(crate) fn queue_keys(key_file: Option<&std::path::Path>) -> Result<Vec<Vec<u8>>> {
+    let Some(path) = key_file else {
+        return Ok(multitasking::cluster::keys_from_env());
+    };
+    let keys = multitasking::cluster::parse_keys(
+        &std::fs::read_to_string(path)
+            .with_context(|| format!("reading the key file {}", path.display()))?,
+    );
+    if keys.is_empty() {
+        anyhow::bail!("the key file holds no key: give it one per line (openssl rand -hex 32)");
+    }
+    Ok(keys)
 }

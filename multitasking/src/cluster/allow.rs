@@ -108,6 +108,7 @@ mod tests {
             codec: crate::task::Codec::Postcard,
             dangerous,
             run: |_| Ok(Vec::new()),
+            preview: |_| String::new(),
         }
     }
 

@@ -309,6 +309,8 @@ pub(crate) struct Packed {
     pub(crate) len: u64,
     /// How long the worker held the task, in µs.
     pub(crate) ran_us: u64,
+    /// What it used, when its worker measured.
+    pub(crate) usage: Option<crate::TaskUsage>,
 }
 
 /// A result to pack: its head, and its payload if it succeeded.
@@ -412,6 +414,7 @@ mod packing_tests {
             error,
             len,
             ran_us: 7,
+            usage: None,
         }
     }
 

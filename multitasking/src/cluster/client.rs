@@ -39,6 +39,11 @@ use crate::remote::{deliver_chunk, deliver_one, Deliver};
 use crate::sync::lock_std as lock;
 use crate::task::{self, Task};
 use crate::trace::{TaskEvent, Tracer};
+use crate::TaskUsage;
+
+/// What a submit builds: the payload, how to deliver the result, and an
+/// input preview when tracing.
+type Built = (Vec<u8>, Box<dyn Deliver>, Option<String>);
 
 /// The default cap on an encoded call: 64 MiB.
 const DEFAULT_MAX_PAYLOAD: usize = 64 << 20;
@@ -126,6 +131,8 @@ struct Pending {
     submitted: Option<Instant>,
     /// When a worker said it started, and which.
     started: Option<(Instant, RanBy)>,
+    /// A preview of its input, when tracing.
+    input: Option<String>,
 }
 
 /// What the pool handle and its reader share.
@@ -387,7 +394,7 @@ impl ClusterPool {
         name: &'static str,
         signature: u64,
         input: I,
-        build: impl FnOnce(&I) -> Result<(Vec<u8>, Box<dyn Deliver>), TaskError>,
+        build: impl FnOnce(&I, bool) -> Result<Built, TaskError>,
     ) -> Result<(), SubmitError<I>> {
         let refuse = |input: I, error: TaskError| Err(SubmitError { input, error });
         if self.shared.closed.load(Ordering::SeqCst) {
@@ -398,7 +405,9 @@ impl ClusterPool {
                 },
             );
         }
-        let (payload, deliver) = match crate::panic::catch(name, || build(&input)) {
+        let traced = self.shared.tracer.get().is_some_and(Tracer::is_enabled);
+        let (payload, deliver, preview) = match crate::panic::catch(name, || build(&input, traced))
+        {
             Ok(Ok(b)) => b,
             Ok(Err(e)) | Err(e) => return refuse(input, e),
         };
@@ -429,13 +438,9 @@ impl ClusterPool {
                 deliver,
                 place: Place::Outbox,
                 task: name,
-                submitted: self
-                    .shared
-                    .tracer
-                    .get()
-                    .filter(|t| t.is_enabled())
-                    .map(|_| Instant::now()),
+                submitted: traced.then(Instant::now),
                 started: None,
+                input: preview,
             },
         );
         let _ = self.shared.outbox.send(Outgoing {
@@ -939,7 +944,7 @@ fn take_result(shared: &ClientShared, e: &Entry) {
             Ok(results) => {
                 for (head, outcome) in results {
                     let ran = Duration::from_micros(head.ran_us);
-                    resolve(shared, &head.id, outcome, Some((&ran_by, ran)));
+                    resolve(shared, &head.id, outcome, Some((&ran_by, ran, head.usage)));
                 }
             }
             // Whose results these were is lost with the entry: the audit
@@ -1127,14 +1132,19 @@ fn resolve(
     shared: &ClientShared,
     id: &str,
     outcome: Result<Vec<u8>, TaskError>,
-    ran: Option<(&RanBy, Duration)>,
+    ran: Option<(&RanBy, Duration, Option<TaskUsage>)>,
 ) {
     let Some(p) = lock(&shared.pending).remove(id) else {
         shared.duplicates.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    let usage = ran.and_then(|(_, _, u)| u);
     if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
-        trace(tracer, &p, ran, submitted, outcome.is_ok());
+        let ran = ran.map(|(by, d, _)| (by, d));
+        trace(tracer, &p, ran, submitted, outcome.is_ok(), usage);
+    }
+    if let Some(u) = usage {
+        p.deliver.set_usage(u);
     }
     p.deliver.finish(outcome);
 }
@@ -1155,6 +1165,7 @@ fn trace(
     ran: Option<(&RanBy, Duration)>,
     submitted: Instant,
     ok: bool,
+    usage: Option<TaskUsage>,
 ) {
     let now = Instant::now();
     let (started, by) = match (&p.started, ran) {
@@ -1185,9 +1196,9 @@ fn trace(
         started: tracer.since_epoch(started),
         finished: tracer.since_epoch(now),
         ok,
-        peak_rss: None,
-        cpu: None,
-        input: None,
+        peak_rss: usage.and_then(|u| u.peak_rss),
+        cpu: usage.map(|u| u.cpu),
+        input: p.input.clone(),
     });
 }
 
@@ -1198,9 +1209,10 @@ impl Executor for ClusterPool {
         input: T::Input,
     ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
-        self.send(T::NAME, T::SIGNATURE, input, |input| {
+        self.send(T::NAME, T::SIGNATURE, input, |input, traced| {
             let payload = task::encode(T::NAME, T::CODEC, std::slice::from_ref(input))?;
-            Ok((payload, deliver_one::<T>(promise)))
+            let preview = traced.then(|| crate::trace::preview(input));
+            Ok((payload, deliver_one::<T>(promise), preview))
         })?;
         Ok(fut)
     }
@@ -1212,9 +1224,10 @@ impl Executor for ClusterPool {
     ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
         let n = inputs.len();
-        self.send(T::NAME, T::SIGNATURE, inputs, |inputs| {
+        self.send(T::NAME, T::SIGNATURE, inputs, |inputs, traced| {
             let payload = task::encode(T::NAME, T::CODEC, inputs)?;
-            Ok((payload, deliver_chunk::<T>(promise, n)))
+            let preview = traced.then(|| crate::trace::preview_batch(inputs));
+            Ok((payload, deliver_chunk::<T>(promise, n), preview))
         })?;
         Ok(fut)
     }

@@ -53,6 +53,11 @@ impl Keys {
         format!("mt:{{{}}}:terminate", self.queue)
     }
 
+    /// Finished tasks, as workers publish them for dashboards (capped).
+    pub(crate) fn spans(&self) -> String {
+        format!("mt:{{{}}}:spans", self.queue)
+    }
+
     /// The set of workers that have joined the queue.
     pub(crate) fn workers(&self) -> String {
         format!("mt:{{{}}}:workers", self.queue)

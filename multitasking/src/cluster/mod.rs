@@ -19,7 +19,13 @@
 //!                                    held_us; or one result: id task
 //!                                    payload | error
 //!   mt:{q}:dead             stream   dead letters: entry id task reason
-//!                                    deliveries worker
+//!                                    deliveries worker, and the task
+//!                                    entry's fields prefixed t: (for a
+//!                                    requeue)
+//!   mt:{q}:spans            stream   finished tasks for dashboards,
+//!                                    capped: worker host pid spans
+//!                                    (postcard: entry task started_us
+//!                                    finished_us ok cpu_us peak_rss input)
 //!   mt:{q}:terminate        zset     task entries their clients asked to
 //!                                    stop, scored by when (Unix ms)
 //!   mt:{q}:worker:<consumer> string  heartbeat (JSON), expires after 10 s
@@ -33,9 +39,10 @@
 //!  submit: encode, pending[id]
 //!    XADD tasks * id task sig ──> tasks ──XREADGROUP COUNT free──> resolve(name, sig)
 //!         reply payload            │ (the claim: the entry joins    │ unknown/mismatch:
-//!                                  │  the worker's pending list)    │  MULTI XADD dead, XADD
-//!  cancel: withdraw script ───────>┤ XDEL only if no worker         │  reply error, XACK, XDEL
-//!    true: cancelled, never runs   │ claimed it                     │ run in local pool
+//!                                  │  the worker's pending list)    │  dead script: XADD dead
+//!  cancel: withdraw script ───────>┤ XDEL only if no worker         │  (with the entry), XADD
+//!                                  │ claimed it                     │  reply error, XACK, XDEL
+//!    true: cancelled, never runs   │                                │ run in local pool
 //!    false: a worker has it        │                                │ (XCLAIM JUSTID renews
 //!  terminate: ZADD terminate ─────>│ terminate <──ZMSCORE, 100 ms───┤  the lease; a stop request
 //!                                                                   │  or timeout_ms kills it)
@@ -135,7 +142,28 @@
 //!           +script|load +zmscore +zrem +set +del +sadd +srem
 //! ```
 //!
-//! `multitask status` reads with `+smembers +get +xlen +xpending`.
+//! `multitask status` reads with `+smembers +get +xlen +xpending`, its
+//! `--dead` and the dashboard with `+xrevrange` too; a requeue
+//! (`multitask status --requeue`, [`requeue_dead_letter`]) needs `+xrange
+//! +xadd +xdel +multi +exec`, a discard `+xdel`.
+//!
+//! ## Dead letters and spans
+//!
+//! A dead letter keeps the task entry it was made from (fields prefixed
+//! `t:`), so that [`requeue_dead_letter`] can put it back once the cause
+//! is fixed (a worker that serves the task, a bug fixed): as a new task
+//! with a fresh call id and no reply stream, since its caller was failed
+//! when it died. On a signed queue the original signature must check under
+//! the keys given, and the new entry is signed afresh: a requeue never
+//! launders a forged task.
+//!
+//! Workers publish what they finish to a capped span stream
+//! ([`WorkerBuilder::publish_spans`], on by default), one entry per round
+//! trip of results: [`recent_tasks`] reads it back as a trace, and the
+//! dashboard draws its timeline, latency and slowest tasks from it when no
+//! traced client is at hand. With [`WorkerBuilder::measure_usage`] each
+//! task carries its CPU time and peak RSS there, in its client's trace,
+//! and on its future ([`TaskFuture::usage`](crate::TaskFuture::usage)).
 
 mod allow;
 mod broker;
@@ -148,7 +176,8 @@ mod worker;
 pub use client::ClusterPool;
 pub use seal::{keys_from_env, parse_keys};
 pub use status::{
-    dead_letters, discard_dead_letter, status, tasks_read, ClusterStatus, DeadLetter, WorkerStatus,
+    dead_letters, discard_dead_letter, recent_tasks, requeue_dead_letter, status, tasks_read,
+    ClusterStatus, DeadLetter, WorkerStatus,
 };
 pub use worker::{serve, StopHandle, Worker, WorkerBuilder};
 

@@ -3,11 +3,13 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::broker::Broker;
 use crate::cluster::keys::{Keys, GROUP};
+use crate::cluster::seal::{self, Seal};
 use crate::error::Error;
+use crate::trace::{TaskEvent, Trace};
 
 /// One worker that joined the queue.
 #[derive(Debug, Clone, Serialize)]
@@ -55,6 +57,9 @@ pub struct DeadLetter {
     pub deliveries: String,
     /// The worker that gave it up.
     pub worker: String,
+    /// The size of the task's input, if the dead letter holds its task
+    /// entry ([`requeue_dead_letter`] can then put it back).
+    pub payload_bytes: Option<usize>,
 }
 
 /// The newest `count` dead letters of the queue at `url`, newest first.
@@ -82,8 +87,211 @@ pub fn dead_letters(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
             reason: field(id, "reason"),
             deliveries: field(id, "deliveries"),
             worker: field(id, "worker"),
+            payload_bytes: raw_field(id, "t:payload").map(|p| p.len()),
         })
         .collect())
+}
+
+/// A field of a stream entry as bytes.
+fn raw_field(id: &redis::streams::StreamId, name: &str) -> Option<Vec<u8>> {
+    match id.map.get(name)? {
+        redis::Value::BulkString(b) => Some(b.clone()),
+        redis::Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+/// Puts dead letter `entry` of the queue at `url` back on the task stream
+/// as a new task, and deletes the dead letter, in one transaction; the
+/// new task entry's id, or `None` if there was no such dead letter.
+///
+/// The task runs again for what it does: its caller was failed when it
+/// was dead-lettered, so nobody waits for it, and its worker writes no
+/// result (the new entry has a fresh call id and no reply stream). Give
+/// the queue's keys on a signed queue: the task's original signature is
+/// checked first (a requeue never signs what no key holder signed: an
+/// unsigned, forged or altered entry is refused), then the new entry is
+/// signed with the first key and a fresh expiry of `expiry`.
+///
+/// Fails, naming why, for a dead letter without its task entry (written
+/// by an older worker, or an entry that was never a task), and for a
+/// signed task when no keys are given.
+pub fn requeue_dead_letter<K: AsRef<[u8]>>(
+    url: &str,
+    entry: &str,
+    keys: &[K],
+    expiry: Duration,
+) -> Result<Option<String>, Error> {
+    let broker = Broker::open(url)?;
+    let queue = Keys::new(&broker.url.queue);
+    let seal = Seal::new(keys)?;
+    let mut con = broker.connect(Duration::from_secs(5))?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(queue.dead())
+        .arg(entry)
+        .arg(entry)
+        .query(&mut con)
+        .map_err(|e| broker.error(&e))?;
+    let Some(dead) = reply.ids.first() else {
+        return Ok(None);
+    };
+    let field = |name: &str| raw_field(dead, &format!("t:{name}"));
+    let refuse = |why: String| Err(Error::Broker(format!("dead letter {entry}: {why}")));
+    let (Some(task), Some(sig), Some(payload)) = (field("task"), field("sig"), field("payload"))
+    else {
+        return refuse(
+            "it holds no task entry to put back (its entry was malformed, or an older worker \
+             dead-lettered it)"
+                .to_string(),
+        );
+    };
+    let tasks = queue.tasks();
+    let timeout = field("timeout_ms").unwrap_or_default();
+    let original: [Vec<u8>; 7] = seal::TASK_FIELDS.map(|f| field(f).unwrap_or_default());
+    let signed = field("mac");
+    let fresh_id = format!("requeued:{entry}:{:x}", crate::cluster::client::random());
+    let mut p = redis::pipe();
+    p.atomic();
+    let add = p.cmd("XADD");
+    add.arg(&tasks).arg("*");
+    if !timeout.is_empty() {
+        add.arg("timeout_ms").arg(&timeout);
+    }
+    match (&seal, &signed) {
+        (None, Some(_)) => {
+            return refuse(
+                "its task was signed: give the queue's keys to requeue it (MULTITASK_CLUSTER_KEY)"
+                    .to_string(),
+            )
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return refuse(
+                "its task was not signed; a requeue does not sign what no key holder signed"
+                    .to_string(),
+            )
+        }
+        (Some(seal), Some(mac)) => {
+            let values = original.each_ref().map(Vec::as_slice);
+            if !seal.verify(&seal::task_parts(&tasks, values), mac) {
+                return refuse(
+                    "its task's signature does not check under these keys (forged, altered, or \
+                     signed with another key); it is not requeued"
+                        .to_string(),
+                );
+            }
+            let exp = (seal::now_ms() + expiry.as_millis() as u64).to_string();
+            let mac = seal.sign(&seal::task_parts(
+                &tasks,
+                [
+                    fresh_id.as_bytes(),
+                    &task,
+                    &sig,
+                    b"",
+                    &payload,
+                    &timeout,
+                    exp.as_bytes(),
+                ],
+            ));
+            add.arg("exp").arg(exp).arg("mac").arg(mac);
+        }
+    }
+    add.arg("id")
+        .arg(&fresh_id)
+        .arg("task")
+        .arg(&task)
+        .arg("sig")
+        .arg(&sig)
+        .arg("reply")
+        .arg("")
+        .arg("payload")
+        .arg(&payload);
+    p.cmd("XDEL").arg(queue.dead()).arg(entry);
+    let (id, _): (String, u64) = p.query(&mut con).map_err(|e| broker.error(&e))?;
+    Ok(Some(id))
+}
+
+/// One finished task as a worker publishes it to the span stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct SpanRecord {
+    /// Its task stream entry (the id's milliseconds: when it was queued).
+    pub(crate) entry: String,
+    /// The task's name.
+    pub(crate) task: String,
+    /// When the worker took it, Unix µs.
+    pub(crate) started_us: u64,
+    /// When it finished, Unix µs.
+    pub(crate) finished_us: u64,
+    /// False if it failed.
+    pub(crate) ok: bool,
+    /// Its CPU time, when measured.
+    pub(crate) cpu_us: Option<u64>,
+    /// Its peak RSS, when measured.
+    pub(crate) peak_rss: Option<u64>,
+    /// A preview of its input, for a task that ran 1 ms or more or failed.
+    pub(crate) input: Option<String>,
+}
+
+/// The tasks the workers of the queue at `url` finished lately, as they
+/// published them to its span stream (about the last `entries` round
+/// trips of results, each up to 256 tasks), as a [`Trace`] whose times
+/// are since the Unix epoch and whose `wall` is now: the same shape as a
+/// tracer's, with each task's worker its consumer name. Workers that do
+/// not publish ([`WorkerBuilder::publish_spans`](crate::cluster::WorkerBuilder::publish_spans))
+/// are absent. Anyone who can write to the queue can write there: a
+/// record that does not decode is skipped.
+pub fn recent_tasks(url: &str, entries: usize) -> Result<Trace, Error> {
+    let broker = Broker::open(url)?;
+    let keys = Keys::new(&broker.url.queue);
+    let mut con = broker.connect(Duration::from_secs(5))?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XREVRANGE")
+        .arg(keys.spans())
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(entries)
+        .query(&mut con)
+        .map_err(|e| broker.error(&e))?;
+    let mut events = Vec::new();
+    for id in reply.ids.iter().rev() {
+        let text = |name: &str| id.get::<String>(name).unwrap_or_default();
+        let Some(records) =
+            raw_field(id, "spans").and_then(|b| postcard::from_bytes::<Vec<SpanRecord>>(&b).ok())
+        else {
+            continue;
+        };
+        let (worker, host) = (text("worker"), text("host"));
+        let pid = text("pid").parse().unwrap_or(0);
+        for r in records {
+            let queued_ms = r
+                .entry
+                .split_once('-')
+                .and_then(|(ms, _)| ms.parse::<u64>().ok());
+            let started = Duration::from_micros(r.started_us);
+            events.push(TaskEvent {
+                task: r.task,
+                id: events.len() as u64,
+                worker: worker.clone(),
+                pid,
+                host: host.clone(),
+                submitted: queued_ms
+                    .map_or(started, Duration::from_millis)
+                    .min(started),
+                started,
+                finished: Duration::from_micros(r.finished_us.max(r.started_us)),
+                ok: r.ok,
+                peak_rss: r.peak_rss,
+                cpu: r.cpu_us.map(Duration::from_micros),
+                input: r.input,
+            });
+        }
+    }
+    Ok(Trace {
+        events,
+        wall: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    })
 }
 
 /// Deletes the dead letter `entry` of the queue at `url`; false if there

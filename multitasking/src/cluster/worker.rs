@@ -42,6 +42,7 @@ use crate::cluster::broker::{
 use crate::cluster::client::random;
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
 use crate::cluster::seal::{self, Seal};
+use crate::cluster::status::SpanRecord;
 use crate::error::{Error, ExitCause, TaskError};
 use crate::executor::RawExecutor;
 use crate::future::TaskFuture;
@@ -87,6 +88,10 @@ pub struct WorkerBuilder {
     dangerous: bool,
     /// The queue's shared keys (the first signs); none for unsigned.
     keys: Vec<Vec<u8>>,
+    /// Measure each task's CPU time and peak RSS (default pool only).
+    measure: bool,
+    /// Publish each finished task to the queue's span stream.
+    spans: bool,
 }
 
 impl fmt::Debug for WorkerBuilder {
@@ -100,6 +105,8 @@ impl fmt::Debug for WorkerBuilder {
             .field("allow", &self.allow)
             .field("dangerous", &self.dangerous)
             .field("keys", &self.keys.len())
+            .field("measure", &self.measure)
+            .field("spans", &self.spans)
             .finish_non_exhaustive()
     }
 }
@@ -148,6 +155,30 @@ impl WorkerBuilder {
         K: AsRef<[u8]>,
     {
         self.keys = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// Measures each task's CPU time and peak RSS in its worker process
+    /// ([`ProcessPoolBuilder::measure_usage`](crate::ProcessPoolBuilder::measure_usage)),
+    /// for the client's future ([`TaskFuture::usage`]), its trace, and the
+    /// span stream. Applies to the default process pool; a pool given by
+    /// [`WorkerBuilder::pool`] measures as it was built. Default: off (it
+    /// costs some tens of microseconds per task).
+    pub fn measure_usage(mut self, yes: bool) -> Self {
+        self.measure = yes;
+        self
+    }
+
+    /// Publishes every finished task (name, times, outcome, CPU time and
+    /// peak RSS when measured, an input preview for tasks that ran 1 ms or
+    /// more or failed) to the queue's span stream, `mt:{q}:spans`, capped
+    /// at about 1000 entries of up to 256 tasks: what
+    /// [`recent_tasks`](crate::cluster::recent_tasks) and the dashboard's
+    /// timeline read. One more command per round trip of results. The
+    /// stream is advice, not evidence: anyone who can write to the queue
+    /// can write there too. Default: on.
+    pub fn publish_spans(mut self, yes: bool) -> Self {
+        self.spans = yes;
         self
     }
 
@@ -218,7 +249,12 @@ impl WorkerBuilder {
         ensure_group(&mut probe, &keys).map_err(|e| broker.error(&e))?;
         let pool = match self.pool {
             Some(p) => p,
-            None => Box::new(ProcessPool::new(self.concurrency)?),
+            None => Box::new(
+                ProcessPool::builder()
+                    .max_workers(self.concurrency)
+                    .measure_usage(self.measure)
+                    .build()?,
+            ),
         };
         let host = crate::info::host_name();
         let pid = std::process::id();
@@ -239,6 +275,7 @@ impl WorkerBuilder {
                 allowed,
                 seal,
                 seen: Mutex::new(Seen::default()),
+                spans: self.spans,
             }),
         })
     }
@@ -255,6 +292,9 @@ struct Lease {
     task: String,
 }
 
+/// A task's encoded input and how to preview it.
+type KeptInput = (Vec<u8>, fn(&[u8]) -> String);
+
 /// A task in a worker's hands.
 #[derive(Debug)]
 struct Held {
@@ -270,6 +310,9 @@ struct Held {
     timeout: Option<Duration>,
     /// Why the worker is stopping it, once it is: its outcome says so.
     stopping: Option<Stop>,
+    /// Its input, for a preview in the span stream, and how to make one
+    /// (kept when spans are published and the input is small).
+    input: Option<KeptInput>,
 }
 
 /// Why a worker stops a task it holds.
@@ -294,7 +337,7 @@ const NOTICE_DELAY: Duration = Duration::from_millis(2);
 #[derive(Debug)]
 enum Note {
     /// A task finished.
-    Done(Done),
+    Done(Box<Done>),
     /// New tasks are held: a started notice may fall due.
     Held,
 }
@@ -308,6 +351,11 @@ struct Done {
     lease: Lease,
     /// The encoded chunk, or why it failed.
     outcome: Result<Vec<u8>, TaskError>,
+    /// The local pool's future, for what the task used (read outside its
+    /// lock, after its done callback).
+    run: Option<Arc<TaskFuture<Vec<u8>>>>,
+    /// What the task used, once read from `run`.
+    usage: Option<crate::TaskUsage>,
 }
 
 /// What the worker's threads share.
@@ -342,6 +390,8 @@ struct Core {
     seal: Option<Seal>,
     /// Signed calls taken, against replays.
     seen: Mutex<Seen>,
+    /// Publish finished tasks to the span stream.
+    spans: bool,
 }
 
 /// The signed calls a worker took lately: call id to the task stream
@@ -410,6 +460,8 @@ impl Worker {
             allow: None,
             dangerous: false,
             keys: Vec::new(),
+            measure: false,
+            spans: true,
         }
     }
 
@@ -592,30 +644,40 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
             .filter(|&ms| ms > 0)
             .map(Duration::from_millis),
         stopping: None,
+        input: (core.spans && payload.len() <= PREVIEW_KEEP)
+            .then(|| (payload.clone(), entry.preview)),
     };
     lock(&core.inflight).insert(e.id.clone(), held);
     let entry_id = e.id.clone();
     match core.pool.submit_raw(entry, payload.clone()) {
         Ok(fut) => {
             let tx = tx.clone();
+            let fut = Arc::new(fut);
+            // The callback holds the future until it runs, which it does
+            // once: every future resolves, so the cycle ends.
+            let run = fut.clone();
             fut.add_done_callback(move |r| {
-                let _ = tx.send(Note::Done(Done {
+                let _ = tx.send(Note::Done(Box::new(Done {
                     entry: entry_id,
                     lease,
                     outcome: r.clone(),
-                }));
+                    run: Some(run),
+                    usage: None,
+                })));
             });
             // Gone already if the task finished and was written meanwhile.
             if let Some(h) = lock(&core.inflight).get_mut(&e.id) {
-                h.run = Some(Arc::new(fut));
+                h.run = Some(fut);
             }
         }
         Err(refused) => {
-            let _ = tx.send(Note::Done(Done {
+            let _ = tx.send(Note::Done(Box::new(Done {
                 entry: entry_id,
                 lease,
                 outcome: Err(refused.error),
-            }));
+                run: None,
+                usage: None,
+            })));
         }
     }
 }
@@ -712,7 +774,8 @@ fn due_notices(core: &Core) -> (Vec<(Lease, Instant)>, Option<Instant>) {
 /// its own clock, whatever the notice's delay).
 fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[(Lease, Instant)]) {
     let pid = std::process::id().to_string();
-    for (l, since) in leases {
+    // A task nobody waits for gets no notice.
+    for (l, since) in leases.iter().filter(|(l, _)| !l.reply.is_empty()) {
         let held_us = (since.elapsed().as_micros() as u64).to_string();
         let mac = core.seal.as_ref().map_or_else(Vec::new, |s| {
             s.sign(&[
@@ -744,9 +807,44 @@ fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[(Leas
     }
 }
 
-/// Moves a task to the dead-letter stream with `error` as the reason, fails
-/// it for its client, and removes it from the task stream, in one
-/// transaction.
+/// Moves a task to the dead-letter stream, with its entry's fields (each
+/// name prefixed `t:`, so that [`requeue_dead_letter`](crate::cluster::requeue_dead_letter)
+/// can put it back), fails it for its client, and removes it from the task
+/// stream, in one script: KEYS[1] the task stream, KEYS[2] the dead-letter
+/// stream, KEYS[3] (if given) the client's result stream; ARGV[1] the
+/// entry, ARGV[2] the group, ARGV[3] the result stream's time to live,
+/// ARGV[4] how many (name, value) pairs of the dead letter's own fields
+/// follow, then those, then the reply entry's (name, value) pairs. A reply
+/// stream that refuses the write (another type) does not stop the rest.
+const DEAD_LUA: &str = r"
+local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+local n = tonumber(ARGV[4])
+local dead = {}
+for i = 5, 4 + 2 * n do dead[#dead + 1] = ARGV[i] end
+if #found > 0 then
+  local f = found[1][2]
+  for i = 1, #f, 2 do
+    dead[#dead + 1] = 't:' .. f[i]
+    dead[#dead + 1] = f[i + 1]
+  end
+end
+redis.call('XADD', KEYS[2], '*', unpack(dead))
+if #KEYS == 3 then
+  local r = {}
+  for i = 5 + 2 * n, #ARGV do r[#r + 1] = ARGV[i] end
+  local ok = redis.pcall('XADD', KEYS[3], '*', unpack(r))
+  if type(ok) ~= 'table' or not ok.err then
+    redis.pcall('EXPIRE', KEYS[3], ARGV[3])
+  end
+end
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+";
+
+/// Moves a task to the dead-letter stream with `error` as the reason (and
+/// the task entry itself, for a requeue), fails it for its client, and
+/// removes it from the task stream, in one script ([`DEAD_LUA`]).
 fn dead_letter(
     core: &Core,
     link: &mut Link,
@@ -757,12 +855,17 @@ fn dead_letter(
 ) {
     let json = serde_json::to_vec(error).unwrap_or_default();
     let reason = error.to_string();
+    let script = redis::Script::new(DEAD_LUA);
     let _ = link.run(|con| {
-        let mut p = redis::pipe();
-        p.atomic();
-        p.cmd("XADD")
-            .arg(core.keys.dead())
-            .arg("*")
+        let mut call = script.prepare_invoke();
+        call.key(core.keys.tasks()).key(core.keys.dead());
+        if !lease.reply.is_empty() {
+            call.key(&lease.reply);
+        }
+        call.arg(entry)
+            .arg(GROUP)
+            .arg(RESULTS_TTL.as_secs())
+            .arg(6)
             .arg("entry")
             .arg(entry)
             .arg("id")
@@ -774,8 +877,7 @@ fn dead_letter(
             .arg("deliveries")
             .arg(deliveries)
             .arg("worker")
-            .arg(&core.me)
-            .ignore();
+            .arg(&core.me);
         if !lease.reply.is_empty() {
             let mac = core.seal.as_ref().map_or_else(Vec::new, |s| {
                 s.sign(&[
@@ -786,30 +888,16 @@ fn dead_letter(
                     &json,
                 ])
             });
-            p.cmd("XADD")
-                .arg(&lease.reply)
-                .arg("*")
-                .arg("id")
+            call.arg("id")
                 .arg(&lease.id)
                 .arg("task")
                 .arg(&lease.task)
                 .arg("error")
                 .arg(&json)
                 .arg("mac")
-                .arg(mac)
-                .ignore();
-            p.cmd("EXPIRE")
-                .arg(&lease.reply)
-                .arg(RESULTS_TTL.as_secs())
-                .ignore();
+                .arg(mac);
         }
-        p.cmd("XACK")
-            .arg(core.keys.tasks())
-            .arg(GROUP)
-            .arg(entry)
-            .ignore();
-        p.cmd("XDEL").arg(core.keys.tasks()).arg(entry).ignore();
-        p.query::<()>(con)
+        call.invoke::<()>(con)
     });
 }
 
@@ -832,7 +920,7 @@ for i = 0, n - 1 do
     'host', ARGV[4], 'pid', ARGV[5])
   if type(r) == 'table' and r.err then return r end
 end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+if n > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 local ids = {}
 for i = 7 + 3 * n, #ARGV do ids[#ids + 1] = ARGV[i] end
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
@@ -861,6 +949,8 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let mut failing: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
     let mut disconnected = false;
+    // Finished tasks for the span stream, written with the results.
+    let mut spans: Vec<SpanRecord> = Vec::new();
     // The complete script runs by its hash (EVALSHA): loaded once per
     // connection rather than sent with every batch.
     let script = redis::Script::new(COMPLETE_LUA);
@@ -882,13 +972,13 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         };
         let mut batch = Vec::new();
         match first {
-            Ok(Note::Done(d)) => batch.push(d),
+            Ok(Note::Done(d)) => batch.push(*d),
             Ok(Note::Held) | Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => disconnected = true,
         }
         while batch.len() < COMPLETE_BATCH {
             match rx.try_recv() {
-                Ok(Note::Done(d)) => batch.push(d),
+                Ok(Note::Done(d)) => batch.push(*d),
                 Ok(Note::Held) => {}
                 Err(_) => break,
             }
@@ -898,19 +988,36 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         }
         // Tasks finishing in this batch need no notice: mark them first,
         // and note how long each was held.
+        let mut inputs = Vec::new();
         if !batch.is_empty() {
             let mut held = lock(&core.inflight);
             for mut done in batch {
-                let ran = held.get_mut(&done.entry).map_or(Duration::ZERO, |h| {
-                    h.announced = true;
-                    if let Some(why) = h.stopping {
-                        done.outcome =
-                            stopped(why, &done.lease.task, h.timeout, done.outcome.clone());
-                    }
-                    h.since.elapsed()
-                });
+                let (ran, input) = held
+                    .get_mut(&done.entry)
+                    .map_or((Duration::ZERO, None), |h| {
+                        h.announced = true;
+                        if let Some(why) = h.stopping {
+                            done.outcome =
+                                stopped(why, &done.lease.task, h.timeout, done.outcome.clone());
+                        }
+                        (h.since.elapsed(), h.input.take())
+                    });
+                inputs.push(input);
                 unwritten.push((done, ran));
             }
+        }
+        // Outside the inflight lock: a future's usage takes its own lock,
+        // and a preview decodes the input.
+        let fresh = unwritten.len() - inputs.len();
+        for ((done, ran), input) in unwritten[fresh..].iter_mut().zip(inputs) {
+            done.usage = done.run.take().and_then(|f| f.usage());
+            if core.spans {
+                spans.push(span_of(done, *ran, input));
+            }
+        }
+        // Spans are advice: a backlog (the broker is away) is not kept.
+        if spans.len() > SPANS_BACKLOG {
+            spans.drain(..spans.len() - SPANS_BACKLOG);
         }
         let (notices, next) = due_notices(core);
         next_notice = next;
@@ -927,6 +1034,7 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
             // dropped, and the rest of the round trip stands.
             p.ignore_errors();
             add_notices(&mut p, core, &host, &notices);
+            add_spans(&mut p, core, &host, &spans);
             for (reply, members) in &groups {
                 add_results(&mut p, core, &host, &sha, (reply, members), &unwritten);
             }
@@ -935,6 +1043,9 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         let mut finished: Vec<usize> = Vec::new();
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut retry = r.is_err();
+        if !retry {
+            spans.clear();
+        }
         // A new connection may be to a restarted Redis, without scripts.
         loaded &= !retry;
         if let Ok(replies) = r {
@@ -1119,6 +1230,65 @@ fn by_client(unwritten: &[Finished]) -> Vec<(String, Vec<usize>)> {
     groups
 }
 
+/// Inputs up to this size are kept while their tasks run, for a preview
+/// in the span stream.
+const PREVIEW_KEEP: usize = 64 << 10;
+
+/// Tasks that run at least this long (or fail) get an input preview in
+/// the span stream: the ones a slowest-tasks table shows.
+const PREVIEW_FROM: Duration = Duration::from_millis(1);
+
+/// Most spans kept while the broker can't take them.
+const SPANS_BACKLOG: usize = 4096;
+
+/// Entries the span stream keeps, about (`MAXLEN ~`).
+const SPANS_KEPT: usize = 1000;
+
+/// The span-stream record of a finished task held for `ran`.
+fn span_of(done: &Done, ran: Duration, input: Option<KeptInput>) -> SpanRecord {
+    let finished = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let ok = done.outcome.is_ok();
+    SpanRecord {
+        entry: done.entry.clone(),
+        task: done.lease.task.clone(),
+        started_us: finished.saturating_sub(ran).as_micros() as u64,
+        finished_us: finished.as_micros() as u64,
+        ok,
+        cpu_us: done.usage.map(|u| u.cpu.as_micros() as u64),
+        peak_rss: done.usage.and_then(|u| u.peak_rss),
+        input: input
+            .filter(|_| !ok || ran >= PREVIEW_FROM)
+            .map(|(bytes, preview)| preview(&bytes)),
+    }
+}
+
+/// Adds to `p` one entry of the span stream holding `spans`, if any.
+fn add_spans(p: &mut redis::Pipeline, core: &Core, host: &str, spans: &[SpanRecord]) {
+    if spans.is_empty() {
+        return;
+    }
+    let Ok(packed) = postcard::to_stdvec(spans) else {
+        return;
+    };
+    p.cmd("XADD")
+        .arg(core.keys.spans())
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(SPANS_KEPT)
+        .arg("*")
+        .arg("worker")
+        .arg(&core.consumer)
+        .arg("host")
+        .arg(host)
+        .arg("pid")
+        .arg(std::process::id())
+        .arg("spans")
+        .arg(packed)
+        .ignore();
+}
+
 /// Most payload bytes packed in one result entry.
 const PACK_BYTES: usize = 8 << 20;
 
@@ -1150,12 +1320,22 @@ fn add_results(
                 error,
                 len: payload.map_or(0, |b| b.len() as u64),
                 ran_us: ran.as_micros() as u64,
+                usage: done.usage,
             };
             (head, payload)
         })
         .collect();
     let mut packs = Vec::new();
     let mut from = 0;
+    // A task nobody waits for (a requeued dead letter) has no result
+    // stream: it is only acknowledged and deleted, the task stream standing
+    // in for the result stream's key (the same hash slot).
+    let reply = if reply.is_empty() {
+        from = results.len();
+        core.keys.tasks()
+    } else {
+        reply.to_string()
+    };
     while from < results.len() {
         // Split the results where their payloads pass PACK_BYTES.
         let mut to = from;
@@ -1173,7 +1353,7 @@ fn add_results(
         .arg(sha)
         .arg(2)
         .arg(core.keys.tasks())
-        .arg(reply)
+        .arg(&reply)
         .arg(GROUP)
         .arg(RESULTS_TTL.as_secs())
         .arg(&core.me)

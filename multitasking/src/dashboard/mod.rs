@@ -56,6 +56,8 @@ pub struct Dashboard {
     trace: Option<TraceFn>,
     /// The cluster queue's URL, if any.
     cluster: Option<String>,
+    /// The queue's keys, for requeues on a signed queue.
+    keys: Arc<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for Dashboard {
@@ -88,6 +90,7 @@ impl Dashboard {
             actions: false,
             trace: None,
             cluster: None,
+            keys: Arc::default(),
         }
     }
 
@@ -105,7 +108,9 @@ impl Dashboard {
         self
     }
 
-    /// Lets the page discard dead letters. Default: false (read only).
+    /// Lets the page requeue and discard dead letters (see
+    /// [`requeue_dead_letter`](crate::cluster::requeue_dead_letter)).
+    /// Default: false (read only).
     pub fn allow_actions(mut self, yes: bool) -> Dashboard {
         self.actions = yes;
         self
@@ -129,6 +134,19 @@ impl Dashboard {
     #[cfg(feature = "cluster")]
     pub fn cluster(mut self, url: impl Into<String>) -> Dashboard {
         self.cluster = Some(url.into());
+        self
+    }
+
+    /// The queue's keys, for requeues on a signed queue: a requeued task's
+    /// signature is checked with them, and its new entry signed with the
+    /// first. Default: none.
+    #[cfg(feature = "cluster")]
+    pub fn keys<I, K>(mut self, keys: I) -> Dashboard
+    where
+        I: IntoIterator<Item = K>,
+        K: AsRef<[u8]>,
+    {
+        self.keys = Arc::new(keys.into_iter().map(|k| k.as_ref().to_vec()).collect());
         self
     }
 

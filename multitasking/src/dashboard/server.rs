@@ -83,8 +83,11 @@ struct App {
     state: watch::Receiver<Arc<str>>,
     /// The token requests must carry, if any.
     token: Option<Arc<str>>,
-    /// The cluster, for discards; `None` also when actions are off.
-    discard_at: Option<Arc<str>>,
+    /// The cluster, for requeues and discards; `None` also when actions
+    /// are off.
+    act_on: Option<Arc<str>>,
+    /// The queue's keys, for requeues.
+    keys: Arc<Vec<Vec<u8>>>,
 }
 
 pub(super) fn start(cfg: Dashboard) -> Result<Served, Error> {
@@ -121,11 +124,12 @@ pub(super) fn start(cfg: Dashboard) -> Result<Served, Error> {
     let app = App {
         state: rx,
         token: cfg.token.as_deref().map(Arc::from),
-        discard_at: cfg
+        act_on: cfg
             .cluster
             .as_deref()
             .filter(|_| cfg.actions)
             .map(Arc::from),
+        keys: cfg.keys.clone(),
     };
     let server = std::thread::Builder::new()
         .name("multitasking-dashboard".into())
@@ -153,7 +157,7 @@ pub(super) fn start(cfg: Dashboard) -> Result<Served, Error> {
                     .route("/", get(page))
                     .route("/api/state", get(latest))
                     .route("/api/events", get(events))
-                    .route("/api/dead/{entry}/discard", post(discard))
+                    .route("/api/dead/{entry}/{action}", post(act))
                     .layer(axum::middleware::from_fn_with_state(app.clone(), authorize))
                     .with_state(app);
                 let _ = axum::serve(listener, routes)
@@ -261,6 +265,7 @@ fn cluster_part(s: &mut State, url: &str, history: &mut History, untraced: bool)
                     reason: d.reason,
                     deliveries: d.deliveries,
                     worker: d.worker,
+                    requeueable: d.payload_bytes.is_some(),
                 })
                 .collect()
         }
@@ -269,11 +274,33 @@ fn cluster_part(s: &mut State, url: &str, history: &mut History, untraced: bool)
     if !untraced {
         return;
     }
-    s.notes.push(
-        "a cluster's timeline, latency and slowest tasks come from a traced client; \
-         here throughput is counted at the broker"
-            .to_string(),
-    );
+    // The timeline, latency and slowest tasks from what the workers
+    // published; the workers stay those the heartbeats name, and the
+    // counts those of the broker (the span stream is capped).
+    match crate::cluster::recent_tasks(url, SPAN_ENTRIES) {
+        Ok(trace) if !trace.events.is_empty() => {
+            let mut from_spans = State::default();
+            state::from_trace(&mut from_spans, &trace);
+            s.latency_p50_ms = from_spans.latency_p50_ms;
+            s.latency_p95_ms = from_spans.latency_p95_ms;
+            s.timeline = from_spans.timeline;
+            s.slowest = from_spans.slowest;
+            s.failed = from_spans.failed;
+            for w in &mut s.workers {
+                if let Some(seen) = from_spans.workers.iter().find(|v| v.name == w.name) {
+                    w.tasks = seen.tasks;
+                    w.peak_rss = seen.peak_rss;
+                    w.utilisation = seen.utilisation;
+                }
+            }
+        }
+        Ok(_) => s.notes.push(
+            "no worker published spans yet (workers started with --no-spans publish none): \
+             no timeline or slowest tasks"
+                .to_string(),
+        ),
+        Err(e) => s.notes.push(format!("spans: {e}")),
+    }
     let Ok(Some(read)) = crate::cluster::tasks_read(url) else {
         s.notes
             .push("this Redis does not count the tasks read (Redis 7 does)".to_string());
@@ -363,28 +390,48 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-async fn discard(Shared(app): Shared<App>, Path(entry): Path<String>) -> Response {
-    let Some(url) = app.discard_at.clone() else {
+/// Requeues or discards a dead letter: `POST /api/dead/{entry}/requeue`
+/// or `.../discard`.
+async fn act(Shared(app): Shared<App>, Path((entry, action)): Path<(String, String)>) -> Response {
+    let Some(url) = app.act_on.clone() else {
         return (
             StatusCode::FORBIDDEN,
-            "discarding dead letters is off: start the dashboard with actions allowed",
+            "requeueing and discarding dead letters is off: start the dashboard with actions \
+             allowed",
         )
             .into_response();
     };
     #[cfg(feature = "cluster")]
     {
-        let done =
-            tokio::task::spawn_blocking(move || crate::cluster::discard_dead_letter(&url, &entry))
-                .await;
+        let keys = app.keys.clone();
+        let done = tokio::task::spawn_blocking(move || match action.as_str() {
+            "discard" => crate::cluster::discard_dead_letter(&url, &entry)
+                .map(|found| Some(serde_json::json!({ "discarded": found }))),
+            "requeue" => crate::cluster::requeue_dead_letter(&url, &entry, &keys, REQUEUE_EXPIRY)
+                .map(|task| Some(serde_json::json!({ "requeued": task.is_some(), "task": task }))),
+            _ => Ok(None),
+        })
+        .await;
         match done {
-            Ok(Ok(found)) => axum::Json(serde_json::json!({ "discarded": found })).into_response(),
+            Ok(Ok(Some(body))) => axum::Json(body).into_response(),
+            Ok(Ok(None)) => {
+                (StatusCode::NOT_FOUND, "the actions are requeue and discard").into_response()
+            }
             Ok(Err(e)) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
             Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
         }
     }
     #[cfg(not(feature = "cluster"))]
     {
-        let _ = (url, entry);
+        let _ = (url, entry, action, app.keys);
         StatusCode::NOT_FOUND.into_response()
     }
 }
+
+/// Entries of the span stream read per sample (each up to 256 tasks).
+#[cfg(feature = "cluster")]
+const SPAN_ENTRIES: usize = 200;
+
+/// How long a requeued task's signature stays valid.
+#[cfg(feature = "cluster")]
+const REQUEUE_EXPIRY: Duration = Duration::from_secs(600);

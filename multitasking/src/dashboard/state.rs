@@ -135,6 +135,8 @@ pub(crate) struct DeadView {
     pub(crate) deliveries: String,
     /// The worker that gave it up.
     pub(crate) worker: String,
+    /// True if it holds its task entry, so that it can be requeued.
+    pub(crate) requeueable: bool,
 }
 
 /// Fills the parts of `state` a trace gives: counts, workers, buckets, the

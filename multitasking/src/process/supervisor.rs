@@ -156,6 +156,7 @@ impl Config {
             max_retries: 0,
             start_timeout: Duration::from_secs(10),
             tracer: Tracer::disabled(),
+            measure: false,
         }
     }
 }
@@ -670,7 +671,7 @@ impl Slot {
             task: job.task.to_string(),
             signature: job.signature,
             payload: std::mem::take(&mut job.payload),
-            measure: job.submitted.is_some(),
+            measure: job.submitted.is_some() || shared.config.measure,
         };
         let SlotState::Idle(mut w) = Slot::take(io) else {
             unreachable!("checked above");
@@ -722,6 +723,12 @@ impl Slot {
                     unreachable!("a call is pending only on a busy slot");
                 };
                 trace(shared, &mut call, outcome.is_ok(), usage, &mut w);
+                if let Some(u) = usage {
+                    call.job.deliver.set_usage(crate::TaskUsage {
+                        cpu: std::time::Duration::from_nanos(u.cpu_ns),
+                        peak_rss: u.peak_rss,
+                    });
+                }
                 io.outbox.push((call.job.deliver, outcome));
                 w.tasks += 1;
                 let spent = shared

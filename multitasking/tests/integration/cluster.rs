@@ -21,7 +21,7 @@ use crate::conformance::{get, Caps, LIMIT};
 use crate::tasks::{double, obey, sleep_ms};
 
 /// The test Redis, or `None` (skip) outside CI.
-fn redis_url() -> Option<String> {
+pub(crate) fn redis_url() -> Option<String> {
     match std::env::var("MULTITASK_TEST_REDIS") {
         Ok(url) if !url.is_empty() => Some(url),
         _ if std::env::var("CI").as_deref() == Ok("true") => {
@@ -35,7 +35,7 @@ fn redis_url() -> Option<String> {
 }
 
 /// A queue name no other test uses.
-fn fresh_queue(name: &str) -> String {
+pub(crate) fn fresh_queue(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
         "t-{name}-{}-{}",
@@ -44,7 +44,7 @@ fn fresh_queue(name: &str) -> String {
     )
 }
 
-fn queue_url(base: &str, queue: &str) -> String {
+pub(crate) fn queue_url(base: &str, queue: &str) -> String {
     format!(
         "{}?queue={queue}",
         base.split_once('?').map_or(base, |(b, _)| b)
@@ -52,7 +52,7 @@ fn queue_url(base: &str, queue: &str) -> String {
 }
 
 /// A worker running in a thread of this process.
-struct InProcessWorker {
+pub(crate) struct InProcessWorker {
     /// Stops it.
     stop: StopHandle,
     /// Its thread.
@@ -60,7 +60,7 @@ struct InProcessWorker {
 }
 
 impl InProcessWorker {
-    fn start(url: &str, concurrency: usize, visibility: Duration) -> InProcessWorker {
+    pub(crate) fn start(url: &str, concurrency: usize, visibility: Duration) -> InProcessWorker {
         InProcessWorker::of(
             Worker::builder(url)
                 .concurrency(concurrency)
@@ -69,7 +69,7 @@ impl InProcessWorker {
     }
 
     /// Builds the worker `b` describes and runs it.
-    fn of(b: multitasking::cluster::WorkerBuilder) -> InProcessWorker {
+    pub(crate) fn of(b: multitasking::cluster::WorkerBuilder) -> InProcessWorker {
         let w = b.build().expect("start a worker");
         let stop = w.stop_handle();
         let handle = std::thread::spawn(move || w.run());
@@ -589,7 +589,7 @@ pub(crate) fn mark(path: String, n: u64, ms: u64) -> u64 {
 }
 
 /// The marks `mark` left in `path`, in the order written.
-fn marks(path: &std::path::Path) -> Vec<u64> {
+pub(crate) fn marks(path: &std::path::Path) -> Vec<u64> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -598,7 +598,7 @@ fn marks(path: &std::path::Path) -> Vec<u64> {
 }
 
 /// Waits until `cond` holds, at most `LIMIT`; panics with `what` if not.
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + LIMIT;
     while !cond() {
         assert!(Instant::now() < deadline, "{what} (waited {LIMIT:?})");
@@ -607,7 +607,7 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// A file path no other test uses.
-fn fresh_file(name: &str) -> PathBuf {
+pub(crate) fn fresh_file(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("mt-{}.marks", fresh_queue(name)))
 }
 
@@ -1099,9 +1099,51 @@ fn the_documented_acl_rules_are_enough() {
         assert!(matches!(r, Err(TaskError::Terminated { .. })), "{r:?}");
     }
     assert_eq!(get(&pool.submit(double, 2).unwrap()), Ok(4));
+    // An operator reads the status, the dead letters and the spans, and
+    // requeues and discards a dead letter, with the rules documented.
+    let operator_rules = "~mt:* resetchannels -@all +smembers +get +xlen +xpending \
+        +xrevrange +xrange +xadd +xdel +multi +exec";
+    let mut args = vec!["SETUSER", "operator", "on", ">pw"];
+    args.extend(operator_rules.split_whitespace());
+    let _: () = redis::cmd("ACL").arg(&args[..]).query(&mut con).unwrap();
+    let mut poison = Fields::new();
+    for (k, v) in [
+        ("id", "p"),
+        ("task", "nowhere::missing"),
+        ("sig", "1"),
+        ("reply", ""),
+    ] {
+        poison.insert(k.into(), v.as_bytes().to_vec());
+    }
+    poison.insert("payload".into(), vec![1, 2, 3]);
+    xadd(&mut con, &format!("mt:{{{queue}}}:tasks"), &poison);
+    let ops = at("operator");
+    let no_keys: &[&[u8]] = &[];
+    dead_now(&ops, 1);
+    let st = status(&ops).unwrap();
+    assert_eq!(st.dead_letters, 1);
+    assert!(!multitasking::cluster::recent_tasks(&ops, 10)
+        .unwrap()
+        .events
+        .is_empty());
+    let entry = multitasking::cluster::dead_letters(&ops, 1).unwrap()[0]
+        .entry
+        .clone();
+    multitasking::cluster::requeue_dead_letter(&ops, &entry, no_keys, Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
+    // Unknown still: dead again, as a new dead letter.
+    wait_for("the requeued task never died again", || {
+        let dead = multitasking::cluster::dead_letters(&ops, 5).unwrap();
+        dead.len() == 1 && dead[0].entry != entry
+    });
+    let again = multitasking::cluster::dead_letters(&ops, 1).unwrap()[0]
+        .entry
+        .clone();
+    assert!(multitasking::cluster::discard_dead_letter(&ops, &again).unwrap());
     drop(pool);
     drop(worker);
-    // Nothing either side did was refused, not even what they ignore.
+    // Nothing anyone did was refused, not even what they ignore.
     let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query(&mut con).unwrap();
     assert!(denied.is_empty(), "{denied:?}");
 }
@@ -1243,7 +1285,7 @@ const KEY_OLD: &str = "the queue's old key, 32 bytes ok";
 const KEY_OTHER: &str = "another queue's key, not this one";
 
 /// A raw connection to the test Redis.
-fn raw(base: &str) -> redis::Connection {
+pub(crate) fn raw(base: &str) -> redis::Connection {
     redis::Client::open(base)
         .unwrap()
         .get_connection_with_timeout(Duration::from_secs(5))
@@ -1251,7 +1293,7 @@ fn raw(base: &str) -> redis::Connection {
 }
 
 /// A stream's entries: id and fields, oldest first.
-type Fields = std::collections::HashMap<String, Vec<u8>>;
+pub(crate) type Fields = std::collections::HashMap<String, Vec<u8>>;
 fn stream_entries(con: &mut redis::Connection, key: &str) -> Vec<(String, Fields)> {
     redis::cmd("XRANGE")
         .arg(key)
@@ -1262,7 +1304,7 @@ fn stream_entries(con: &mut redis::Connection, key: &str) -> Vec<(String, Fields
 }
 
 /// XADDs an entry of `fields` to `key`.
-fn xadd(con: &mut redis::Connection, key: &str, fields: &Fields) {
+pub(crate) fn xadd(con: &mut redis::Connection, key: &str, fields: &Fields) {
     let mut c = redis::cmd("XADD");
     c.arg(key).arg("*");
     for (k, v) in fields {
@@ -1572,4 +1614,213 @@ fn tls_brokers_that_ask_for_a_client_certificate_get_one() {
         .to_string();
     assert!(e.contains("/nowhere/client.crt"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The dead letters of the queue at `url`, waiting until there are `n`.
+pub(crate) fn dead_now(url: &str, n: usize) -> Vec<multitasking::cluster::DeadLetter> {
+    let mut dead = Vec::new();
+    wait_for(&format!("{n} dead letters never came"), || {
+        dead = multitasking::cluster::dead_letters(url, 100).unwrap();
+        dead.len() == n
+    });
+    dead
+}
+
+#[test]
+fn a_dead_letter_keeps_its_task_and_a_requeue_runs_it_again() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("requeue");
+    let url = queue_url(&base, &queue);
+    let path = fresh_file("requeue");
+    let no_keys: &[&[u8]] = &[];
+    let expiry = Duration::from_secs(600);
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    {
+        // A worker that does not serve `mark` yet.
+        let _refuses = InProcessWorker::of(Worker::builder(&url).concurrency(1).allow(["double"]));
+        let refused = get(&pool
+            .submit(crate::tasks::mark, (path.display().to_string(), 7))
+            .unwrap());
+        assert!(
+            matches!(refused, Err(TaskError::NotAllowed { .. })),
+            "{refused:?}"
+        );
+    }
+    let dead = dead_now(&url, 1);
+    assert!(dead[0].payload_bytes.is_some_and(|b| b > 0), "{dead:?}");
+    assert!(marks(&path).is_empty(), "a refused task never ran");
+    // A worker that serves it; the requeued task runs once, for what it
+    // does (its caller was failed already and waits for nothing).
+    let _serves = InProcessWorker::start(&url, 1, Duration::from_secs(30));
+    let task = multitasking::cluster::requeue_dead_letter(&url, &dead[0].entry, no_keys, expiry)
+        .unwrap()
+        .expect("the dead letter is there");
+    assert!(task.contains('-'), "a task stream entry id: {task}");
+    wait_for("the requeued task never ran", || marks(&path) == [7]);
+    dead_now(&url, 0);
+    // Gone from the task stream, and no result stream was made up for it.
+    let mut con = raw(&base);
+    wait_for("the requeued task stayed on the task stream", || {
+        stream_entries(&mut con, &format!("mt:{{{queue}}}:tasks")).is_empty()
+    });
+    let exists: u64 = redis::cmd("EXISTS").arg("").query(&mut con).unwrap();
+    assert_eq!(exists, 0, "a result written to the empty key");
+    assert_eq!(
+        multitasking::cluster::requeue_dead_letter(&url, &dead[0].entry, no_keys, expiry).unwrap(),
+        None,
+        "a requeued dead letter is gone"
+    );
+    assert_eq!(pool.pending(), 0);
+    // A garbage entry's dead letter holds no task to put back: a clear
+    // error, and the dead letter stays for a person to read.
+    let mut poison = Fields::new();
+    poison.insert("id".into(), b"junk".to_vec());
+    poison.insert("task".into(), b"double".to_vec());
+    xadd(&mut con, &format!("mt:{{{queue}}}:tasks"), &poison);
+    let dead = dead_now(&url, 1);
+    let e = multitasking::cluster::requeue_dead_letter(&url, &dead[0].entry, no_keys, expiry)
+        .unwrap_err();
+    assert!(e.to_string().contains("holds no task entry"), "{e}");
+    dead_now(&url, 1);
+    assert_eq!(marks(&path), [7], "nothing else ran");
+}
+
+#[test]
+fn a_requeue_on_a_signed_queue_signs_only_what_a_key_holder_signed() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("requeue-signed");
+    let url = queue_url(&base, &queue);
+    let path = fresh_file("requeue-signed");
+    let expiry = Duration::from_secs(600);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_key(KEY_NEW)
+        .unwrap();
+    let mut con = raw(&base);
+    {
+        let _refuses = InProcessWorker::of(
+            Worker::builder(&url)
+                .concurrency(1)
+                .keys([KEY_NEW])
+                .allow(["double"]),
+        );
+        let refused = get(&pool
+            .submit(crate::tasks::mark, (path.display().to_string(), 3))
+            .unwrap());
+        assert!(
+            matches!(refused, Err(TaskError::NotAllowed { .. })),
+            "{refused:?}"
+        );
+        // And an unsigned entry, forged by someone who can write to Redis.
+        let mut forged = Fields::new();
+        let input = multitasking::executor::encode(
+            "mark",
+            multitasking::Codec::Postcard,
+            &vec![(path.display().to_string(), 666u64)],
+        )
+        .unwrap();
+        for (k, v) in [
+            ("id", b"forged".to_vec()),
+            (
+                "task",
+                <crate::tasks::mark as Task>::NAME.as_bytes().to_vec(),
+            ),
+            (
+                "sig",
+                <crate::tasks::mark as Task>::SIGNATURE
+                    .to_string()
+                    .into_bytes(),
+            ),
+            ("reply", b"".to_vec()),
+            ("payload", input),
+        ] {
+            forged.insert(k.into(), v);
+        }
+        xadd(&mut con, &format!("mt:{{{queue}}}:tasks"), &forged);
+        dead_now(&url, 2);
+    }
+    let dead = multitasking::cluster::dead_letters(&url, 10).unwrap();
+    let refused = dead
+        .iter()
+        .find(|d| d.reason.contains("not allowed"))
+        .unwrap();
+    let forged = dead.iter().find(|d| d.reason.contains("unsigned")).unwrap();
+    let _serves = InProcessWorker::of(Worker::builder(&url).concurrency(1).keys([KEY_NEW]));
+    let requeue = |entry: &str, keys: &[&str]| {
+        multitasking::cluster::requeue_dead_letter(&url, entry, keys, expiry)
+    };
+    let e = requeue(&refused.entry, &[]).unwrap_err();
+    assert!(e.to_string().contains("give the queue's keys"), "{e}");
+    let e = requeue(&refused.entry, &[KEY_OLD]).unwrap_err();
+    assert!(e.to_string().contains("does not check"), "{e}");
+    let e = requeue(&forged.entry, &[KEY_NEW]).unwrap_err();
+    assert!(e.to_string().contains("not signed"), "{e}");
+    // Signed by a client: re-signed with a fresh call id, it is no replay.
+    requeue(&refused.entry, &[KEY_NEW]).unwrap().unwrap();
+    wait_for("the requeued task never ran", || marks(&path) == [3]);
+    let left = dead_now(&url, 1);
+    assert_eq!(left[0].entry, forged.entry, "the forged one stays dead");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(marks(&path), [3], "the forged task never ran");
+}
+
+#[test]
+fn workers_measure_each_task_and_publish_it_to_the_span_stream() {
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("usage"));
+    let _worker = InProcessWorker::of(Worker::builder(&url).concurrency(2).measure_usage(true));
+    let tracer = multitasking::trace::Tracer::new();
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_tracer(tracer.clone());
+    let big = pool.submit(crate::tasks::hog, (64, 20)).unwrap();
+    get(&big).unwrap();
+    let used = big.usage().expect("the worker measured it");
+    assert!(used.peak_rss.unwrap() >= 64 << 20, "{used:?}");
+    assert!(used.cpu > Duration::ZERO, "{used:?}");
+    // The high-water mark is reset per task: a small one after a big one
+    // on the same workers reports its own, not the worker's peak.
+    let smalls: Vec<_> = (0..4)
+        .map(|_| pool.submit(crate::tasks::hog, (1, 0)).unwrap())
+        .collect();
+    for f in &smalls {
+        get(f).unwrap();
+        let rss = f.usage().expect("measured").peak_rss.unwrap();
+        assert!(rss < 48 << 20, "a 1 MiB task reports {rss} bytes");
+    }
+    // The traced client has it too, with the input.
+    let trace = tracer.snapshot();
+    let e = trace
+        .events
+        .iter()
+        .find(|e| e.run_time() >= Duration::from_millis(15))
+        .unwrap();
+    assert!(e.peak_rss.unwrap() >= 64 << 20 && e.cpu.is_some(), "{e:?}");
+    assert_eq!(e.input.as_deref(), Some("[64,20]"));
+    // And the span stream, for dashboards with no traced client.
+    let consumers: Vec<String> = status(&url)
+        .unwrap()
+        .workers
+        .into_iter()
+        .map(|w| w.consumer)
+        .collect();
+    let mut spans = multitasking::trace::Trace::default();
+    wait_for("the span stream never had the 5 tasks", || {
+        spans = multitasking::cluster::recent_tasks(&url, 100).unwrap();
+        spans.events.len() == 5
+    });
+    for e in &spans.events {
+        assert!(
+            consumers.contains(&e.worker),
+            "{e:?} not one of {consumers:?}"
+        );
+        assert!(
+            e.ok && e.submitted <= e.started && e.started <= e.finished,
+            "{e:?}"
+        );
+        assert!(e.finished <= spans.wall, "{e:?}");
+        assert!(e.cpu.is_some() && e.peak_rss.is_some(), "{e:?}");
+    }
+    let slow = spans.events.iter().max_by_key(|e| e.run_time()).unwrap();
+    assert_eq!(slow.input.as_deref(), Some("[64,20]"), "{slow:?}");
 }

@@ -127,3 +127,85 @@ fn discards_are_refused_unless_allowed() {
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 403"), "{out}");
 }
+
+/// Sends `POST path` with no body; the status code and the body.
+fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("a response");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        out.split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string(),
+    )
+}
+
+#[test]
+fn a_cluster_without_a_traced_client_shows_its_timeline_and_requeues() {
+    use crate::cluster::{
+        dead_now, fresh_file, fresh_queue, marks, queue_url, redis_url, wait_for, InProcessWorker,
+    };
+    use multitasking::cluster::Worker;
+    let Some(base) = redis_url() else { return };
+    let url = queue_url(&base, &fresh_queue("dash-spans"));
+    let path = fresh_file("dash-requeue");
+    // An untraced client: what the page shows of tasks comes from the
+    // workers' span stream.
+    let pool = multitasking::ClusterPool::connect_with(&url, 2).unwrap();
+    {
+        let _refuses =
+            InProcessWorker::of(Worker::builder(&url).concurrency(1).allow(["sleep_ms"]));
+        for ms in [5u64, 40, 10] {
+            get(&pool.submit(sleep_ms, ms).unwrap()).unwrap();
+        }
+        let refused = get(&pool
+            .submit(crate::tasks::mark, (path.display().to_string(), 9))
+            .unwrap());
+        assert!(refused.is_err());
+    }
+    let dead = dead_now(&url, 1);
+    let served = Dashboard::new()
+        .cluster(url.clone())
+        .allow_actions(true)
+        .serve()
+        .unwrap();
+    let mut state = serde_json::Value::Null;
+    wait_for(
+        "the page never showed the tasks from the span stream",
+        || {
+            let (code, body) = http_get(served.addr(), "/api/state", "");
+            state = serde_json::from_str(&body).unwrap_or_default();
+            code == 200 && state["slowest"].as_array().is_some_and(|a| a.len() == 3)
+        },
+    );
+    let slowest = &state["slowest"][0];
+    assert_eq!(slowest["input"], "40", "{state}");
+    assert!(slowest["run_ms"].as_f64().unwrap() >= 35.0, "{state}");
+    let lanes = state["timeline"]["lanes"].as_array().unwrap();
+    assert_eq!(lanes.len(), 1, "{state}");
+    assert_eq!(lanes[0]["bars"].as_array().unwrap().len(), 3, "{state}");
+    let shown = &state["dead"][0];
+    assert_eq!(shown["requeueable"], true, "{state}");
+    // Requeue from the page, with a worker that serves the task now.
+    let _serves = InProcessWorker::start(&url, 1, Duration::from_secs(30));
+    let entry = &dead[0].entry;
+    let (code, body) = http_post(served.addr(), &format!("/api/dead/{entry}/requeue"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"requeued\":true"), "{body}");
+    wait_for("the requeued task never ran", || marks(&path) == [9]);
+    let (code, body) = http_post(served.addr(), &format!("/api/dead/{entry}/explode"));
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("requeue and discard"), "{body}");
+}

@@ -878,6 +878,71 @@ fn run_on_a_cluster_needs_workers_that_allow_a_shell() {
     assert_eq!(ran.stdout.trim(), "from-the-cluster");
 }
 
+/// A job sent to workers that refuse it is dead-lettered with its task;
+/// `multitask status` lists it, and requeues it once a worker serves it.
+#[test]
+fn a_dead_letter_is_listed_requeued_and_discarded_from_the_command_line() {
+    let Some(base) = test_redis() else { return };
+    let base = base
+        .split_once('?')
+        .map_or(base.as_str(), |(b, _)| b)
+        .to_string();
+    let url = format!("{base}?queue=cli-dead-{}", std::process::id());
+    let mark = std::env::temp_dir().join(format!("multitask-requeued-{}", std::process::id()));
+    let _ = std::fs::remove_file(&mark);
+    let mark_arg = mark.display().to_string();
+    {
+        let _worker = CliWorker::start(&url, &[]);
+        let ran = multitask_with(
+            &["run", "-e", &url, "touch", ":::", &mark_arg],
+            None,
+            Duration::from_secs(30),
+        );
+        assert_eq!(ran.code, Some(1), "{ran:?}");
+    }
+    let ran = multitask(&["status", "--broker", &url, "--dead", "5"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stdout.contains("dead letters  1"), "{}", ran.stdout);
+    let listed: Vec<&str> = ran
+        .lines()
+        .into_iter()
+        .skip_while(|l| !l.starts_with("newest dead letters"))
+        .skip(1)
+        .collect();
+    assert!(
+        listed[0].contains("run_shell") && listed[0].contains("bytes in"),
+        "{}",
+        ran.stdout
+    );
+    assert!(listed[1].contains("not allowed"), "{}", ran.stdout);
+    let entry = listed[0].split_whitespace().next().unwrap().to_string();
+    assert!(!mark.exists(), "a refused job never ran");
+    let _worker = CliWorker::start(&url, &["--allow-shell"]);
+    let ran = multitask(&["status", "--broker", &url, "--requeue", &entry]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains(&format!("requeued dead letter {entry}")),
+        "{}",
+        ran.stdout
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mark.exists() {
+        assert!(Instant::now() < deadline, "the requeued job never ran");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_file(&mark);
+    for action in ["--requeue", "--discard"] {
+        let ran = multitask(&["status", "--broker", &url, action, &entry]);
+        assert_eq!(ran.code, Some(1), "{ran:?}");
+        assert!(ran.stderr.contains("has no dead letter"), "{}", ran.stderr);
+    }
+    let ran = multitask(&["status", "--broker", &url, "--json", "--dead", "5"]);
+    let v: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(v["dead_letters"], 0, "{v}");
+    assert_eq!(v["dead"].as_array().map(Vec::len), Some(0), "{v}");
+}
+
 /// `multitask run` fans out on the cluster as `--sshlogin` does in GNU
 /// parallel: output in order with -k, the exit status counting failures,
 /// and the job log's host and exit columns, as from a local run.

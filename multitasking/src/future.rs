@@ -115,6 +115,10 @@ pub struct TaskUsage {
     /// Its own peak resident set in bytes: the worker's high-water mark,
     /// reset before the task began. `None` where it can't be read.
     pub peak_rss: Option<u64>,
+    /// The bytes its thread allocated, when the program's global allocator
+    /// is [`CountingAlloc`](crate::alloc::CountingAlloc).
+    #[serde(default)]
+    pub allocated: Option<u64>,
 }
 
 /// The allocation a future and its promise share.
@@ -494,7 +498,7 @@ impl<T> TaskFuture<T> {
     /// # fn main() {
     /// use multitasking::{Executor, ProcessPool};
     /// let pool = ProcessPool::builder().max_workers(1).measure_usage(true).build().unwrap();
-    /// let fut = pool.submit::<burn>(1_000_000).unwrap();
+    /// let fut = pool.submit(burn, 1_000_000).unwrap();
     /// fut.wait();
     /// let used = fut.usage().expect("measured");
     /// assert!(used.cpu > std::time::Duration::ZERO);

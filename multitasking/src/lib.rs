@@ -73,6 +73,7 @@
 // Lets the macros' `::multitasking::` paths resolve inside this crate too.
 extern crate self as multitasking;
 
+pub mod alloc;
 mod any;
 mod chunk;
 #[cfg(feature = "cluster")]

@@ -51,6 +51,7 @@ impl SerialExecutor {
         }
         let start = Instant::now();
         let cpu = crate::trace::thread_cpu();
+        let allocated = crate::alloc::thread_allocated();
         let r = f();
         self.tracer.record_span(Span {
             task: name,
@@ -61,6 +62,9 @@ impl SerialExecutor {
             peak_rss: None,
             cpu: Some(crate::trace::thread_cpu().saturating_sub(cpu)),
             input: None,
+            allocated: allocated
+                .zip(crate::alloc::thread_allocated())
+                .map(|(a, b)| b.saturating_sub(a)),
         });
         r
     }

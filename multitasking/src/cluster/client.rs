@@ -1199,6 +1199,7 @@ fn trace(
         peak_rss: usage.and_then(|u| u.peak_rss),
         cpu: usage.map(|u| u.cpu),
         input: p.input.clone(),
+        allocated: usage.and_then(|u| u.allocated),
     });
 }
 

@@ -230,6 +230,8 @@ pub(crate) struct SpanRecord {
     pub(crate) peak_rss: Option<u64>,
     /// A preview of its input, for a task that ran 1 ms or more or failed.
     pub(crate) input: Option<String>,
+    /// The bytes it allocated, when counted.
+    pub(crate) allocated: Option<u64>,
 }
 
 /// The tasks the workers of the queue at `url` finished lately, as they
@@ -283,6 +285,7 @@ pub fn recent_tasks(url: &str, entries: usize) -> Result<Trace, Error> {
                 peak_rss: r.peak_rss,
                 cpu: r.cpu_us.map(Duration::from_micros),
                 input: r.input,
+                allocated: r.allocated,
             });
         }
     }

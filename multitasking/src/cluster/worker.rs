@@ -1258,6 +1258,7 @@ fn span_of(done: &Done, ran: Duration, input: Option<KeptInput>) -> SpanRecord {
         ok,
         cpu_us: done.usage.map(|u| u.cpu.as_micros() as u64),
         peak_rss: done.usage.and_then(|u| u.peak_rss),
+        allocated: done.usage.and_then(|u| u.allocated),
         input: input
             .filter(|_| !ok || ran >= PREVIEW_FROM)
             .map(|(bytes, preview)| preview(&bytes)),

@@ -116,6 +116,8 @@ pub(crate) struct SlowTask {
     pub(crate) cpu_ms: Option<f64>,
     /// Its peak resident set, bytes, when known.
     pub(crate) peak_rss: Option<u64>,
+    /// The bytes it allocated, when counted.
+    pub(crate) allocated: Option<u64>,
     /// A preview of its input, when known.
     pub(crate) input: Option<String>,
     /// False if it failed.
@@ -226,6 +228,7 @@ pub(crate) fn from_trace(state: &mut State, trace: &Trace) {
             queue_ms: e.queue_wait().as_secs_f64() * 1e3,
             cpu_ms: e.cpu.map(|c| c.as_secs_f64() * 1e3),
             peak_rss: e.peak_rss,
+            allocated: e.allocated,
             input: e.input.clone(),
             ok: e.ok,
         })
@@ -261,6 +264,7 @@ mod tests {
             peak_rss: Some(1 << 20),
             cpu: Some(Duration::from_millis(finished_ms - started_ms)),
             input: Some(format!("{started_ms}")),
+            allocated: Some(4096),
         }
     }
 

@@ -727,6 +727,7 @@ impl Slot {
                     call.job.deliver.set_usage(crate::TaskUsage {
                         cpu: std::time::Duration::from_nanos(u.cpu_ns),
                         peak_rss: u.peak_rss,
+                        allocated: u.allocated,
                     });
                 }
                 io.outbox.push((call.job.deliver, outcome));
@@ -784,6 +785,7 @@ fn trace(
             peak_rss: usage.and_then(|u| u.peak_rss).or_else(|| w.peak_rss()),
             cpu: usage.map(|u| std::time::Duration::from_nanos(u.cpu_ns)),
             input: call.job.input.take(),
+            allocated: usage.and_then(|u| u.allocated),
         });
     }
 }

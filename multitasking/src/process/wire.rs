@@ -68,6 +68,8 @@ pub(crate) struct Usage {
     /// high-water mark is reset before the call (`/proc/self/clear_refs`),
     /// so this is the call's own peak, not the worker's lifetime one.
     pub(crate) peak_rss: Option<u64>,
+    /// Bytes the call's thread allocated, when counted.
+    pub(crate) allocated: Option<u64>,
 }
 
 /// A message from a worker to the pool.
@@ -471,6 +473,7 @@ mod tests {
             usage: Some(Usage {
                 cpu_ns: 1_500,
                 peak_rss: Some(4 << 20),
+                allocated: Some(1 << 10),
             }),
         };
         b.send(&reply).unwrap();

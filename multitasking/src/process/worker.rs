@@ -156,6 +156,8 @@ fn serve() -> i32 {
 struct Meter {
     /// The thread's CPU clock when the call began.
     cpu: std::time::Duration,
+    /// The thread's allocation count when the call began, when counted.
+    allocated: Option<u64>,
 }
 
 impl Meter {
@@ -165,6 +167,7 @@ impl Meter {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         Meter {
             cpu: crate::trace::thread_cpu(),
+            allocated: crate::alloc::thread_allocated(),
         }
     }
 
@@ -173,6 +176,10 @@ impl Meter {
         Usage {
             cpu_ns: u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX),
             peak_rss: crate::info::rss_of(std::process::id()).map(|(_, peak)| peak),
+            allocated: self
+                .allocated
+                .zip(crate::alloc::thread_allocated())
+                .map(|(a, b)| b.saturating_sub(a)),
         }
     }
 }

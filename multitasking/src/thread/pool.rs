@@ -341,12 +341,16 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
         // Relaxed: `busy` is a gauge for observers; it orders nothing.
         shared.busy.fetch_add(1, Ordering::Relaxed);
         let go = broken.map_or(Go::Run, Go::Broken);
-        let started = job
-            .submitted
-            .map(|_| (Instant::now(), crate::trace::thread_cpu()));
+        let started = job.submitted.map(|_| {
+            (
+                Instant::now(),
+                crate::trace::thread_cpu(),
+                crate::alloc::thread_allocated(),
+            )
+        });
         // Runs when the body returned, before the promise resolves.
         let mut done = |ok: bool| {
-            if let (Some(submitted), Some((started, cpu))) = (job.submitted, started) {
+            if let (Some(submitted), Some((started, cpu, allocated))) = (job.submitted, started) {
                 let me = name.get_or_insert_with(|| {
                     std::thread::current().name().unwrap_or("worker").into()
                 });
@@ -359,6 +363,9 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                     peak_rss: None,
                     cpu: Some(crate::trace::thread_cpu().saturating_sub(cpu)),
                     input: job.input.take(),
+                    allocated: allocated
+                        .zip(crate::alloc::thread_allocated())
+                        .map(|(a, b)| b.saturating_sub(a)),
                 });
             }
             if !shared.full() {

@@ -56,6 +56,7 @@ pub fn to_chrome_json(trace: &Trace) -> String {
                 "peak_rss": e.peak_rss,
                 "cpu_us": e.cpu.map(|c| c.as_secs_f64() * 1e6),
                 "input": e.input,
+                "allocated": e.allocated,
             },
         }));
     }

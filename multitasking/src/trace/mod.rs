@@ -53,6 +53,10 @@ pub struct TaskEvent {
     /// A short preview of the task's input (as JSON), when known.
     #[serde(default)]
     pub input: Option<String>,
+    /// The bytes its thread allocated while it ran, when the program's
+    /// global allocator is [`CountingAlloc`](crate::alloc::CountingAlloc).
+    #[serde(default)]
+    pub allocated: Option<u64>,
 }
 
 impl TaskEvent {
@@ -98,6 +102,8 @@ pub(crate) struct Span {
     pub(crate) cpu: Option<Duration>,
     /// A preview of its input, when one was made.
     pub(crate) input: Option<String>,
+    /// The bytes it allocated, when counted.
+    pub(crate) allocated: Option<u64>,
 }
 
 /// The longest input preview, in characters.
@@ -175,6 +181,7 @@ impl Collector {
                     peak_rss: s.peak_rss,
                     cpu: s.cpu,
                     input: s.input.clone(),
+                    allocated: s.allocated,
                 }
             }
         }

@@ -32,6 +32,9 @@ pub struct Report {
     /// waited (on I/O, locks or a busy machine) while they ran.
     #[serde(default)]
     pub cpu_s: Option<f64>,
+    /// Bytes the tasks allocated, when counted ([`CountingAlloc`](crate::alloc::CountingAlloc)).
+    #[serde(default)]
+    pub allocated: Option<u64>,
     /// The same work run serially, in seconds, when measured.
     pub serial_s: Option<f64>,
     /// serial / wall.
@@ -79,6 +82,10 @@ impl Report {
                 let measured: Vec<Duration> = trace.events.iter().filter_map(|e| e.cpu).collect();
                 (!measured.is_empty()).then(|| measured.iter().sum::<Duration>().as_secs_f64())
             },
+            allocated: {
+                let counted: Vec<u64> = trace.events.iter().filter_map(|e| e.allocated).collect();
+                (!counted.is_empty()).then(|| counted.iter().sum())
+            },
             serial_s: serial.map(|s| s.as_secs_f64()),
             speedup,
             efficiency: speedup.map(|s| s / workers as f64),
@@ -108,6 +115,12 @@ impl Report {
         row("busy (run) time", format!("{:.3} s", self.busy_s));
         if let Some(cpu) = self.cpu_s {
             row("CPU time of the tasks", format!("{cpu:.3} s"));
+        }
+        if let Some(bytes) = self.allocated {
+            row(
+                "bytes the tasks allocated",
+                format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20)),
+            );
         }
         if let Some(serial) = self.serial_s {
             row("serial time", format!("{serial:.3} s"));

@@ -26,6 +26,7 @@ fn event(worker: &str, s: u64, start: u64, end: u64, ok: bool) -> TaskEvent {
         peak_rss: Some(1 << 20),
         cpu: Some(ms(end - start)),
         input: Some("[\"x\"]".into()),
+        allocated: Some(2048),
     }
 }
 

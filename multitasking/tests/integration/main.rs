@@ -4,6 +4,10 @@
 // Worker processes of the pools under test are this binary started again.
 multitasking::enable_test_support!();
 
+// Counts each task's allocations (trace::each_task_counts_what_it_allocated_on_its_thread).
+#[global_allocator]
+static ALLOC: multitasking::alloc::CountingAlloc = multitasking::alloc::CountingAlloc::system();
+
 mod async_use;
 mod cluster;
 mod conformance;

@@ -134,3 +134,51 @@ fn a_serial_executor_traces_on_one_worker() {
     check(&trace, 5, 1);
     assert_eq!(trace.workers(), vec!["serial".to_string()]);
 }
+
+/// With the counting allocator installed (this test binary installs it),
+/// each task's allocations are counted on the thread that ran it, in a
+/// thread pool, a serial executor and a worker process alike.
+#[test]
+fn each_task_counts_what_it_allocated_on_its_thread() {
+    let tracer = Tracer::new();
+    let threads = ThreadPool::builder()
+        .max_workers(2)
+        .tracer(tracer.clone())
+        .build()
+        .unwrap();
+    let procs = ProcessPool::builder()
+        .max_workers(1)
+        .tracer(tracer.clone())
+        .build()
+        .unwrap();
+    let serial = multitasking::SerialExecutor::new().with_tracer(tracer.clone());
+    for mb in [16usize, 1] {
+        crate::conformance::get(&threads.submit(hog, (mb, 0)).unwrap()).unwrap();
+        crate::conformance::get(&procs.submit(hog, (mb, 0)).unwrap()).unwrap();
+        crate::conformance::get(&serial.submit(hog, (mb, 0)).unwrap()).unwrap();
+    }
+    crate::conformance::get(&threads.submit(sleep_ms, 1).unwrap()).unwrap();
+    let trace = tracer.snapshot();
+    assert_eq!(trace.events.len(), 7);
+    // In submit order: 16 MiB on each executor, then 1 MiB on each.
+    for (i, e) in trace.events[..6].iter().enumerate() {
+        let bytes = e.allocated.expect("counted");
+        let mb = if i < 3 { 16 } else { 1 };
+        assert!(
+            bytes >= mb << 20,
+            "{} allocated {bytes} bytes: {e:?}",
+            e.worker
+        );
+        assert!(
+            bytes < (mb << 20) + (4 << 20),
+            "{} allocated {bytes} bytes: {e:?}",
+            e.worker
+        );
+    }
+    let sleep = &trace.events[6];
+    assert!(sleep.allocated.expect("counted") < 1 << 20, "{sleep:?}");
+    let report = Report::from_trace(&trace, None, 3);
+    assert!(report.allocated.unwrap() >= 51 << 20, "{report:?}");
+    assert!(report.to_markdown().contains("bytes the tasks allocated"));
+    assert!(chrome::to_chrome_json(&trace).contains("\"allocated\""));
+}

@@ -1,25 +1,38 @@
-//! Cluster costs on loopback, side by side in one run, on a redis-server
-//! this bench starts on a free port:
+//! Cluster costs on loopback, as users deploy it, side by side in one run,
+//! on a redis-server this bench starts on a free port. The workers are
+//! separate processes (this bench binary started again, calling
+//! `cluster::Worker`, as a program calling `cluster::serve` or `multitask
+//! worker` would); the bench process is only the client.
 //!
-//! 1. end-to-end no-op tasks per second with 2 workers (16 slots, 2 worker
-//!    processes each): a `map` of 200k
-//!    items (automatic chunking: batched submit and fetch), and 20k single
-//!    submits (all submitted, then all waited for);
+//! 1. end-to-end no-op tasks per second with 2 worker processes (each
+//!    running 2 tasks at once on 2 worker processes of a process pool, or
+//!    2 threads, and fetching ahead as its default prefetch says): a
+//!    `map` of 200k items (automatic chunking: batched submit and fetch),
+//!    and 20k single submits (all submitted, then all waited for);
 //! 2. single-task round trip (submit, result, repeat): p50 and p99;
-//!    both unsigned and signed (a shared key: every task and result entry
-//!    carries an HMAC-SHA256), for the cost of signing;
-//! 3. the ceiling: `redis-benchmark` XADD on the same server (pipelined
+//! 3. what the broker did per task during the single submits: commands
+//!    (`INFO commandstats`, by command) and bytes in and out;
+//!    all unsigned and signed (a shared key: every task and result entry
+//!    carries an HMAC-SHA256);
+//! 4. the ceiling: `redis-benchmark` XADD on the same server (pipelined
 //!    16 deep, and one at a time);
-//! 4. Celery on the same Redis (benches/python/celery_bench.py), when
+//! 5. Celery on the same Redis (benches/python/celery_bench.py), when
 //!    celery is installed.
 //!
-//! Run: `cargo bench -p multitasking --bench cluster`.
+//! Each round runs every configuration once, in turn, and the anchors; a
+//! figure is the median of the rounds, with the range (min-max).
+//!
+//! Run: `cargo bench -p multitasking --bench cluster` (`MT_BENCH_ROUNDS`,
+//! default 3; `MT_BENCH_ONLY=processes` or `threads` for one configuration;
+//! `MT_BENCH_PROFILE=1` adds 30 s of single submits to attach a profiler to;
+//! `MT_BENCH_PREFETCH=N` sets the workers' prefetch cap).
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use multitasking::cluster::{StopHandle, Worker};
+use multitasking::cluster::Worker;
 use multitasking::{ClusterPool, Executor};
 
 #[path = "support/tasks.rs"]
@@ -28,6 +41,14 @@ use multitasking::{ClusterPool, Executor};
 mod tasks;
 
 use tasks::noop;
+
+/// Set in a worker process of this bench: `url|processes|key`.
+const WORKER_ENV: &str = "MT_BENCH_CLUSTER_WORKER";
+
+/// Tasks each worker runs at once, as `multitask worker --concurrency 2`
+/// does: its local pool has 2 processes (or threads), and it fetches ahead
+/// as far as its default prefetch says.
+const CONCURRENCY: usize = 2;
 
 fn start_redis() -> Option<(Child, u16)> {
     let port = TcpListener::bind("127.0.0.1:0")
@@ -104,29 +125,149 @@ fn celery(port: u16) -> Vec<serde_json::Value> {
 /// The key of the signed configurations.
 const KEY: &str = "the bench's shared key, 32 bytes";
 
-/// One configuration: 2 workers of 16 slots on process or thread pools,
-/// `signed` or not; (map items/s, single-submit tasks/s, round trip p50,
-/// p99).
-fn run_config(port: u16, processes: bool, signed: bool) -> (f64, f64, Duration, Duration) {
-    let keys: Vec<&str> = if signed { vec![KEY] } else { Vec::new() };
-    let url = format!("redis://127.0.0.1:{port}/0?queue=bench-{processes}-{signed}");
-    let mut stops: Vec<StopHandle> = Vec::new();
-    let mut threads = Vec::new();
-    for _ in 0..2 {
-        // 16 fetch slots feeding 2 workers: a worker holds more tasks than
-        // it runs at once so that fetches, started notices and results
-        // travel in batches.
-        let b = Worker::builder(&url).concurrency(16).keys(&keys);
-        let w = if processes {
-            b.pool(multitasking::ProcessPool::new(2).unwrap())
-        } else {
-            b.pool(multitasking::ThreadPool::new(2).unwrap())
-        }
-        .build()
-        .unwrap();
-        stops.push(w.stop_handle());
-        threads.push(std::thread::spawn(move || w.run()));
+/// Runs this process as a cluster worker of the bench, until killed.
+fn serve_as_worker(spec: &str) {
+    let mut parts = spec.splitn(3, '|');
+    let (url, processes, key) = (
+        parts.next().unwrap_or_default(),
+        parts.next() == Some("processes"),
+        parts.next().unwrap_or_default(),
+    );
+    let keys: Vec<&str> = if key.is_empty() {
+        Vec::new()
+    } else {
+        vec![key]
+    };
+    let mut b = Worker::builder(url).concurrency(CONCURRENCY).keys(&keys);
+    if let Some(n) = std::env::var("MT_BENCH_PREFETCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        b = b.prefetch(n);
     }
+    let w = if processes {
+        b.pool(multitasking::ProcessPool::new(CONCURRENCY).unwrap())
+    } else {
+        b.pool(multitasking::ThreadPool::new(CONCURRENCY).unwrap())
+    }
+    .build()
+    .unwrap();
+    let _ = w.run();
+}
+
+/// Two worker processes of the queue at `url`, alive (heartbeating) when
+/// this returns; killed when dropped.
+struct Workers(Vec<Child>);
+
+impl Workers {
+    fn start(url: &str, processes: bool, key: &str) -> Workers {
+        let me = std::env::current_exe().unwrap();
+        let kind = if processes { "processes" } else { "threads" };
+        let children = (0..2)
+            .map(|_| {
+                Command::new(&me)
+                    .env(WORKER_ENV, format!("{url}|{kind}|{key}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let workers = Workers(children);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let alive = multitasking::cluster::status(url)
+                .map(|s| s.workers.iter().filter(|w| w.alive).count())
+                .unwrap_or(0);
+            if alive >= 2 {
+                return workers;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the worker processes never came up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What one configuration measured in one round.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    /// No-op `map` items per second.
+    map_rate: f64,
+    /// Single submits per second, 20k in flight.
+    single_rate: f64,
+    /// Round trip p50 and p99, ms.
+    p50_ms: f64,
+    /// Round trip p99, ms.
+    p99_ms: f64,
+    /// Broker commands per task in the single submits, by command.
+    commands: BTreeMap<String, f64>,
+    /// Bytes into and out of the broker per task in the single submits.
+    bytes_in: f64,
+    /// Bytes out of the broker per task.
+    bytes_out: f64,
+}
+
+/// `INFO` `section` of the broker as (key, value) pairs.
+fn info(con: &mut redis::Connection, section: &str) -> Vec<(String, String)> {
+    let text: String = redis::cmd("INFO").arg(section).query(con).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Commands by name (calls) and bytes in and out since the last reset.
+fn broker_counts(con: &mut redis::Connection) -> (BTreeMap<String, f64>, f64, f64) {
+    let mut commands = BTreeMap::new();
+    for (k, v) in info(con, "commandstats") {
+        let Some(name) = k.strip_prefix("cmdstat_") else {
+            continue;
+        };
+        let calls = v
+            .split(',')
+            .find_map(|f| f.strip_prefix("calls="))
+            .and_then(|c| c.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        commands.insert(name.to_string(), calls);
+    }
+    let stats = info(con, "stats");
+    let get = |key: &str| {
+        stats
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (
+        commands,
+        get("total_net_input_bytes"),
+        get("total_net_output_bytes"),
+    )
+}
+
+/// One configuration, one round: 2 worker processes on process or thread
+/// pools, `signed` or not.
+fn run_config(port: u16, round: usize, processes: bool, signed: bool) -> Figures {
+    let key = if signed { KEY } else { "" };
+    let keys: Vec<&str> = if signed { vec![KEY] } else { Vec::new() };
+    let url = format!("redis://127.0.0.1:{port}/0?queue=bench-{round}-{processes}-{signed}");
+    let _workers = Workers::start(&url, processes, key);
+    let mut admin = redis::Client::open(format!("redis://127.0.0.1:{port}/0"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let pool = ClusterPool::connect_with(&url, 32)
         .unwrap()
         .with_keys(&keys)
@@ -134,18 +275,35 @@ fn run_config(port: u16, processes: bool, signed: bool) -> (f64, f64, Duration, 
     for r in pool.map(noop, 0..1000u64) {
         r.unwrap();
     }
+    if std::env::var_os("MT_BENCH_PROFILE").is_some() {
+        // Single submits only, for a profiler to attach to: 30 s of them.
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            let futs: Vec<_> = (0..20_000u64)
+                .map(|i| pool.submit(noop, i).unwrap())
+                .collect();
+            for f in futs {
+                f.result().unwrap();
+            }
+        }
+    }
     let items = 200_000u64;
     let t = Instant::now();
     let sum: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
     assert_eq!(sum, items * (items - 1) / 2);
     let map_rate = items as f64 / t.elapsed().as_secs_f64();
     let n = 20_000u64;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut admin)
+        .unwrap();
     let t = Instant::now();
     let futs: Vec<_> = (0..n).map(|i| pool.submit(noop, i).unwrap()).collect();
     for f in futs {
         f.result().unwrap();
     }
     let single_rate = n as f64 / t.elapsed().as_secs_f64();
+    let (commands, bytes_in, bytes_out) = broker_counts(&mut admin);
     let mut trips: Vec<Duration> = (0..500u64)
         .map(|i| {
             let t = Instant::now();
@@ -154,84 +312,180 @@ fn run_config(port: u16, processes: bool, signed: bool) -> (f64, f64, Duration, 
         })
         .collect();
     trips.sort();
-    drop(pool);
-    for s in &stops {
-        s.stop();
-    }
-    for t in threads {
-        let _ = t.join();
-    }
-    (
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    Figures {
         map_rate,
         single_rate,
-        trips[trips.len() / 2],
-        trips[trips.len() * 99 / 100],
-    )
+        p50_ms: ms(trips[trips.len() / 2]),
+        p99_ms: ms(trips[trips.len() * 99 / 100]),
+        // The heartbeats and the status polls of the start are in the
+        // counts too: a few dozen commands over 20k tasks.
+        commands: commands
+            .into_iter()
+            .map(|(k, v)| (k, v / n as f64))
+            .collect(),
+        bytes_in: bytes_in / n as f64,
+        bytes_out: bytes_out / n as f64,
+    }
+}
+
+/// The median of `v` and its range, as `median (min-max)`.
+fn spread(mut v: Vec<f64>, digits: usize) -> (f64, String) {
+    v.sort_by(f64::total_cmp);
+    let median = v[v.len() / 2];
+    let text = if v.len() > 1 {
+        format!(
+            "{median:.digits$} ({:.digits$}-{:.digits$})",
+            v[0],
+            v[v.len() - 1]
+        )
+    } else {
+        format!("{median:.digits$}")
+    };
+    (median, text)
 }
 
 fn main() {
     multitasking::init();
+    if let Ok(spec) = std::env::var(WORKER_ENV) {
+        serve_as_worker(&spec);
+        return;
+    }
+    let rounds: usize = std::env::var("MT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
     let Some((mut redis, port)) = start_redis() else {
         println!("cluster bench skipped: no redis-server could be started");
         return;
     };
-    println!("# cluster on loopback Redis: 2 workers of 16 slots each\n");
-    println!("| workers run tasks on | no-op map, 200k items | single submits, 20000 in flight | round trip p50 / p99 |");
-    println!("| --- | ---: | ---: | ---: |");
-    let mut single_rate = 0.0;
-    let mut p50 = Duration::ZERO;
-    let mut map_rate = 0.0;
-    for (processes, signed) in [(true, false), (false, false), (true, true), (false, true)] {
-        let r = run_config(port, processes, signed);
+    // MT_BENCH_ONLY=processes|threads runs the unsigned configuration of
+    // that pool alone (to profile it).
+    let only = std::env::var("MT_BENCH_ONLY").ok();
+    let configs: Vec<(bool, bool)> = [(true, false), (false, false), (true, true), (false, true)]
+        .into_iter()
+        .filter(|&(processes, signed)| match only.as_deref() {
+            Some("processes") => processes && !signed,
+            Some("threads") => !processes && !signed,
+            _ => true,
+        })
+        .collect();
+    let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); configs.len()];
+    let mut ceiling: Vec<(f64, f64)> = Vec::new();
+    let mut celery_rows: Vec<(f64, f64)> = Vec::new();
+    for round in 0..rounds {
+        for (i, &(processes, signed)) in configs.iter().enumerate() {
+            figures[i].push(run_config(port, round, processes, signed));
+        }
+        if let (Some(piped), Some(single)) = (redis_benchmark(port, 16), redis_benchmark(port, 1)) {
+            ceiling.push((piped, single));
+        }
+        let rows = celery(port);
+        let fig = |name: &str, key: &str| {
+            rows.iter()
+                .find(|r| r["name"] == name)
+                .and_then(|r| r[key].as_f64())
+        };
+        if let (Some(tps), Some(p50)) = (
+            fig("celery_throughput", "tasks_per_s"),
+            fig("celery_roundtrip", "p50_ms"),
+        ) {
+            celery_rows.push((tps, p50));
+        }
+    }
+    println!(
+        "# cluster on loopback Redis: 2 worker processes, each running {CONCURRENCY} tasks at \
+         once and fetching ahead (default prefetch), the client in this process; median \
+         (min-max) of {rounds} rounds\n"
+    );
+    println!("| workers run tasks on | no-op map, 200k items (M items/s) | single submits, 20000 in flight (tasks/s) | round trip p50 (ms) | p99 (ms) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut medians = Vec::new();
+    for (i, &(processes, signed)) in configs.iter().enumerate() {
+        let f = &figures[i];
+        let (map, map_t) = spread(f.iter().map(|x| x.map_rate / 1e6).collect(), 2);
+        let (single, single_t) = spread(f.iter().map(|x| x.single_rate).collect(), 0);
+        let (p50, p50_t) = spread(f.iter().map(|x| x.p50_ms).collect(), 3);
+        let (_, p99_t) = spread(f.iter().map(|x| x.p99_ms).collect(), 3);
+        medians.push((map, single, p50));
         println!(
-            "| {}{} | {:.0} items/s | {:.0} tasks/s | {:.3} / {:.3} ms |",
+            "| {}{} | {map_t} | {single_t} | {p50_t} | {p99_t} |",
             if processes {
                 "process pools (2 processes each)"
             } else {
                 "thread pools (2 threads each)"
             },
             if signed { ", signed" } else { "" },
-            r.0,
-            r.1,
-            r.2.as_secs_f64() * 1e3,
-            r.3.as_secs_f64() * 1e3
         );
-        if processes && !signed {
-            (map_rate, single_rate, p50) = (r.0, r.1, r.2);
-        }
     }
-    println!("\n| ceiling and baseline | value |");
+    println!(
+        "
+What the broker did per task during the single submits (median of the rounds):
+"
+    );
+    println!("| workers run tasks on | commands per task | by command | bytes in / out per task |");
+    println!("| --- | ---: | --- | ---: |");
+    for (i, &(processes, signed)) in configs.iter().enumerate() {
+        let f = &figures[i];
+        let mut names: Vec<&String> = f.iter().flat_map(|x| x.commands.keys()).collect();
+        names.sort();
+        names.dedup();
+        let mut by = Vec::new();
+        let mut total = 0.0;
+        for name in names {
+            let (m, _) = spread(
+                f.iter()
+                    .map(|x| x.commands.get(name).copied().unwrap_or(0.0))
+                    .collect(),
+                3,
+            );
+            total += m;
+            if m >= 0.001 {
+                by.push(format!("{name} {m:.3}"));
+            }
+        }
+        let (bin, _) = spread(f.iter().map(|x| x.bytes_in).collect(), 0);
+        let (bout, _) = spread(f.iter().map(|x| x.bytes_out).collect(), 0);
+        println!(
+            "| {}{} | {total:.2} | {} | {bin:.0} / {bout:.0} |",
+            if processes {
+                "process pools"
+            } else {
+                "thread pools"
+            },
+            if signed { ", signed" } else { "" },
+            by.join(", ")
+        );
+    }
+    println!(
+        "
+| ceiling and baseline, same rounds | median (min-max) |"
+    );
     println!("| --- | ---: |");
-    match (redis_benchmark(port, 16), redis_benchmark(port, 1)) {
-        (Some(piped), Some(single)) => {
-            println!("| redis-benchmark XADD, pipelined 16 (ceiling) | {piped:.0} ops/s |");
-            println!("| redis-benchmark XADD, one at a time | {single:.0} ops/s |");
-        }
-        _ => println!("| redis-benchmark | not run (not installed) |"),
+    if ceiling.is_empty() {
+        println!("| redis-benchmark | not run (not installed) |");
+    } else {
+        let (_, piped) = spread(ceiling.iter().map(|c| c.0).collect(), 0);
+        let (_, single) = spread(ceiling.iter().map(|c| c.1).collect(), 0);
+        println!("| redis-benchmark XADD, pipelined 16 (ceiling), ops/s | {piped} |");
+        println!("| redis-benchmark XADD, one at a time, ops/s | {single} |");
     }
-    let rows = celery(port);
-    let fig = |name: &str, key: &str| {
-        rows.iter()
-            .find(|r| r["name"] == name)
-            .and_then(|r| r[key].as_f64())
-    };
-    match (
-        fig("celery_throughput", "tasks_per_s"),
-        fig("celery_roundtrip", "p50_ms"),
-    ) {
-        (Some(tps), Some(p50_ms)) => {
-            println!(
-                "| Celery no-op tasks/s (delay + get, 2 prefork workers) | {tps:.0} tasks/s |"
-            );
-            println!("| Celery round trip p50 | {p50_ms:.3} ms |");
-            println!(
-                "\nmultitask / Celery: {:.1}x the throughput (single submits), {:.1}x (map); round trip {:.1}x faster",
-                single_rate / tps,
-                map_rate / tps,
-                p50_ms / (p50.as_secs_f64() * 1e3)
-            );
-        }
-        _ => println!("| Celery | not run (pip install celery redis) |"),
+    if celery_rows.is_empty() {
+        println!("| Celery | not run (pip install celery redis) |");
+    } else {
+        let (tps, tps_t) = spread(celery_rows.iter().map(|c| c.0).collect(), 0);
+        let (p50, p50_t) = spread(celery_rows.iter().map(|c| c.1).collect(), 3);
+        println!("| Celery no-op tasks/s (delay + get, 2 prefork workers) | {tps_t} |");
+        println!("| Celery round trip p50, ms | {p50_t} |");
+        let (map, single, our_p50) = medians[0];
+        println!(
+            "\nmultitask (process pools, unsigned) / Celery, medians: {:.0}x the throughput \
+             (single submits), {:.0}x (map); round trip {:.1}x faster",
+            single / tps,
+            map * 1e6 / tps,
+            p50 / our_p50
+        );
     }
     let _ = redis.kill();
     let _ = redis.wait();

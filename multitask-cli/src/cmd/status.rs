@@ -70,10 +70,11 @@ pub(crate) fn main(args: StatusArgs) -> Result<ExitCode> {
         match (w.alive, w.last_heartbeat_s) {
             (true, Some(s)) => writeln!(
                 out,
-                "  {:<40} alive, heartbeat {s:.1} s ago, {} of {} slots busy",
+                "  {:<40} alive, heartbeat {s:.1} s ago, {} of {} slots busy, {} held",
                 w.consumer,
                 w.running.unwrap_or(0),
-                w.concurrency.unwrap_or(0)
+                w.concurrency.unwrap_or(0),
+                w.held.unwrap_or(0)
             )?,
             _ => writeln!(out, "  {:<40} gone (no heartbeat)", w.consumer)?,
         }

@@ -38,6 +38,7 @@ pub(crate) fn main(args: WorkerArgs) -> Result<ExitCode> {
     b = b.allow_dangerous(args.allow_shell);
     b = b
         .measure_usage(args.measure_usage)
+        .prefetch(args.prefetch)
         .publish_spans(!args.no_spans);
     let keys = queue_keys(args.key_file.as_deref())?;
     if keys.is_empty() {

@@ -26,6 +26,9 @@ pub struct WorkerStatus {
     pub concurrency: Option<u64>,
     /// Tasks it was running at its last heartbeat.
     pub running: Option<u64>,
+    /// Tasks it held then: those running and those fetched ahead, queued
+    /// in its local pool.
+    pub held: Option<u64>,
 }
 
 /// A queue's state.
@@ -393,6 +396,7 @@ pub fn status(url: &str) -> Result<ClusterStatus, Error> {
                 .and_then(|i| i["worker"].as_str().map(str::to_string)),
             concurrency: info.as_ref().and_then(|i| i["concurrency"].as_u64()),
             running: info.as_ref().and_then(|i| i["running"].as_u64()),
+            held: info.as_ref().and_then(|i| i["held"].as_u64()),
             consumer,
         });
     }

@@ -29,7 +29,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +90,8 @@ pub struct WorkerBuilder {
     keys: Vec<Vec<u8>>,
     /// Measure each task's CPU time and peak RSS (default pool only).
     measure: bool,
+    /// Most tasks held beyond those running.
+    prefetch: usize,
     /// Publish each finished task to the queue's span stream.
     spans: bool,
 }
@@ -106,6 +108,7 @@ impl fmt::Debug for WorkerBuilder {
             .field("dangerous", &self.dangerous)
             .field("keys", &self.keys.len())
             .field("measure", &self.measure)
+            .field("prefetch", &self.prefetch)
             .field("spans", &self.spans)
             .finish_non_exhaustive()
     }
@@ -155,6 +158,21 @@ impl WorkerBuilder {
         K: AsRef<[u8]>,
     {
         self.keys = keys.into_iter().map(|k| k.as_ref().to_vec()).collect();
+        self
+    }
+
+    /// Most tasks the worker holds beyond the `concurrency` it runs, queued
+    /// in its local pool: it fetches ahead so that the pool never waits for
+    /// a round trip to the broker, and fetches and results travel in
+    /// batches. How far ahead adapts to the tasks: enough to cover about
+    /// 5 ms at the rate tasks finish, up to this cap, so that short tasks
+    /// run in batches of hundreds while long ones are not hoarded (a worker
+    /// busy for seconds holds nothing beyond what it runs, and an idle
+    /// worker takes the rest). A held task counts as taken: its client's
+    /// `cancel` returns false (`terminate` stops it, queued or running).
+    /// Default: 256; 0 fetches only what can start at once.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
         self
     }
 
@@ -276,6 +294,8 @@ impl WorkerBuilder {
                 seal,
                 seen: Mutex::new(Seen::default()),
                 spans: self.spans,
+                prefetch: self.prefetch,
+                finished: AtomicU64::new(0),
             }),
         })
     }
@@ -313,6 +333,9 @@ struct Held {
     /// Its input, for a preview in the span stream, and how to make one
     /// (kept when spans are published and the input is small).
     input: Option<KeptInput>,
+    /// When the worker first saw it running in the local pool (a held
+    /// task may wait there behind others).
+    running_since: Option<Instant>,
 }
 
 /// Why a worker stops a task it holds.
@@ -332,6 +355,56 @@ const STOP_POLL: Duration = Duration::from_millis(100);
 /// stream entries per task. The notice only informs (`running()`, traces):
 /// a cancel asks the broker, where the worker's claim already shows.
 const NOTICE_DELAY: Duration = Duration::from_millis(2);
+
+/// How often a held task still queued in the local pool is looked at for
+/// its started notice.
+const QUEUED_RECHECK: Duration = Duration::from_millis(10);
+
+/// How far ahead a worker fetches: enough tasks to cover [`AHEAD_FOR`] at
+/// the rate they finish, measured over windows of [`AHEAD_WINDOW`] and
+/// smoothed, up to a cap.
+struct Ahead {
+    /// The cap.
+    max: usize,
+    /// Tasks per second, smoothed.
+    rate: f64,
+    /// The window's start and the finished count then.
+    window: (Instant, u64),
+}
+
+/// The time the tasks held beyond those running should cover.
+const AHEAD_FOR: Duration = Duration::from_millis(5);
+
+/// The window over which the finish rate is measured.
+const AHEAD_WINDOW: Duration = Duration::from_millis(50);
+
+impl Ahead {
+    fn new(max: usize) -> Ahead {
+        Ahead {
+            max,
+            rate: 0.0,
+            window: (Instant::now(), 0),
+        }
+    }
+
+    /// Tasks to hold beyond those running, given the finished count now.
+    fn tasks(&mut self, finished: u64) -> usize {
+        let (since, at) = self.window;
+        let elapsed = since.elapsed();
+        if elapsed >= AHEAD_WINDOW {
+            let rate = finished.saturating_sub(at) as f64 / elapsed.as_secs_f64();
+            // Up at once (a burst of short tasks), down by halves (a long
+            // task after short ones: the held ones drain as it runs).
+            self.rate = if rate > self.rate {
+                rate
+            } else {
+                (self.rate + rate) / 2.0
+            };
+            self.window = (Instant::now(), finished);
+        }
+        ((self.rate * AHEAD_FOR.as_secs_f64()) as usize).min(self.max)
+    }
+}
 
 /// What the completer hears.
 #[derive(Debug)]
@@ -392,6 +465,10 @@ struct Core {
     seen: Mutex<Seen>,
     /// Publish finished tasks to the span stream.
     spans: bool,
+    /// Most tasks held beyond those running.
+    prefetch: usize,
+    /// Tasks finished so far, for the prefetch's rate.
+    finished: AtomicU64,
 }
 
 /// The signed calls a worker took lately: call id to the task stream
@@ -462,6 +539,7 @@ impl Worker {
             keys: Vec::new(),
             measure: false,
             spans: true,
+            prefetch: 256,
         }
     }
 
@@ -500,21 +578,23 @@ impl Worker {
         // whose reply was lost with the connection sit in its pending list,
         // and are read again from there (id 0) before new ones.
         let mut recover = false;
+        let mut ahead = Ahead::new(core.prefetch);
         while !core.stop.is_stopped() {
+            let slots = core.concurrency + ahead.tasks(core.finished.load(Ordering::Relaxed));
             let free = {
                 let held = lock(&core.inflight);
-                if held.len() >= core.concurrency {
+                if held.len() >= slots {
                     let _ = core.freed.wait_timeout(held, Duration::from_millis(200));
                     continue;
                 }
-                core.concurrency - held.len()
+                slots - held.len()
             };
             let reply = link.run(|con| {
                 let mut c = redis::cmd("XREADGROUP");
                 c.arg("GROUP").arg(GROUP).arg(&core.consumer).arg("COUNT");
                 if recover {
                     // Held tasks are in the pending list too.
-                    c.arg(core.concurrency + free);
+                    c.arg(slots + free);
                 } else {
                     c.arg(free).arg("BLOCK").arg(block.as_millis() as u64);
                 }
@@ -646,6 +726,7 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
         stopping: None,
         input: (core.spans && payload.len() <= PREVIEW_KEEP)
             .then(|| (payload.clone(), entry.preview)),
+        running_since: None,
     };
     lock(&core.inflight).insert(e.id.clone(), held);
     let entry_id = e.id.clone();
@@ -758,10 +839,18 @@ fn due_notices(core: &Core) -> (Vec<(Lease, Instant)>, Option<Instant>) {
         if held.announced {
             continue;
         }
-        let at = held.since + NOTICE_DELAY;
+        // A task queued in the local pool behind others has not started:
+        // it is looked at again later.
+        if held.running_since.is_none() && held.run.as_ref().is_some_and(|f| f.running()) {
+            held.running_since = Some(now);
+        }
+        let at = match held.running_since {
+            Some(since) => since + NOTICE_DELAY,
+            None => now + QUEUED_RECHECK,
+        };
         if at <= now {
             held.announced = true;
-            due.push((held.lease.clone(), held.since));
+            due.push((held.lease.clone(), held.running_since.unwrap_or(held.since)));
         } else {
             next = Some(next.map_or(at, |n| n.min(at)));
         }
@@ -949,8 +1038,10 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let mut failing: Option<Instant> = None;
     let mut backoff = Duration::from_millis(50);
     let mut disconnected = false;
-    // Finished tasks for the span stream, written with the results.
+    // Finished tasks for the span stream, written with the results at most
+    // every SPANS_EVERY (one entry then holds many round trips' worth).
     let mut spans: Vec<SpanRecord> = Vec::new();
+    let mut spans_at = Instant::now();
     // The complete script runs by its hash (EVALSHA): loaded once per
     // connection rather than sent with every batch.
     let script = redis::Script::new(COMPLETE_LUA);
@@ -958,10 +1049,11 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let mut loaded = false;
     loop {
         let retry_at = (!unwritten.is_empty()).then(|| Instant::now() + backoff);
-        let wake = match (next_notice, retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let spans_due = (!spans.is_empty()).then(|| spans_at + SPANS_EVERY);
+        let wake = [next_notice, retry_at, spans_due]
+            .into_iter()
+            .flatten()
+            .min();
         let first = if disconnected {
             Err(RecvTimeoutError::Timeout)
         } else {
@@ -984,6 +1076,14 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
             }
         }
         if disconnected && unwritten.is_empty() && batch.is_empty() {
+            // The last spans, once: they are advice.
+            if !spans.is_empty() {
+                let _ = link.run(|con| {
+                    let mut p = redis::pipe();
+                    add_spans(&mut p, core, &host, &spans);
+                    p.query::<()>(con)
+                });
+            }
             break;
         }
         // Tasks finishing in this batch need no notice: mark them first,
@@ -1021,20 +1121,26 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         }
         let (notices, next) = due_notices(core);
         next_notice = next;
-        if unwritten.is_empty() && notices.is_empty() {
+        let spans_now =
+            !spans.is_empty() && (spans_at.elapsed() >= SPANS_EVERY || spans.len() >= SPANS_BATCH);
+        if unwritten.is_empty() && notices.is_empty() && !spans_now {
             continue;
         }
         let groups = by_client(&unwritten);
         if !loaded && !groups.is_empty() {
             loaded = link.run(|con| script.load(con)).is_ok();
         }
+        let mut spans_written = 0;
         let r = link.run(|con| {
             let mut p = redis::pipe();
             // A notice is advice: one that fails (a bad reply key) is
             // dropped, and the rest of the round trip stands.
             p.ignore_errors();
             add_notices(&mut p, core, &host, &notices);
-            add_spans(&mut p, core, &host, &spans);
+            if spans_now {
+                add_spans(&mut p, core, &host, &spans);
+                spans_written = spans.len();
+            }
             for (reply, members) in &groups {
                 add_results(&mut p, core, &host, &sha, (reply, members), &unwritten);
             }
@@ -1043,8 +1149,9 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         let mut finished: Vec<usize> = Vec::new();
         let mut refused: Vec<(usize, String)> = Vec::new();
         let mut retry = r.is_err();
-        if !retry {
-            spans.clear();
+        if !retry && spans_written > 0 {
+            spans.drain(..spans_written);
+            spans_at = Instant::now();
         }
         // A new connection may be to a restarted Redis, without scripts.
         loaded &= !retry;
@@ -1116,6 +1223,8 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
             held.remove(&done.entry);
         }
         drop(held);
+        core.finished
+            .fetch_add(finished.len() as u64, Ordering::Relaxed);
         core.freed.notify_all();
     }
 }
@@ -1237,6 +1346,12 @@ const PREVIEW_KEEP: usize = 64 << 10;
 /// Tasks that run at least this long (or fail) get an input preview in
 /// the span stream: the ones a slowest-tasks table shows.
 const PREVIEW_FROM: Duration = Duration::from_millis(1);
+
+/// How often a worker writes its finished tasks to the span stream.
+const SPANS_EVERY: Duration = Duration::from_millis(100);
+
+/// Spans that are written at once, whenever they come.
+const SPANS_BATCH: usize = 1024;
 
 /// Most spans kept while the broker can't take them.
 const SPANS_BACKLOG: usize = 4096;
@@ -1401,7 +1516,7 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
                 asked = Instant::now();
             }
         }
-        let running = lock(&core.inflight).len();
+        let (running, _) = counts(core);
         if beat.elapsed() >= beat_every || running != told {
             told = heartbeat(core, &mut link);
             beat = Instant::now();
@@ -1430,9 +1545,19 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
     }
 }
 
+/// The held tasks running in the local pool, and all held.
+fn counts(core: &Core) -> (usize, usize) {
+    let held = lock(&core.inflight);
+    let running = held
+        .values()
+        .filter(|h| h.run.as_ref().is_some_and(|f| f.running()))
+        .count();
+    (running, held.len())
+}
+
 /// Writes the heartbeat; the running count it told.
 fn heartbeat(core: &Core, link: &mut Link) -> usize {
-    let running = lock(&core.inflight).len();
+    let (running, held) = counts(core);
     let at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -1443,6 +1568,7 @@ fn heartbeat(core: &Core, link: &mut Link) -> usize {
         "pid": std::process::id(),
         "concurrency": core.concurrency,
         "running": running,
+        "held": held,
         "at": at,
     })
     .to_string();

@@ -12,6 +12,11 @@
 //! 4. the seed's prime check on eight primes near 4e16, serial against 2
 //!    worker processes.
 //!
+//! 5. what an idle pool costs: the CPU its processes use in 2 s of idling.
+//!
+//! The round trips alternate, round by round (`MT_BENCH_ROUNDS`, default
+//! 5): a figure is the median, with the range.
+//!
 //! Run: `cargo bench -p multitasking --bench process`. Ratios are printed as
 //! `{:.2}x`.
 
@@ -129,6 +134,48 @@ fn show(v: Option<f64>, unit: &str) -> String {
     v.map_or("not run".to_string(), |v| format!("{v:.2} {unit}"))
 }
 
+/// Rounds of the interleaved measurements (`MT_BENCH_ROUNDS`, default 5).
+fn rounds() -> usize {
+    std::env::var("MT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+/// The median of `v` and the text `median (min-max)`.
+fn spread(mut v: Vec<f64>, digits: usize) -> (f64, String) {
+    v.sort_by(f64::total_cmp);
+    let median = v[v.len() / 2];
+    let text = format!(
+        "{median:.digits$} ({:.digits$}-{:.digits$})",
+        v[0],
+        v[v.len() - 1]
+    );
+    (median, text)
+}
+
+/// CPU time (user + system) of this process and its children so far.
+fn tree_cpu() -> Duration {
+    let ticks = |pid: &str| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // After the command's closing parenthesis: fields 3.. (utime is 14).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        get(11) + get(12)
+    };
+    let mut pids = vec![std::process::id().to_string()];
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            pids.extend(children.split_whitespace().map(str::to_string));
+        }
+    }
+    // Clock ticks are 100 a second on Linux.
+    Duration::from_millis(pids.iter().map(|p| ticks(p)).sum::<u64>() * 10)
+}
+
 fn main() {
     if let Ok(mode) = std::env::var(ECHO_ENV) {
         echo_child(mode == "spin");
@@ -139,31 +186,38 @@ fn main() {
         multitasking::usable_cpus()
     );
 
-    // 1. round trip.
+    // 1. round trip: the pool and the raw ping-pongs in turn, each round.
+    let rounds = rounds();
     let n = 20_000;
     let pool = ProcessPool::new(2).unwrap();
     for i in 0..1000 {
         black_box(pool.submit(noop, i).unwrap().result().unwrap());
     }
-    let t = Instant::now();
-    for i in 0..n as u64 {
-        black_box(pool.submit(noop, i).unwrap().result().unwrap());
+    let (mut ours, mut raw_block, mut raw_spin) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for i in 0..n as u64 {
+            black_box(pool.submit(noop, i).unwrap().result().unwrap());
+        }
+        ours.push(t.elapsed().as_secs_f64() * 1e6 / n as f64);
+        raw_block.push(raw_ping_pong(n, false));
+        raw_spin.push(raw_ping_pong(n, true));
     }
-    let ours = t.elapsed().as_secs_f64() * 1e6 / n as f64;
-    let raw_block = raw_ping_pong(n, false);
-    let raw_spin = raw_ping_pong(n, true);
+    let (ours_m, ours_t) = spread(ours, 2);
+    let (block_m, block_t) = spread(raw_block, 2);
+    let (spin_m, spin_t) = spread(raw_spin, 2);
     let py = python("process_roundtrip,apply_async_roundtrip,pool_map,pool_start,executor_map");
-    println!("## round trip of one small task (submit, result, repeat)\n");
+    println!("## round trip of one small task (submit, result, repeat), median (min-max) of {rounds} rounds\n");
     println!("| contender | µs per round trip | vs multitask |");
     println!("| --- | ---: | ---: |");
-    println!("| multitask ProcessPool submit + result | {ours:.2} | 1.00x |");
+    println!("| multitask ProcessPool submit + result | {ours_t} | 1.00x |");
     println!(
-        "| raw socketpair ping-pong, parking in read | {raw_block:.2} | {:.2}x |",
-        raw_block / ours
+        "| raw socketpair ping-pong, parking in read | {block_t} | {:.2}x |",
+        block_m / ours_m
     );
     println!(
-        "| raw socketpair ping-pong, spinning | {raw_spin:.2} | {:.2}x |",
-        raw_spin / ours
+        "| raw socketpair ping-pong, spinning | {spin_t} | {:.2}x |",
+        spin_m / ours_m
     );
     for (label, name) in [
         (
@@ -176,27 +230,26 @@ fn main() {
         ),
     ] {
         match py_figure(&py, name, "per_task_us") {
-            Some(us) => println!("| {label} | {us:.2} | {:.2}x |", us / ours),
+            Some(us) => println!("| {label} | {us:.2} (one run) | {:.2}x |", us / ours_m),
             None => println!("| {label} | not run | |"),
         }
     }
 
     // 2. map over 1M no-op items.
     let items = 1_000_000u64;
-    let best = (0..5)
+    let rates: Vec<f64> = (0..rounds.max(5))
         .map(|_| {
             let t = Instant::now();
             let s: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
             assert_eq!(s, items * (items - 1) / 2);
-            t.elapsed()
+            items as f64 / t.elapsed().as_secs_f64() / 1e6
         })
-        .min()
-        .unwrap();
-    let rate = items as f64 / best.as_secs_f64();
+        .collect();
+    let (_, rate_t) = spread(rates, 2);
     println!("\n## no-op map over {items} items, automatic chunking, 2 workers\n");
     println!("| contender | M items/s |");
     println!("| --- | ---: |");
-    println!("| multitask ProcessPool::map | {:.2} |", rate / 1e6);
+    println!("| multitask ProcessPool::map, median (min-max) | {rate_t} |");
     println!(
         "| Python multiprocessing.Pool.map | {} |",
         show(
@@ -210,6 +263,17 @@ fn main() {
             py_figure(&py, "executor_map", "items_per_s").map(|r| r / 1e6),
             ""
         )
+    );
+
+    // An idle pool: the CPU its processes use while nobody submits.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = tree_cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let idle = tree_cpu().saturating_sub(before);
+    println!(
+        "\nAn idle pool of 2 workers used {:.2} ms of CPU in 2 s (this process and its workers, \
+         from /proc).",
+        idle.as_secs_f64() * 1e3
     );
     drop(pool);
 

@@ -2,7 +2,9 @@
 //!
 //! 1. submit + result of a no-op task, amortised over 100k tasks (submit
 //!    all, then take every result): `ThreadPool` against rayon (spawn plus a
-//!    channel), `std::thread::spawn` + join per task, and Python's
+//!    channel), a plain crossbeam-channel pool of boxed jobs, in
+//!    interleaved rounds (`MT_BENCH_ROUNDS`, default 5), then
+//!    `std::thread::spawn` + join per task, and Python's
 //!    `ThreadPoolExecutor` (benches/python/executors.py, when python3 is
 //!    there); then one at a time (submit, wait, repeat), against rayon's
 //!    spawn and a channel receive.
@@ -110,6 +112,65 @@ fn submit_rayon(pool: &rayon::ThreadPool, n: usize) -> Duration {
     t.elapsed()
 }
 
+/// The simplest pool there is: threads taking boxed jobs from one
+/// crossbeam channel, the anchor for what a pool with futures costs.
+struct PlainPool {
+    /// Jobs in.
+    tx: Option<crossbeam_channel::Sender<Box<dyn FnOnce() + Send>>>,
+    /// Its threads.
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl PlainPool {
+    fn new(n: usize) -> PlainPool {
+        let (tx, rx) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        let threads = (0..n)
+            .map(|_| {
+                let rx = rx.clone();
+                std::thread::spawn(move || {
+                    while let Ok(job) = rx.recv() {
+                        job();
+                    }
+                })
+            })
+            .collect();
+        PlainPool {
+            tx: Some(tx),
+            threads,
+        }
+    }
+
+    /// `n` no-op jobs, each sending its result on a channel, then every
+    /// result taken.
+    fn submit_all(&self, n: usize) -> Duration {
+        let t = Instant::now();
+        let (rtx, rrx) = crossbeam_channel::unbounded();
+        let tx = self.tx.as_ref().unwrap();
+        for i in 0..n as u64 {
+            let rtx = rtx.clone();
+            let _ = tx.send(Box::new(move || {
+                let _ = rtx.send(black_box(i));
+            }));
+        }
+        drop(rtx);
+        let mut got = 0;
+        while rrx.recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, n);
+        t.elapsed()
+    }
+}
+
+impl Drop for PlainPool {
+    fn drop(&mut self) {
+        self.tx = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 fn std_spawn(n: usize) -> Duration {
     let t = Instant::now();
     for i in 0..n as u64 {
@@ -144,25 +205,55 @@ fn main() {
         .num_threads(workers)
         .build()
         .unwrap();
-    let ours = median_of(5, || submit_threadpool(&pool, n));
-    let ours_closure = median_of(5, || spawn_threadpool(&pool, n));
-    let rayon = median_of(5, || submit_rayon(&rayon_pool, n));
+    let plain = PlainPool::new(workers);
+    // Each round runs every contender once, in turn, so that a burst of
+    // load elsewhere falls on all of them; a figure is the median of the
+    // rounds, with the range.
+    let rounds = std::env::var("MT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .unwrap_or(5)
+        .max(1);
+    let mut runs: [Vec<f64>; 4] = Default::default();
+    let _ = (submit_threadpool(&pool, n), submit_rayon(&rayon_pool, n));
+    for _ in 0..rounds {
+        runs[0].push(per_task_us(submit_threadpool(&pool, n), n));
+        runs[1].push(per_task_us(spawn_threadpool(&pool, n), n));
+        runs[2].push(per_task_us(submit_rayon(&rayon_pool, n), n));
+        runs[3].push(per_task_us(plain.submit_all(n), n));
+    }
     let spawn_n = 2_000;
     let std_t = median_of(3, || std_spawn(spawn_n));
     let py = python_thread_pool();
-    let ours_us = per_task_us(ours, n);
-    println!("## submit + result, no-op, {n} tasks, {workers} workers\n");
+    let median_range = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let figures: Vec<(f64, f64, f64)> = runs.iter_mut().map(median_range).collect();
+    let ours_us = figures[0].0;
+    println!(
+        "## submit + result, no-op, {n} tasks, {workers} workers, median (min-max) of {rounds} \
+         interleaved rounds\n"
+    );
     println!("| contender | µs per task | vs ThreadPool |");
     println!("| --- | ---: | ---: |");
+    for (name, (med, lo, hi)) in [
+        "multitask ThreadPool::submit (named task)",
+        "multitask ThreadPool::spawn (closure)",
+        "rayon spawn + channel",
+        "a plain crossbeam-channel pool (boxed jobs, a result channel)",
+    ]
+    .into_iter()
+    .zip(figures.iter().copied())
+    {
+        println!(
+            "| {name} | {med:.3} ({lo:.3}-{hi:.3}) | {:.2}x |",
+            med / ours_us
+        );
+    }
     let row = |name: &str, us: f64| {
         println!("| {name} | {us:.3} | {:.2}x |", us / ours_us);
     };
-    row("multitask ThreadPool::submit (named task)", ours_us);
-    row(
-        "multitask ThreadPool::spawn (closure)",
-        per_task_us(ours_closure, n),
-    );
-    row("rayon spawn + channel", per_task_us(rayon, n));
     row("std::thread::spawn + join", per_task_us(std_t, spawn_n));
     match py {
         Some(us) => row("Python ThreadPoolExecutor", us),

@@ -11,7 +11,7 @@
 #
 # Needs redis-server and redis-benchmark (installed with apt-get when
 # missing), GNU parallel for the run bench, Python 3 for the Python
-# baselines, and `pip install celery redis` for the Celery one (skipped,
+# baselines, and `pip install celery redis packaging` for the Celery one (skipped,
 # and said so, without it). Run it on a quiet machine: the report starts
 # with the load average before and after.
 set -euo pipefail
@@ -34,7 +34,7 @@ need redis-server redis-server
 need redis-benchmark redis-tools
 need parallel parallel
 python3 -c 'import celery, redis' 2>/dev/null \
-  || echo "note: celery is not installed (pip install celery redis): its anchor is skipped" >&2
+  || echo "note: celery is not installed (pip install celery redis packaging): its anchor is skipped" >&2
 
 mkdir -p target/bench
 report=target/bench/report.md

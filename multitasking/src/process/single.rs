@@ -101,7 +101,7 @@ impl<T: Task> Process<T> {
             task: T::NAME.to_string(),
             signature: T::SIGNATURE,
             payload,
-            measure: false,
+            measure: crate::process::wire::MEASURE_NONE,
         };
         conn.send(&call)
             .map_err(|e| Error::Protocol(format!("sending the call to pid {pid}: {e}")))?;

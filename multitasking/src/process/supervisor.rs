@@ -671,7 +671,13 @@ impl Slot {
             task: job.task.to_string(),
             signature: job.signature,
             payload: std::mem::take(&mut job.payload),
-            measure: job.submitted.is_some() || shared.config.measure,
+            measure: if shared.config.measure {
+                wire::MEASURE_ALL
+            } else if job.submitted.is_some() {
+                wire::MEASURE_TRACE
+            } else {
+                wire::MEASURE_NONE
+            },
         };
         let SlotState::Idle(mut w) = Slot::take(io) else {
             unreachable!("checked above");

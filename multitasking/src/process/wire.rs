@@ -53,11 +53,20 @@ pub(crate) enum ToWorker {
         signature: u64,
         /// The encoded `Vec<Input>`.
         payload: Vec<u8>,
-        /// Measure the call's own CPU time and peak RSS ([`Usage`]): a
-        /// traced call asks; the measuring costs two `/proc` accesses.
-        measure: bool,
+        /// What to measure of the call ([`Usage`]): [`MEASURE_NONE`],
+        /// [`MEASURE_TRACE`] or [`MEASURE_ALL`].
+        measure: u8,
     },
 }
+
+/// Measure nothing.
+pub(crate) const MEASURE_NONE: u8 = 0;
+/// Measure for a trace: CPU time and allocations always, the peak RSS of
+/// calls that run 1 ms or more (reading it costs some microseconds, more
+/// than a short call itself).
+pub(crate) const MEASURE_TRACE: u8 = 1;
+/// Measure everything of every call (`measure_usage`).
+pub(crate) const MEASURE_ALL: u8 = 2;
 
 /// What a call used in its worker, when it was asked to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -460,7 +469,7 @@ mod tests {
             task: "m::is_prime".into(),
             signature: 42,
             payload: vec![1, 2, 3],
-            measure: true,
+            measure: MEASURE_ALL,
         };
         a.send(&call).unwrap();
         a.send(&call).unwrap();
@@ -488,7 +497,7 @@ mod tests {
             task: "t".into(),
             signature: 0,
             payload: (0..len).map(|i| i as u8).collect(),
-            measure: false,
+            measure: MEASURE_NONE,
         };
         // The writer blocks once the socket buffer fills: write from a thread.
         let sent: Vec<_> = [(1, 10), (2, 3 << 20), (3, 10), (4, 100_000), (5, 1)]
@@ -523,7 +532,7 @@ mod tests {
             task: "t".into(),
             signature: 0,
             payload: vec![0; 64],
-            measure: false,
+            measure: MEASURE_NONE,
         };
         assert!(matches!(a.send(&big), Err(WireError::TooLarge { .. })));
         // A peer that lies about the size is refused before the body is read.
@@ -596,7 +605,7 @@ mod tests {
             at in any::<prop::sample::Index>(),
             flip in 1u8..=255,
         ) {
-            let frame = encode_frame(&ToWorker::Call { id, task: "t".into(), signature: 1, payload, measure: false }).unwrap();
+            let frame = encode_frame(&ToWorker::Call { id, task: "t".into(), signature: 1, payload, measure: MEASURE_NONE }).unwrap();
             let mut body = frame[HEADER..].to_vec();
             let i = at.index(body.len());
             body[i] ^= flip;

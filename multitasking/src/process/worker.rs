@@ -9,7 +9,9 @@
 
 use crate::error::TaskError;
 use crate::process::sys;
-use crate::process::wire::{Conn, FromWorker, ToWorker, Usage, WireError};
+use crate::process::wire::{
+    Conn, FromWorker, ToWorker, Usage, WireError, MEASURE_ALL, MEASURE_NONE,
+};
 use crate::task;
 
 /// Set (to the protocol version) in a worker's environment by its pool.
@@ -125,7 +127,7 @@ fn serve() -> i32 {
             payload,
             measure,
         } = msg;
-        let meter = measure.then(Meter::start);
+        let meter = (measure != MEASURE_NONE).then(|| Meter::start(measure == MEASURE_ALL));
         let outcome = run_call(&name, signature, &payload, &me);
         let usage = meter.map(Meter::stop);
         let reply = FromWorker::Reply { id, outcome, usage };
@@ -150,10 +152,19 @@ fn serve() -> i32 {
     }
 }
 
+/// A traced call shorter than this reports no peak RSS of its own (the
+/// trace then has the worker's, sampled): reading `/proc/self/status`
+/// costs more than such a call.
+const RSS_FROM: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Measures one call: its thread's CPU time, and its own peak RSS (the
 /// kernel's high-water mark is reset first, so that a 1 MiB task after a
 /// 200 MiB one reports 1 MiB, not the worker's lifetime peak).
 struct Meter {
+    /// True to read the peak RSS whatever the call's length.
+    always_rss: bool,
+    /// When the call began.
+    began: std::time::Instant,
     /// The thread's CPU clock when the call began.
     cpu: std::time::Duration,
     /// The thread's allocation count when the call began, when counted.
@@ -161,11 +172,22 @@ struct Meter {
 }
 
 impl Meter {
-    fn start() -> Meter {
+    fn start(always_rss: bool) -> Meter {
         // "5" resets VmHWM to the current RSS (Linux 4.0+); without it the
-        // peak is the worker's since the last reset, an upper bound.
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        // peak is the worker's since the last reset, an upper bound. The
+        // file stays open: one write per call.
+        static CLEAR_REFS: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+        if let Some(f) = CLEAR_REFS.get_or_init(|| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open("/proc/self/clear_refs")
+                .ok()
+        }) {
+            let _ = std::io::Write::write(&mut &*f, b"5");
+        }
         Meter {
+            always_rss,
+            began: std::time::Instant::now(),
             cpu: crate::trace::thread_cpu(),
             allocated: crate::alloc::thread_allocated(),
         }
@@ -175,7 +197,9 @@ impl Meter {
         let cpu = crate::trace::thread_cpu().saturating_sub(self.cpu);
         Usage {
             cpu_ns: u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX),
-            peak_rss: crate::info::rss_of(std::process::id()).map(|(_, peak)| peak),
+            peak_rss: (self.always_rss || self.began.elapsed() >= RSS_FROM)
+                .then(|| crate::info::rss_of(std::process::id()).map(|(_, peak)| peak))
+                .flatten(),
             allocated: self
                 .allocated
                 .zip(crate::alloc::thread_allocated())

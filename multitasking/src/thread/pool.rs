@@ -10,7 +10,7 @@
 //! set of threads.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -157,6 +157,7 @@ impl ThreadPoolBuilder {
         let shared = Arc::new(PoolShared {
             closed: RwLock::new(false),
             broken: Mutex::new(None),
+            is_broken: AtomicBool::new(false),
             tx,
             rx,
             busy: AtomicUsize::new(0),
@@ -191,6 +192,9 @@ pub(super) struct PoolShared {
     closed: RwLock<bool>,
     /// Why the pool is broken (an initializer panicked), if it is.
     broken: Mutex<Option<String>>,
+    /// True once `broken` is set: read on every submit and task, without
+    /// the lock.
+    is_broken: AtomicBool,
     /// Jobs in.
     tx: Sender<Msg>,
     /// Jobs out; also drained by `shutdown` to cancel queued work.
@@ -282,12 +286,7 @@ impl PoolShared {
                 },
             });
         }
-        let broken = self
-            .broken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Some(reason) = broken.map_or_else(|| self.grow().err(), Some) {
+        if let Some(reason) = self.why_broken().map_or_else(|| self.grow().err(), Some) {
             return Err(SubmitError {
                 input,
                 error: TaskError::Broken {
@@ -310,11 +309,48 @@ impl PoolShared {
     }
 }
 
+/// How long an idle worker spins for the next job before it sleeps: a
+/// burst of submits then finds it awake, and pays no wake-up (a system
+/// call on each side) per task. An idle pool spins this once, then sleeps.
+const WORKER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// The next message for a worker: spinning a little first, then blocking.
+fn next_job(shared: &PoolShared) -> Result<Msg, crossbeam_channel::RecvError> {
+    let mut got = None;
+    crate::sync::spin_for(WORKER_SPIN, || match shared.rx.try_recv() {
+        Ok(m) => {
+            got = Some(Ok(m));
+            true
+        }
+        Err(crossbeam_channel::TryRecvError::Empty) => false,
+        Err(crossbeam_channel::TryRecvError::Disconnected) => {
+            got = Some(Err(crossbeam_channel::RecvError));
+            true
+        }
+    });
+    got.unwrap_or_else(|| shared.rx.recv())
+}
+
+impl PoolShared {
+    /// Why the pool is broken, if it is (no lock when it is not).
+    fn why_broken(&self) -> Option<String> {
+        if !self.is_broken.load(Ordering::Acquire) {
+            return None;
+        }
+        self.broken
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
     if let Some(init) = init {
         if let Err(e) = crate::panic::catch("initializer", || init()) {
             let mut broken = shared.broken.lock().unwrap_or_else(|p| p.into_inner());
             broken.get_or_insert_with(|| e.to_string());
+            // Release: pairs with the Acquire in `why_broken`.
+            shared.is_broken.store(true, Ordering::Release);
         }
     }
     // This thread's name, for traces: read once.
@@ -328,16 +364,12 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
             shared.idle.fetch_add(1, Ordering::SeqCst);
         }
         counted = false;
-        let msg = shared.rx.recv();
+        let msg = next_job(shared);
         if track {
             shared.idle.fetch_sub(1, Ordering::SeqCst);
         }
         let Ok(Msg::Run(mut job)) = msg else { break };
-        let broken = shared
-            .broken
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let broken = shared.why_broken();
         // Relaxed: `busy` is a gauge for observers; it orders nothing.
         shared.busy.fetch_add(1, Ordering::Relaxed);
         let go = broken.map_or(Go::Run, Go::Broken);

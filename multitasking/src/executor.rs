@@ -151,12 +151,15 @@ pub enum ExecutorSpec {
     Threads(Option<usize>),
     /// `processes[:N]`: a pool of worker processes; default usable CPUs.
     Processes(Option<usize>),
-    /// `redis://...` or `rediss://...`: a cluster queue on Redis.
+    /// `redis://...` or `rediss://...`: a cluster queue on Redis;
+    /// `redis+cluster://...` (`rediss+cluster://`): one sharded over the
+    /// masters of a Redis Cluster.
     Redis(String),
 }
 
 const SPEC_FORMS: &str =
-    "expected serial, threads[:N], processes[:N] or redis://[user:password@]host:port/db?queue=name";
+    "expected serial, threads[:N], processes[:N], redis://[user:password@]host:port/db?queue=name \
+     or redis+cluster://host:port/?queue=name";
 
 impl FromStr for ExecutorSpec {
     type Err = Error;
@@ -167,7 +170,15 @@ impl FromStr for ExecutorSpec {
             reason: scrub(&reason, s),
         };
         let t = s.trim();
-        if t.starts_with("redis://") || t.starts_with("rediss://") {
+        if [
+            "redis://",
+            "rediss://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p))
+        {
             let rest = t.split_once("://").map_or("", |(_, r)| r);
             if rest.is_empty() || rest.starts_with('/') {
                 return Err(bad("the redis URL has no host".to_string()));

@@ -149,7 +149,14 @@ fn run_one(
 }
 
 fn is_cluster(kind: &str) -> bool {
-    kind.starts_with("redis://") || kind.starts_with("rediss://")
+    [
+        "redis://",
+        "rediss://",
+        "redis+cluster://",
+        "rediss+cluster://",
+    ]
+    .iter()
+    .any(|p| kind.starts_with(p))
 }
 
 /// The slots of the live workers on the queue at `url`.

@@ -203,6 +203,15 @@ pub struct ClusterPool {
     reader: Mutex<Option<JoinHandle<()>>>,
     /// The writer thread, until joined.
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// On a Redis Cluster, the clients of the other shards of the queue
+    /// (this one is shard 0); submits go to each in turn.
+    others: Vec<ClusterPool>,
+    /// The next shard to submit to.
+    turn: AtomicU64,
+    /// The queue as named (a shard's name on a Redis Cluster is `q~i`).
+    queue: String,
+    /// The URL as given, for `spec`.
+    url: String,
 }
 
 impl fmt::Debug for ClusterPool {
@@ -225,6 +234,22 @@ impl ClusterPool {
     /// As [`ClusterPool::connect`], telling the map engine to keep windows
     /// for `workers` remote workers (default: the usable CPUs here).
     pub fn connect_with(url: &str, workers: usize) -> Result<ClusterPool, Error> {
+        let Some(shards) = crate::cluster::shards::shard_urls(url)? else {
+            return ClusterPool::connect_shard(url, workers);
+        };
+        let mut pools = shards
+            .iter()
+            .map(|s| ClusterPool::connect_shard(s, workers))
+            .collect::<Result<Vec<_>, Error>>()?;
+        let mut first = pools.remove(0);
+        first.others = pools;
+        first.queue = crate::cluster::shards::base_queue(&first.queue).to_string();
+        first.url = url.to_string();
+        Ok(first)
+    }
+
+    /// Connects to one queue on one Redis.
+    fn connect_shard(url: &str, workers: usize) -> Result<ClusterPool, Error> {
         let broker = Broker::open(url)?;
         // Fail now, not at the first submit: ping on a fresh connection.
         let mut first = broker.connect(Duration::from_secs(5))?;
@@ -277,18 +302,55 @@ impl ClusterPool {
             .spawn(move || write_calls(&s, &out_rx))
             .map_err(|e| Error::io("starting the writer", e))?;
         Ok(ClusterPool {
+            queue: shared.keys.queue.clone(),
+            url: url.to_string(),
             shared,
             reader: Mutex::new(Some(reader)),
             writer: Mutex::new(Some(writer)),
+            others: Vec::new(),
+            turn: AtomicU64::new(0),
         })
+    }
+
+    /// Every shard's client: this one, then the others.
+    fn shards(&self) -> impl Iterator<Item = &ClusterPool> {
+        std::iter::once(self).chain(self.others.iter())
+    }
+
+    /// The shard the next submit goes to.
+    fn next_shard(&self) -> &ClusterPool {
+        if self.others.is_empty() {
+            return self;
+        }
+        // Relaxed: a turn only spreads the calls.
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed) as usize % (self.others.len() + 1);
+        if turn == 0 {
+            self
+        } else {
+            &self.others[turn - 1]
+        }
+    }
+
+    /// Applies `f` to every shard's client.
+    fn each(
+        mut self,
+        f: impl Fn(ClusterPool) -> Result<ClusterPool, Error>,
+    ) -> Result<Self, Error> {
+        let others = std::mem::take(&mut self.others);
+        let mut me = f(self)?;
+        me.others = others.into_iter().map(&f).collect::<Result<_, _>>()?;
+        Ok(me)
     }
 
     /// Records every task in `tracer`: submitted and finished as this
     /// client saw them, started when the worker said so, on which worker,
     /// host and pid. Set once; later calls are ignored.
     pub fn with_tracer(self, tracer: Tracer) -> Self {
-        let _ = self.shared.tracer.set(tracer);
-        self
+        let r = self.each(|p| {
+            let _ = p.shared.tracer.set(tracer.clone());
+            Ok(p)
+        });
+        r.expect("setting a tracer does not fail")
     }
 
     /// Signs every task with `key` (HMAC-SHA256) and trusts only results
@@ -310,10 +372,13 @@ impl ClusterPool {
         K: AsRef<[u8]>,
     {
         let keys: Vec<K> = keys.into_iter().collect();
-        if let Some(seal) = Seal::new(&keys)? {
-            let _ = self.shared.seal.set(seal);
-        }
-        Ok(self)
+        let seal = Seal::new(&keys)?;
+        self.each(|p| {
+            if let Some(seal) = &seal {
+                let _ = p.shared.seal.set(seal.clone());
+            }
+            Ok(p)
+        })
     }
 
     /// How long a signed task stays valid once written: a worker that
@@ -321,9 +386,11 @@ impl ClusterPool {
     /// [`TaskError::Rejected`]). The bound on replays: a worker remembers
     /// the calls it took until they expire. Default: 10 minutes.
     pub fn with_task_expiry(self, expiry: Duration) -> Self {
-        self.shared
-            .expiry_ms
-            .store(expiry.as_millis().max(1) as u64, Ordering::Relaxed);
+        for p in self.shards() {
+            p.shared
+                .expiry_ms
+                .store(expiry.as_millis().max(1) as u64, Ordering::Relaxed);
+        }
         self
     }
 
@@ -332,9 +399,11 @@ impl ClusterPool {
     /// back). Default: 30 s. A broker that comes back sooner loses nothing
     /// it kept; calls it lost fail with [`TaskError::Lost`].
     pub fn with_broker_timeout(self, timeout: Duration) -> Self {
-        self.shared
-            .broker_timeout_ms
-            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        for p in self.shards() {
+            p.shared
+                .broker_timeout_ms
+                .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        }
         self
     }
 
@@ -344,9 +413,11 @@ impl ClusterPool {
     /// [`TaskError::TimedOut`]. A worker that runs tasks on threads can't
     /// kill them: there the task runs on. Default: no limit.
     pub fn with_task_timeout(self, timeout: Duration) -> Self {
-        self.shared
-            .task_timeout_ms
-            .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        for p in self.shards() {
+            p.shared
+                .task_timeout_ms
+                .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        }
         self
     }
 
@@ -361,9 +432,11 @@ impl ClusterPool {
             wait: false,
             cancel_futures: true,
         });
-        let ids: Vec<String> = lock(&self.shared.pending).keys().cloned().collect();
-        for ids in ids.chunks(WRITE_BATCH) {
-            self.shared.request_stop(ids);
+        for p in self.shards() {
+            let ids: Vec<String> = lock(&p.shared.pending).keys().cloned().collect();
+            for ids in ids.chunks(WRITE_BATCH) {
+                p.shared.request_stop(ids);
+            }
         }
     }
 
@@ -375,18 +448,26 @@ impl ClusterPool {
 
     /// The queue this pool submits to.
     pub fn queue(&self) -> &str {
-        &self.shared.keys.queue
+        &self.queue
+    }
+
+    /// The queues this pool submits to: one on a single Redis, one per
+    /// shard on a Redis Cluster (`q~0`, `q~1`, ...).
+    pub fn shard_queues(&self) -> Vec<String> {
+        self.shards().map(|p| p.shared.keys.queue.clone()).collect()
     }
 
     /// Results dropped because their call had already been resolved: tasks
     /// that ran more than once after a worker died.
     pub fn duplicates_dropped(&self) -> u64 {
-        self.shared.duplicates.load(Ordering::Relaxed)
+        self.shards()
+            .map(|p| p.shared.duplicates.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Calls in flight.
     pub fn pending(&self) -> usize {
-        lock(&self.shared.pending).len()
+        self.shards().map(|p| lock(&p.shared.pending).len()).sum()
     }
 
     fn send<I>(
@@ -1210,11 +1291,12 @@ impl Executor for ClusterPool {
         input: T::Input,
     ) -> Result<TaskFuture<T::Output>, SubmitError<T::Input>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
-        self.send(T::NAME, T::SIGNATURE, input, |input, traced| {
-            let payload = task::encode(T::NAME, T::CODEC, std::slice::from_ref(input))?;
-            let preview = traced.then(|| crate::trace::preview(input));
-            Ok((payload, deliver_one::<T>(promise), preview))
-        })?;
+        self.next_shard()
+            .send(T::NAME, T::SIGNATURE, input, |input, traced| {
+                let payload = task::encode(T::NAME, T::CODEC, std::slice::from_ref(input))?;
+                let preview = traced.then(|| crate::trace::preview(input));
+                Ok((payload, deliver_one::<T>(promise), preview))
+            })?;
         Ok(fut)
     }
 
@@ -1225,15 +1307,19 @@ impl Executor for ClusterPool {
     ) -> Result<ChunkFuture<T::Output>, SubmitError<Vec<T::Input>>> {
         let (fut, promise) = TaskFuture::pending(T::NAME);
         let n = inputs.len();
-        self.send(T::NAME, T::SIGNATURE, inputs, |inputs, traced| {
-            let payload = task::encode(T::NAME, T::CODEC, inputs)?;
-            let preview = traced.then(|| crate::trace::preview_batch(inputs));
-            Ok((payload, deliver_chunk::<T>(promise, n), preview))
-        })?;
+        self.next_shard()
+            .send(T::NAME, T::SIGNATURE, inputs, |inputs, traced| {
+                let payload = task::encode(T::NAME, T::CODEC, inputs)?;
+                let preview = traced.then(|| crate::trace::preview_batch(inputs));
+                Ok((payload, deliver_chunk::<T>(promise, n), preview))
+            })?;
         Ok(fut)
     }
 
     fn shutdown(&self, how: Shutdown) {
+        for other in &self.others {
+            other.shutdown(how);
+        }
         self.shared.closed.store(true, Ordering::SeqCst);
         if how.cancel_futures {
             // Cancel what no worker has claimed; claimed calls resolve as
@@ -1273,6 +1359,9 @@ impl Executor for ClusterPool {
     }
 
     fn spec(&self) -> String {
+        if !self.others.is_empty() {
+            return redact(&self.url);
+        }
         format!(
             "{}?queue={}",
             redact(&self.shared.broker.url.redis),

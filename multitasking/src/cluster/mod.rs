@@ -170,6 +170,7 @@ mod broker;
 mod client;
 mod keys;
 mod seal;
+mod shards;
 mod status;
 mod worker;
 

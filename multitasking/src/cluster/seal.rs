@@ -27,6 +27,7 @@ use crate::error::Error;
 pub(crate) const MIN_KEY: usize = 16;
 
 /// The keys of a queue's clients and workers.
+#[derive(Clone)]
 pub(crate) struct Seal {
     /// The keys; the first signs, any verifies. Never empty.
     keys: Vec<hmac::Key>,

@@ -66,7 +66,7 @@ pub struct DeadLetter {
 }
 
 /// The newest `count` dead letters of the queue at `url`, newest first.
-pub fn dead_letters(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
+fn dead_letters_one(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
     let broker = Broker::open(url)?;
     let keys = Keys::new(&broker.url.queue);
     let mut con = broker.connect(Duration::from_secs(5))?;
@@ -119,7 +119,7 @@ fn raw_field(id: &redis::streams::StreamId, name: &str) -> Option<Vec<u8>> {
 /// Fails, naming why, for a dead letter without its task entry (written
 /// by an older worker, or an entry that was never a task), and for a
 /// signed task when no keys are given.
-pub fn requeue_dead_letter<K: AsRef<[u8]>>(
+fn requeue_one<K: AsRef<[u8]>>(
     url: &str,
     entry: &str,
     keys: &[K],
@@ -245,7 +245,7 @@ pub(crate) struct SpanRecord {
 /// not publish ([`WorkerBuilder::publish_spans`](crate::cluster::WorkerBuilder::publish_spans))
 /// are absent. Anyone who can write to the queue can write there: a
 /// record that does not decode is skipped.
-pub fn recent_tasks(url: &str, entries: usize) -> Result<Trace, Error> {
+fn recent_tasks_one(url: &str, entries: usize) -> Result<Trace, Error> {
     let broker = Broker::open(url)?;
     let keys = Keys::new(&broker.url.queue);
     let mut con = broker.connect(Duration::from_secs(5))?;
@@ -302,7 +302,7 @@ pub fn recent_tasks(url: &str, entries: usize) -> Result<Trace, Error> {
 
 /// Deletes the dead letter `entry` of the queue at `url`; false if there
 /// was none by that id.
-pub fn discard_dead_letter(url: &str, entry: &str) -> Result<bool, Error> {
+fn discard_one(url: &str, entry: &str) -> Result<bool, Error> {
     let broker = Broker::open(url)?;
     let keys = Keys::new(&broker.url.queue);
     let mut con = broker.connect(Duration::from_secs(5))?;
@@ -317,7 +317,7 @@ pub fn discard_dead_letter(url: &str, entry: &str) -> Result<bool, Error> {
 /// How many task entries the workers' group has read so far (Redis 7's
 /// `entries-read`): the difference between two readings is the tasks
 /// started in between. `None` where the server does not say.
-pub fn tasks_read(url: &str) -> Result<Option<u64>, Error> {
+fn tasks_read_one(url: &str) -> Result<Option<u64>, Error> {
     let broker = Broker::open(url)?;
     let keys = Keys::new(&broker.url.queue);
     let mut con = broker.connect(Duration::from_secs(5))?;
@@ -366,7 +366,7 @@ pub fn tasks_read(url: &str) -> Result<Option<u64>, Error> {
 }
 
 /// Reads the status of the queue at `url`.
-pub fn status(url: &str) -> Result<ClusterStatus, Error> {
+fn status_one(url: &str) -> Result<ClusterStatus, Error> {
     let broker = Broker::open(url)?;
     let keys = Keys::new(&broker.url.queue);
     let mut con = broker.connect(Duration::from_secs(5))?;
@@ -429,4 +429,154 @@ pub fn status(url: &str) -> Result<ClusterStatus, Error> {
         in_flight,
         dead_letters: dead,
     })
+}
+
+/// The queues of `url`: each shard's on a Redis Cluster
+/// (`redis+cluster://`), else the one.
+fn queues(url: &str) -> Result<Vec<String>, Error> {
+    Ok(crate::cluster::shards::shard_urls(url)?.unwrap_or_else(|| vec![url.to_string()]))
+}
+
+/// The shard URL and entry id a dead letter's `entry` names: `i/id` on a
+/// Redis Cluster (as [`dead_letters`] gives them), else the id.
+fn dead_letter_at(url: &str, entry: &str) -> Result<(String, String), Error> {
+    let Some(shards) = crate::cluster::shards::shard_urls(url)? else {
+        return Ok((url.to_string(), entry.to_string()));
+    };
+    let parsed = entry
+        .split_once('/')
+        .and_then(|(i, id)| Some((i.parse::<usize>().ok()?, id)))
+        .filter(|(i, _)| *i < shards.len());
+    match parsed {
+        Some((i, id)) => Ok((shards[i].clone(), id.to_string())),
+        None => Err(Error::Config(format!(
+            "dead letter {entry:?}: on a Redis Cluster a dead letter is named SHARD/ID, \
+             SHARD from 0 to {}, as `multitask status --dead` lists them",
+            shards.len() - 1
+        ))),
+    }
+}
+
+/// Reads the status of the queue at `url`: on a Redis Cluster, of all its
+/// shards together (the workers of every shard, depths and counts added).
+pub fn status(url: &str) -> Result<ClusterStatus, Error> {
+    let shards = queues(url)?;
+    let mut total: Option<ClusterStatus> = None;
+    for u in &shards {
+        let st = status_one(u)?;
+        total = Some(match total {
+            None => ClusterStatus {
+                queue: crate::cluster::shards::base_queue(&st.queue).to_string(),
+                ..st
+            },
+            Some(mut t) => {
+                t.workers.extend(st.workers);
+                t.queue_depth += st.queue_depth;
+                t.in_flight += st.in_flight;
+                t.dead_letters += st.dead_letters;
+                t
+            }
+        });
+    }
+    total.ok_or_else(|| Error::Broker("a queue with no shard".to_string()))
+}
+
+/// The newest `count` dead letters of the queue at `url`, newest first; on
+/// a Redis Cluster, of every shard, each entry named `SHARD/ID`.
+pub fn dead_letters(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
+    let Some(shards) = crate::cluster::shards::shard_urls(url)? else {
+        return dead_letters_one(url, count);
+    };
+    let mut all = Vec::new();
+    for (i, u) in shards.iter().enumerate() {
+        for mut d in dead_letters_one(u, count)? {
+            d.entry = format!("{i}/{}", d.entry);
+            all.push(d);
+        }
+    }
+    let time = |d: &DeadLetter| {
+        let id = d
+            .entry
+            .split_once('/')
+            .map_or(d.entry.as_str(), |(_, id)| id);
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (
+            ms.parse::<u64>().unwrap_or(0),
+            seq.parse::<u64>().unwrap_or(0),
+        )
+    };
+    all.sort_by_key(|d| std::cmp::Reverse(time(d)));
+    all.truncate(count);
+    Ok(all)
+}
+
+/// Puts dead letter `entry` of the queue at `url` back on the task stream
+/// as a new task, and deletes the dead letter, in one transaction; the
+/// new task entry's id, or `None` if there was no such dead letter.
+///
+/// The task runs again for what it does: its caller was failed when it
+/// was dead-lettered, so nobody waits for it, and its worker writes no
+/// result (the new entry has a fresh call id and no reply stream). Give
+/// the queue's keys on a signed queue: the task's original signature is
+/// checked first (a requeue never signs what no key holder signed: an
+/// unsigned, forged or altered entry is refused), then the new entry is
+/// signed with the first key and a fresh expiry of `expiry`.
+///
+/// Fails, naming why, for a dead letter without its task entry (written
+/// by an older worker, or an entry that was never a task), and for a
+/// signed task when no keys are given. On a Redis Cluster, `entry` is
+/// `SHARD/ID` as [`dead_letters`] names it, and the task goes back on its
+/// shard.
+pub fn requeue_dead_letter<K: AsRef<[u8]>>(
+    url: &str,
+    entry: &str,
+    keys: &[K],
+    expiry: Duration,
+) -> Result<Option<String>, Error> {
+    let (at, id) = dead_letter_at(url, entry)?;
+    requeue_one(&at, &id, keys, expiry)
+}
+
+/// Deletes the dead letter `entry` of the queue at `url` (`SHARD/ID` on a
+/// Redis Cluster); false if there was none by that id.
+pub fn discard_dead_letter(url: &str, entry: &str) -> Result<bool, Error> {
+    let (at, id) = dead_letter_at(url, entry)?;
+    discard_one(&at, &id)
+}
+
+/// The tasks the workers of the queue at `url` finished lately, as they
+/// published them to its span stream (about the last `entries` round
+/// trips of results per shard, each up to 1024 tasks), as a [`Trace`]
+/// whose times are since the Unix epoch and whose `wall` is now: the same
+/// shape as a tracer's, with each task's worker its consumer name. Workers
+/// that do not publish ([`WorkerBuilder::publish_spans`](crate::cluster::WorkerBuilder::publish_spans))
+/// are absent. Anyone who can write to the queue can write there: a
+/// record that does not decode is skipped.
+pub fn recent_tasks(url: &str, entries: usize) -> Result<Trace, Error> {
+    let mut all = Trace::default();
+    for u in queues(url)? {
+        let t = recent_tasks_one(&u, entries)?;
+        all.wall = t.wall;
+        all.events.extend(t.events);
+    }
+    all.events.sort_by_key(|e| e.finished);
+    for (i, e) in all.events.iter_mut().enumerate() {
+        e.id = i as u64;
+    }
+    Ok(all)
+}
+
+/// How many task entries the workers' group has read so far (Redis 7's
+/// `entries-read`; on a Redis Cluster, over every shard): the difference
+/// between two readings is the tasks started in between. `None` where the
+/// server does not say.
+pub fn tasks_read(url: &str) -> Result<Option<u64>, Error> {
+    let mut total = Some(0u64);
+    for u in queues(url)? {
+        total = match (total, tasks_read_one(&u)?) {
+            (Some(t), Some(n)) => Some(t + n),
+            _ => None,
+        };
+    }
+    Ok(total)
 }

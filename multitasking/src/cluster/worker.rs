@@ -75,7 +75,7 @@ pub struct WorkerBuilder {
     /// Tasks at once.
     concurrency: usize,
     /// Where tasks run; default a process pool of `concurrency` workers.
-    pool: Option<Box<dyn RawExecutor>>,
+    pool: Option<Arc<dyn RawExecutor>>,
     /// Idle time after which another worker may take a task over.
     visibility: Duration,
     /// Deliveries after which a task is dead-lettered.
@@ -216,7 +216,7 @@ impl WorkerBuilder {
     /// Runs tasks on `pool` instead of a process pool of `concurrency`
     /// workers (a `ThreadPool` trades crash isolation for speed).
     pub fn pool(mut self, pool: impl RawExecutor + 'static) -> Self {
-        self.pool = Some(Box::new(pool));
+        self.pool = Some(Arc::new(pool));
         self
     }
 
@@ -251,23 +251,25 @@ impl WorkerBuilder {
                 "a cluster worker's concurrency must be at least 1, got 0".to_string(),
             ));
         }
-        let mut url = self.url.clone();
-        if let Some(q) = &self.queue {
-            let base = url
-                .split_once('?')
-                .map_or(url.as_str(), |(b, _)| b)
-                .to_string();
-            url = format!("{base}?queue={q}");
-        }
+        let url = match &self.queue {
+            Some(q) => with_queue(&self.url, q),
+            None => self.url.clone(),
+        };
         let allowed = Allowed::resolve(self.allow.as_deref(), self.dangerous)?;
         let seal = Seal::new(&self.keys)?;
-        let broker = Broker::open(&url)?;
-        let keys = Keys::new(&broker.url.queue);
-        let mut probe = broker.connect(Duration::from_secs(5))?;
-        ensure_group(&mut probe, &keys).map_err(|e| broker.error(&e))?;
-        let pool = match self.pool {
+        // On a Redis Cluster, a core per shard, over one local pool.
+        let urls = crate::cluster::shards::shard_urls(&url)?.unwrap_or_else(|| vec![url.clone()]);
+        let mut opened = Vec::with_capacity(urls.len());
+        for u in &urls {
+            let broker = Broker::open(u)?;
+            let keys = Keys::new(&broker.url.queue);
+            let mut probe = broker.connect(Duration::from_secs(5))?;
+            ensure_group(&mut probe, &keys).map_err(|e| broker.error(&e))?;
+            opened.push((broker, keys));
+        }
+        let pool: Arc<dyn RawExecutor> = match self.pool {
             Some(p) => p,
-            None => Box::new(
+            None => Arc::new(
                 ProcessPool::builder()
                     .max_workers(self.concurrency)
                     .measure_usage(self.measure)
@@ -276,27 +278,36 @@ impl WorkerBuilder {
         };
         let host = crate::info::host_name();
         let pid = std::process::id();
+        let stop = StopHandle::default();
+        let mut cores: Vec<Arc<Core>> = opened
+            .into_iter()
+            .map(|(broker, keys)| {
+                Arc::new(Core {
+                    consumer: format!("{host}-{pid}-{:x}", random()),
+                    me: format!("{host} pid {pid}"),
+                    broker,
+                    keys,
+                    pool: pool.clone(),
+                    concurrency: self.concurrency,
+                    inflight: Mutex::new(HashMap::new()),
+                    freed: Condvar::new(),
+                    stop: stop.clone(),
+                    visibility: self.visibility,
+                    max_deliveries: self.max_deliveries,
+                    broker_timeout: self.broker_timeout,
+                    allowed: allowed.clone(),
+                    seal: seal.clone(),
+                    seen: Mutex::new(Seen::default()),
+                    spans: self.spans,
+                    prefetch: self.prefetch,
+                    finished: AtomicU64::new(0),
+                })
+            })
+            .collect();
+        let core = cores.remove(0);
         Ok(Worker {
-            core: Arc::new(Core {
-                consumer: format!("{host}-{pid}-{:x}", random()),
-                me: format!("{host} pid {pid}"),
-                broker,
-                keys,
-                pool,
-                concurrency: self.concurrency,
-                inflight: Mutex::new(HashMap::new()),
-                freed: Condvar::new(),
-                stop: StopHandle::default(),
-                visibility: self.visibility,
-                max_deliveries: self.max_deliveries,
-                broker_timeout: self.broker_timeout,
-                allowed,
-                seal,
-                seen: Mutex::new(Seen::default()),
-                spans: self.spans,
-                prefetch: self.prefetch,
-                finished: AtomicU64::new(0),
-            }),
+            core,
+            others: cores,
         })
     }
 }
@@ -442,7 +453,7 @@ struct Core {
     /// This worker, as errors name it.
     me: String,
     /// Where tasks run.
-    pool: Box<dyn RawExecutor>,
+    pool: Arc<dyn RawExecutor>,
     /// Tasks at once.
     concurrency: usize,
     /// Tasks held, by stream entry id.
@@ -490,6 +501,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 pub struct Worker {
     /// Shared with its threads.
     core: Arc<Core>,
+    /// On a Redis Cluster, the cores of the other shards: each has its own
+    /// threads and shares the local pool and the stop handle.
+    others: Vec<Arc<Core>>,
 }
 
 impl fmt::Debug for Worker {
@@ -500,6 +514,26 @@ impl fmt::Debug for Worker {
             .field("concurrency", &self.core.concurrency)
             .finish_non_exhaustive()
     }
+}
+
+/// `url` with its `queue` parameter set to `queue`, the others kept.
+fn with_queue(url: &str, queue: &str) -> String {
+    let (rest, fragment) = match url.split_once('#') {
+        Some((u, f)) => (u, Some(f)),
+        None => (url, None),
+    };
+    let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("queue="))
+        .collect();
+    let q = format!("queue={queue}");
+    pairs.push(&q);
+    let mut out = format!("{base}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out = format!("{out}#{f}");
+    }
+    out
 }
 
 fn ensure_group(con: &mut redis::Connection, keys: &Keys) -> redis::RedisResult<()> {
@@ -553,106 +587,144 @@ impl Worker {
         &self.core.consumer
     }
 
-    /// Serves the queue until stopped, then drains and returns.
+    /// Serves the queue until stopped, then drains and returns. On a Redis
+    /// Cluster, serves every shard: each on threads of its own, this
+    /// thread the first; returns when all have drained.
     pub fn run(self) -> Result<(), Error> {
-        let core = self.core;
-        let (tx, rx) = crossbeam_channel::unbounded::<Note>();
-        let completer = {
-            let core = core.clone();
-            std::thread::Builder::new()
-                .name("multitask-cluster-complete".to_string())
-                .spawn(move || complete_loop(&core, &rx))
-                .map_err(|e| Error::io("starting the completer", e))?
-        };
-        let maintainer = {
-            let core = core.clone();
-            let tx = tx.clone();
-            std::thread::Builder::new()
-                .name("multitask-cluster-maintain".to_string())
-                .spawn(move || maintain_loop(&core, &tx))
-                .map_err(|e| Error::io("starting the maintainer", e))?
-        };
-        let block = Duration::from_millis(500);
-        let mut link = Link::new(&core.broker, block + Duration::from_secs(2));
-        // Set after a failed read: entries Redis delivered to this consumer
-        // whose reply was lost with the connection sit in its pending list,
-        // and are read again from there (id 0) before new ones.
-        let mut recover = false;
-        let mut ahead = Ahead::new(core.prefetch);
-        while !core.stop.is_stopped() {
-            let slots = core.concurrency + ahead.tasks(core.finished.load(Ordering::Relaxed));
-            let free = {
-                let held = lock(&core.inflight);
-                if held.len() >= slots {
-                    let _ = core.freed.wait_timeout(held, Duration::from_millis(200));
-                    continue;
+        let mut shards = Vec::new();
+        for (i, core) in self.others.into_iter().enumerate() {
+            let stop = core.stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("multitask-cluster-shard-{}", i + 1))
+                .spawn(move || serve_core(core));
+            match spawned {
+                Ok(h) => shards.push(h),
+                Err(e) => {
+                    stop.stop();
+                    for h in shards {
+                        let _ = h.join();
+                    }
+                    return Err(Error::io("starting a shard's worker", e));
                 }
-                slots - held.len()
-            };
-            let reply = link.run(|con| {
-                let mut c = redis::cmd("XREADGROUP");
-                c.arg("GROUP").arg(GROUP).arg(&core.consumer).arg("COUNT");
-                if recover {
-                    // Held tasks are in the pending list too.
-                    c.arg(slots + free);
-                } else {
-                    c.arg(free).arg("BLOCK").arg(block.as_millis() as u64);
-                }
-                c.arg("STREAMS")
-                    .arg(core.keys.tasks())
-                    .arg(if recover { "0" } else { ">" })
-                    .query::<redis::Value>(con)
+            }
+        }
+        let stop = self.core.stop.clone();
+        let first = serve_core(self.core);
+        if first.is_err() {
+            // The others must not serve on alone.
+            stop.stop();
+        }
+        let mut outcome = first;
+        for h in shards {
+            let r = h.join().unwrap_or_else(|_| {
+                Err(Error::Protocol(
+                    "a shard's worker thread panicked".to_string(),
+                ))
             });
-            match reply {
-                Ok(v) => {
-                    let mut fetched = stream_reply(&v);
-                    if recover {
-                        let held = lock(&core.inflight);
-                        fetched.retain(|e| !held.contains_key(&e.id));
-                        drop(held);
-                        recover = fetched.len() > free;
-                        fetched.truncate(free);
-                    }
-                    if !fetched.is_empty() {
-                        for e in fetched {
-                            start(&core, &mut link, e, &tx);
-                        }
-                        let _ = tx.send(Note::Held);
-                    }
-                }
-                // After a Redis restart the group may be gone (apalis #492).
-                Err(e) if e.to_string().contains("NOGROUP") => {
-                    let keys = core.keys.clone();
-                    let _ = link.run(|con| ensure_group(con, &keys));
-                }
-                Err(_) => recover = true,
-            }
+            outcome = outcome.and(r);
         }
-        // Drain: running tasks finish and are written.
-        {
-            let mut held = lock(&core.inflight);
-            while !held.is_empty() {
-                held = core
-                    .freed
-                    .wait_timeout(held, Duration::from_millis(200))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-        }
-        drop(tx);
-        let _ = completer.join();
-        let _ = maintainer.join();
-        let _ = link.run(|con| {
-            redis::pipe()
-                .cmd("DEL")
-                .arg(core.keys.heartbeat(&core.consumer))
-                .cmd("SREM")
-                .arg(core.keys.workers())
-                .arg(&core.consumer)
-                .query::<()>(con)
-        });
-        Ok(())
+        outcome
     }
+}
+
+/// Serves one queue (a shard's, on a Redis Cluster) until stopped.
+fn serve_core(core: Arc<Core>) -> Result<(), Error> {
+    let (tx, rx) = crossbeam_channel::unbounded::<Note>();
+    let completer = {
+        let core = core.clone();
+        std::thread::Builder::new()
+            .name("multitask-cluster-complete".to_string())
+            .spawn(move || complete_loop(&core, &rx))
+            .map_err(|e| Error::io("starting the completer", e))?
+    };
+    let maintainer = {
+        let core = core.clone();
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name("multitask-cluster-maintain".to_string())
+            .spawn(move || maintain_loop(&core, &tx))
+            .map_err(|e| Error::io("starting the maintainer", e))?
+    };
+    let block = Duration::from_millis(500);
+    let mut link = Link::new(&core.broker, block + Duration::from_secs(2));
+    // Set after a failed read: entries Redis delivered to this consumer
+    // whose reply was lost with the connection sit in its pending list,
+    // and are read again from there (id 0) before new ones.
+    let mut recover = false;
+    let mut ahead = Ahead::new(core.prefetch);
+    while !core.stop.is_stopped() {
+        let slots = core.concurrency + ahead.tasks(core.finished.load(Ordering::Relaxed));
+        let free = {
+            let held = lock(&core.inflight);
+            if held.len() >= slots {
+                let _ = core.freed.wait_timeout(held, Duration::from_millis(200));
+                continue;
+            }
+            slots - held.len()
+        };
+        let reply = link.run(|con| {
+            let mut c = redis::cmd("XREADGROUP");
+            c.arg("GROUP").arg(GROUP).arg(&core.consumer).arg("COUNT");
+            if recover {
+                // Held tasks are in the pending list too.
+                c.arg(slots + free);
+            } else {
+                c.arg(free).arg("BLOCK").arg(block.as_millis() as u64);
+            }
+            c.arg("STREAMS")
+                .arg(core.keys.tasks())
+                .arg(if recover { "0" } else { ">" })
+                .query::<redis::Value>(con)
+        });
+        match reply {
+            Ok(v) => {
+                let mut fetched = stream_reply(&v);
+                if recover {
+                    let held = lock(&core.inflight);
+                    fetched.retain(|e| !held.contains_key(&e.id));
+                    drop(held);
+                    recover = fetched.len() > free;
+                    fetched.truncate(free);
+                }
+                if !fetched.is_empty() {
+                    for e in fetched {
+                        start(&core, &mut link, e, &tx);
+                    }
+                    let _ = tx.send(Note::Held);
+                }
+            }
+            // After a Redis restart the group may be gone (apalis #492).
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                let keys = core.keys.clone();
+                let _ = link.run(|con| ensure_group(con, &keys));
+            }
+            Err(_) => recover = true,
+        }
+    }
+    // Drain: running tasks finish and are written.
+    {
+        let mut held = lock(&core.inflight);
+        while !held.is_empty() {
+            held = core
+                .freed
+                .wait_timeout(held, Duration::from_millis(200))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+    drop(tx);
+    let _ = completer.join();
+    let _ = maintainer.join();
+    let _ = link.run(|con| {
+        redis::pipe()
+            .cmd("DEL")
+            .arg(core.keys.heartbeat(&core.consumer))
+            .cmd("SREM")
+            .arg(core.keys.workers())
+            .arg(&core.consumer)
+            .query::<()>(con)
+    });
+    Ok(())
 }
 
 /// Checks a fetched task and hands it to the pool, or dead-letters it.

@@ -153,7 +153,43 @@ pub(crate) fn with_cluster(f: impl FnOnce(TestCluster)) {
     }
 }
 
-/// Runs one conformance case over the cluster.
+/// The test Redis Cluster (three masters) as a `redis+cluster://` seed
+/// URL, or `None` (skip) outside CI.
+pub(crate) fn redis_cluster_url() -> Option<String> {
+    match std::env::var("MULTITASK_TEST_REDIS_CLUSTER") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("MULTITASK_TEST_REDIS_CLUSTER is not set: the sharded-queue tests need a Redis Cluster (run bash scripts/test.sh)")
+        }
+        _ => {
+            eprintln!("note: MULTITASK_TEST_REDIS_CLUSTER is not set; sharded-queue test skipped");
+            None
+        }
+    }
+}
+
+/// A queue sharded over the test Redis Cluster, with one 2-slot worker
+/// serving every shard; `None` to skip.
+pub(crate) fn sharded_cluster() -> Option<TestCluster> {
+    let url = format!("{}?queue={}", redis_cluster_url()?, fresh_queue("shard"));
+    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).expect("connect");
+    Some(TestCluster {
+        pool: Some(pool),
+        _worker: worker,
+    })
+}
+
+/// Runs `f` on a sharded queue, or skips.
+pub(crate) fn with_sharded(f: impl FnOnce(TestCluster)) {
+    if let Some(c) = sharded_cluster() {
+        f(c);
+    }
+}
+
+/// Runs each conformance case over a queue on one Redis (module
+/// `conformance_cluster`) and over a queue sharded on a Redis Cluster
+/// (`conformance_sharded`).
 macro_rules! cluster_case {
     ($($name:ident => $body:expr;)*) => {
         mod conformance_cluster {
@@ -163,6 +199,19 @@ macro_rules! cluster_case {
                 #[test]
                 fn $name() {
                     with_cluster(|ex| {
+                        let f: fn(TestCluster) = $body;
+                        f(ex)
+                    });
+                }
+            )*
+        }
+        mod conformance_sharded {
+            use super::*;
+            use crate::conformance as c;
+            $(
+                #[test]
+                fn $name() {
+                    with_sharded(|ex| {
                         let f: fn(TestCluster) = $body;
                         f(ex)
                     });
@@ -1823,4 +1872,161 @@ fn workers_measure_each_task_and_publish_it_to_the_span_stream() {
     }
     let slow = spans.events.iter().max_by_key(|e| e.run_time()).unwrap();
     assert_eq!(slow.input.as_deref(), Some("[64,20]"), "{slow:?}");
+}
+
+/// The master (its port) that serves `key` on the Redis Cluster at `seed`.
+fn master_of(seed: &mut redis::Connection, key: &str) -> i64 {
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(seed)
+        .unwrap();
+    let slots: Vec<(i64, i64, (String, i64))> = {
+        let v: redis::Value = redis::cmd("CLUSTER").arg("SLOTS").query(seed).unwrap();
+        let redis::Value::Array(ranges) = v else {
+            panic!("{v:?}")
+        };
+        ranges
+            .iter()
+            .map(|r| {
+                let redis::Value::Array(p) = r else {
+                    panic!("{r:?}")
+                };
+                let int = |v: &redis::Value| match v {
+                    redis::Value::Int(n) => *n,
+                    other => panic!("{other:?}"),
+                };
+                let redis::Value::Array(node) = &p[2] else {
+                    panic!("{p:?}")
+                };
+                (int(&p[0]), int(&p[1]), (String::new(), int(&node[1])))
+            })
+            .collect()
+    };
+    slots
+        .iter()
+        .find(|(a, b, _)| (*a..=*b).contains(&slot))
+        .map(|(_, _, (_, port))| *port)
+        .expect("every slot is served")
+}
+
+#[test]
+fn a_queue_on_a_redis_cluster_is_sharded_over_its_masters() {
+    let Some(seed) = redis_cluster_url() else {
+        return;
+    };
+    let queue = fresh_queue("sharded");
+    let url = format!("{seed}?queue={queue}");
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    assert_eq!(pool.queue(), queue);
+    let shards = pool.shard_queues();
+    assert_eq!(shards.len(), 3, "one shard per master: {shards:?}");
+    let mut con = redis::Client::open(seed.replace("redis+cluster://", "redis://"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut owners: Vec<i64> = shards
+        .iter()
+        .map(|s| master_of(&mut con, &format!("mt:{{{s}}}:tasks")))
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), 3, "each shard on its own master");
+    // Single submits go to the shards in turn; a map's chunks too.
+    let futs: Vec<_> = (0..300u64)
+        .map(|i| pool.submit(double, i).unwrap())
+        .collect();
+    for (i, f) in futs.iter().enumerate() {
+        assert_eq!(get(f), Ok(2 * i as u64));
+    }
+    let out: Vec<u64> = pool.map(double, 0..2000u64).map(Result::unwrap).collect();
+    assert_eq!(out, (0..2000u64).map(|i| 2 * i).collect::<Vec<_>>());
+    assert_eq!(pool.pending(), 0);
+    // The status is the queue's, over every shard: the worker serves all.
+    let st = status(&url).unwrap();
+    assert_eq!(st.queue, queue);
+    assert_eq!(st.workers.iter().filter(|w| w.alive).count(), 3, "{st:?}");
+    assert_eq!((st.queue_depth, st.in_flight, st.dead_letters), (0, 0, 0));
+    let read = multitasking::cluster::tasks_read(&url).unwrap();
+    assert!(read.is_none_or(|n| n >= 300), "{read:?}");
+    assert!(
+        pool.spec().starts_with("redis+cluster://"),
+        "{}",
+        pool.spec()
+    );
+}
+
+#[test]
+fn a_sharded_dead_letter_is_named_by_its_shard_and_requeued_there() {
+    let Some(seed) = redis_cluster_url() else {
+        return;
+    };
+    let url = format!("{seed}?queue={}", fresh_queue("sharded-dead"));
+    let path = fresh_file("sharded-dead");
+    let no_keys: &[&[u8]] = &[];
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    {
+        let _refuses = InProcessWorker::of(Worker::builder(&url).concurrency(1).allow(["double"]));
+        for n in 0..3u64 {
+            let r = get(&pool
+                .submit(crate::tasks::mark, (path.display().to_string(), n))
+                .unwrap());
+            assert!(matches!(r, Err(TaskError::NotAllowed { .. })), "{r:?}");
+        }
+    }
+    let dead = dead_now(&url, 3);
+    let mut shards: Vec<&str> = dead
+        .iter()
+        .map(|d| d.entry.split('/').next().unwrap())
+        .collect();
+    shards.sort_unstable();
+    assert_eq!(shards, ["0", "1", "2"], "{dead:?}");
+    let _serves = InProcessWorker::start(&url, 1, Duration::from_secs(30));
+    for d in &dead {
+        multitasking::cluster::requeue_dead_letter(
+            &url,
+            &d.entry,
+            no_keys,
+            Duration::from_secs(60),
+        )
+        .unwrap()
+        .unwrap();
+    }
+    wait_for("the requeued tasks never ran", || {
+        let mut m = marks(&path);
+        m.sort_unstable();
+        m == [0, 1, 2]
+    });
+    dead_now(&url, 0);
+    let e = multitasking::cluster::discard_dead_letter(&url, "1700000000000-0").unwrap_err();
+    assert!(e.to_string().contains("SHARD/ID"), "{e}");
+}
+
+#[test]
+fn a_cluster_url_needs_a_redis_cluster_and_sane_shards() {
+    let Some(base) = redis_url() else { return };
+    let single = base.replace("redis://", "redis+cluster://");
+    let e = ClusterPool::connect(&format!("{single}?queue=q"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("single Redis") && e.contains("redis://"), "{e}");
+    if let Some(seed) = redis_cluster_url() {
+        for bad in ["shards=0", "shards=lots"] {
+            let e = ClusterPool::connect(&format!("{seed}?queue=q&{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("shards must be"), "{e}");
+        }
+        let pool = ClusterPool::connect(&seed).unwrap();
+        assert_eq!(
+            pool.queue(),
+            "default",
+            "a seed alone names the queue default"
+        );
+        // Two shards on three masters: two queues.
+        let pool =
+            ClusterPool::connect(&format!("{seed}?queue={}&shards=2", fresh_queue("two"))).unwrap();
+        assert_eq!(pool.shard_queues().len(), 2);
+    }
 }

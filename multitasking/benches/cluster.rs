@@ -17,7 +17,9 @@
 //! 4. the ceiling: `redis-benchmark` XADD on the same server (pipelined
 //!    16 deep, and one at a time);
 //! 5. Celery on the same Redis (benches/python/celery_bench.py), when
-//!    celery is installed.
+//!    celery is installed;
+//! 6. the map, single submits and round trip on a local Redis Cluster of
+//!    three masters (`redis+cluster://`), the queue in 1 shard or 3.
 //!
 //! Each round runs every configuration once, in turn, and the anchors; a
 //! figure is the median of the rounds, with the range (min-max).
@@ -161,6 +163,12 @@ struct Workers(Vec<Child>);
 
 impl Workers {
     fn start(url: &str, processes: bool, key: &str) -> Workers {
+        Workers::start_for(url, processes, key, 2)
+    }
+
+    /// As `start`, waiting until `alive` consumers heartbeat (a worker has
+    /// one per shard of a sharded queue).
+    fn start_for(url: &str, processes: bool, key: &str, alive: usize) -> Workers {
         let me = std::env::current_exe().unwrap();
         let kind = if processes { "processes" } else { "threads" };
         let children = (0..2)
@@ -176,10 +184,10 @@ impl Workers {
         let workers = Workers(children);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let alive = multitasking::cluster::status(url)
+            let alive_now = multitasking::cluster::status(url)
                 .map(|s| s.workers.iter().filter(|w| w.alive).count())
                 .unwrap_or(0);
-            if alive >= 2 {
+            if alive_now >= alive {
                 return workers;
             }
             assert!(
@@ -327,6 +335,121 @@ fn run_config(port: u16, round: usize, processes: bool, signed: bool) -> Figures
         bytes_in: bytes_in / n as f64,
         bytes_out: bytes_out / n as f64,
     }
+}
+
+/// A Redis Cluster of three masters on free ports, created and serving
+/// every slot; its processes and the seed's port.
+fn start_redis_cluster() -> Option<(Vec<Child>, u16)> {
+    let mut nodes = Vec::new();
+    let mut ports = Vec::new();
+    let dir = std::env::temp_dir().join(format!("mt-bench-cluster-{}", std::process::id()));
+    for i in 0..3 {
+        // Cluster bus ports are the port plus 10000: stay below 55536.
+        let port = (0..100).find_map(|_| {
+            let p = TcpListener::bind("127.0.0.1:0")
+                .ok()?
+                .local_addr()
+                .ok()?
+                .port();
+            (p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok()).then_some(p)
+        })?;
+        let d = dir.join(i.to_string());
+        std::fs::create_dir_all(&d).ok()?;
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .arg(d.join("nodes.conf"))
+            .arg("--dir")
+            .arg(&d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        nodes.push(child);
+        ports.push(port);
+    }
+    for &p in &ports {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(ports.iter().map(|p| format!("127.0.0.1:{p}")))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .ok()?;
+    if !created.success() {
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = Command::new("redis-cli")
+            .args(["-p", &ports[0].to_string(), "cluster", "info"])
+            .output()
+            .ok()?;
+        if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+            return Some((nodes, ports[0]));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One round on a queue of `shards` shards on the Redis Cluster at
+/// `seed`: (map items/s, single submits/s, round trip p50 in ms).
+fn run_sharded(seed: u16, round: usize, processes: bool, shards: usize) -> (f64, f64, f64) {
+    let url = format!(
+        "redis+cluster://127.0.0.1:{seed}/?queue=bench-rc-{round}-{processes}&shards={shards}"
+    );
+    let _workers = Workers::start_for(&url, processes, "", 2 * shards);
+    let pool = ClusterPool::connect_with(&url, 32).unwrap();
+    for r in pool.map(noop, 0..1000u64) {
+        r.unwrap();
+    }
+    let items = 200_000u64;
+    let t = Instant::now();
+    let sum: u64 = pool.map(noop, 0..items).map(Result::unwrap).sum();
+    assert_eq!(sum, items * (items - 1) / 2);
+    let map_rate = items as f64 / t.elapsed().as_secs_f64();
+    let n = 20_000u64;
+    let t = Instant::now();
+    let futs: Vec<_> = (0..n).map(|i| pool.submit(noop, i).unwrap()).collect();
+    for f in futs {
+        f.result().unwrap();
+    }
+    let single_rate = n as f64 / t.elapsed().as_secs_f64();
+    let mut trips: Vec<Duration> = (0..500u64)
+        .map(|i| {
+            let t = Instant::now();
+            pool.submit(noop, i).unwrap().result().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    trips.sort();
+    (
+        map_rate,
+        single_rate,
+        trips[trips.len() / 2].as_secs_f64() * 1e3,
+    )
 }
 
 /// The median of `v` and its range, as `median (min-max)`.
@@ -489,4 +612,42 @@ What the broker did per task during the single submits (median of the rounds):
     }
     let _ = redis.kill();
     let _ = redis.wait();
+    if only.is_some() {
+        return;
+    }
+    let Some((mut nodes, seed)) = start_redis_cluster() else {
+        println!("\nRedis Cluster: not run (redis-server in cluster mode or redis-cli missing)");
+        return;
+    };
+    let layouts = [(true, 1), (true, 3), (false, 1), (false, 3)];
+    let mut sharded: Vec<Vec<(f64, f64, f64)>> = vec![Vec::new(); layouts.len()];
+    for round in 0..rounds {
+        for (i, &(processes, shards)) in layouts.iter().enumerate() {
+            sharded[i].push(run_sharded(seed, round, processes, shards));
+        }
+    }
+    println!(
+        "\n# the same on a local Redis Cluster of 3 masters (redis+cluster://), one queue shard \
+         per master or one in all; median (min-max) of {rounds} rounds\n"
+    );
+    println!("| workers run tasks on | shards | no-op map (M items/s) | single submits (tasks/s) | round trip p50 (ms) |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (i, &(processes, shards)) in layouts.iter().enumerate() {
+        let f = &sharded[i];
+        let (_, map_t) = spread(f.iter().map(|x| x.0 / 1e6).collect(), 2);
+        let (_, single_t) = spread(f.iter().map(|x| x.1).collect(), 0);
+        let (_, p50_t) = spread(f.iter().map(|x| x.2).collect(), 3);
+        println!(
+            "| {} | {shards} | {map_t} | {single_t} | {p50_t} |",
+            if processes {
+                "process pools"
+            } else {
+                "thread pools"
+            }
+        );
+    }
+    for n in &mut nodes {
+        let _ = n.kill();
+        let _ = n.wait();
+    }
 }

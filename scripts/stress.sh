@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The promises under load: runs the future, thread, process, failure,
-# conformance, async and cluster tests over and over, several runs at once,
+# The promises under load: runs the future, thread, process, failure, trace,
+# dashboard, conformance, async and cluster tests over and over, several at once,
 # beside CPU hogs, until a time budget is spent.
 #   bash scripts/stress.sh [SECONDS] [RUNS_AT_ONCE] [HOGS]
 # Defaults: 150 s, 3 runs at once, 2 hogs. A test that hangs is killed by
@@ -17,8 +17,8 @@ HOGS=${3:-2}
 # shellcheck source=scripts/redis.sh
 source scripts/redis.sh
 
-FILTER='test(/^(future|wait|thread|process|failure|conformance|async_use|cluster|examples)::/)'
-NEXTEST=(cargo nextest run --profile stress -p multitasking --lib --test integration
+FILTER='test(/^(future|wait|thread|process|failure|conformance|async_use|cluster|trace|dashboard|examples)::/)'
+NEXTEST=(cargo nextest run --profile stress -p multitasking --features dashboard --lib --test integration
   -E "$FILTER")
 
 say "building the tests once"

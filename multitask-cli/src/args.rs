@@ -242,12 +242,15 @@ pub(crate) struct RunArgs {
     /// instead of printing it.
     #[arg(long, value_name = "DIR")]
     pub(crate) results: Option<PathBuf>,
-    /// Accepted for GNU parallel's sake: output is always whole lines, at
-    /// the job's end.
+    /// Print each job's output a whole line at a time as it comes (lines
+    /// of different jobs never mix within a line; with --tag, each line
+    /// tagged). On a cluster, and with -k or --results, output still
+    /// comes whole at each job's end.
     #[arg(long)]
     pub(crate) line_buffer: bool,
-    /// Accepted for GNU parallel's sake: output comes at the job's end, one
-    /// block per job.
+    /// Print each job's output as it comes, bytes of different jobs
+    /// possibly mixed within a line (--tag does not apply). On a cluster,
+    /// and with -k or --results, output still comes whole at each job's end.
     #[arg(short = 'u', long)]
     pub(crate) ungroup: bool,
     /// Show a progress bar on stderr (it shows on a terminal anyway).

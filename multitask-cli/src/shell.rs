@@ -229,6 +229,30 @@ pub(crate) fn run_with_input(
     input: Option<&[u8]>,
     timeout: Option<Duration>,
 ) -> io::Result<Finished> {
+    run_streaming(cmd, input, timeout, None)
+}
+
+/// Which stream of a job a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    /// Its stdout.
+    Stdout,
+    /// Its stderr.
+    Stderr,
+}
+
+/// Where [`run_streaming`] hands each chunk of output.
+pub(crate) type Sink<'a> = &'a mut dyn FnMut(Stream, &[u8]);
+
+/// [`run_with_input`], handing each chunk of output to `sink` as it is
+/// read (`--line-buffer`, `--ungroup`) instead of keeping it: the
+/// returned [`Finished`] then holds no output.
+pub(crate) fn run_streaming(
+    cmd: &str,
+    input: Option<&[u8]>,
+    timeout: Option<Duration>,
+    mut sink: Option<Sink<'_>>,
+) -> io::Result<Finished> {
     let mut command = Command::new("sh");
     command
         .arg("-c")
@@ -304,12 +328,27 @@ pub(crate) fn run_with_input(
         let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
         drop(fds);
         let mut i = 0;
-        for (pipe, buf) in pipes.iter_mut().zip(&mut output) {
+        for (k, (pipe, buf)) in pipes.iter_mut().zip(&mut output).enumerate() {
             if pipe.is_none() {
                 continue;
             }
-            if ready[i] && !read_some(pipe.as_ref().expect("checked"), buf) {
-                *pipe = None;
+            if ready[i] {
+                let before = buf.len();
+                let open = read_some(pipe.as_ref().expect("checked"), buf);
+                if let Some(sink) = sink.as_mut() {
+                    let stream = if k == 0 {
+                        Stream::Stdout
+                    } else {
+                        Stream::Stderr
+                    };
+                    if buf.len() > before {
+                        sink(stream, &buf[before..]);
+                    }
+                    buf.clear();
+                }
+                if !open {
+                    *pipe = None;
+                }
             }
             i += 1;
         }

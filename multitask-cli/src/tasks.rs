@@ -69,6 +69,12 @@ pub(crate) struct ShellJob {
     /// How many times a failing job runs in all (GNU parallel's
     /// `--retries`); 0 and 1 both mean once.
     pub(crate) tries: u32,
+    /// `--line-buffer`, `--ungroup` on this machine: the Unix socket the
+    /// job's output is streamed to as it comes (see [`stream_to`]); its
+    /// outcome then holds none. `None`: the output comes back whole in
+    /// the outcome.
+    #[serde(default)]
+    pub(crate) stream: Option<String>,
 }
 
 /// How a job ended (its last attempt).
@@ -98,6 +104,10 @@ pub(crate) struct ShellOutcome {
     pub(crate) attempts: u32,
     /// The host that ran it.
     pub(crate) host: String,
+    /// True if its output was streamed to [`ShellJob::stream`] as it came
+    /// (and `stdout`, `stderr` hold none of it).
+    #[serde(default)]
+    pub(crate) streamed: bool,
 }
 
 impl ShellOutcome {
@@ -191,6 +201,10 @@ mod opt_bytes {
 #[multitasking::task(dangerous)]
 pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
     let timeout = job.timeout_ms.map(Duration::from_millis);
+    // Closed (end-of-file for the reader) when this returns, before the
+    // outcome is sent: the reader has all the output by the time the
+    // outcome arrives.
+    let mut stream = job.stream.as_deref().and_then(|p| stream_to(p, job.seq));
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -198,7 +212,20 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         let clock = Instant::now();
-        let ran = crate::shell::run_with_input(&job.cmd, job.stdin.as_deref(), timeout);
+        let ran = match stream.as_mut() {
+            Some(conn) => {
+                let mut sink = |which: crate::shell::Stream, bytes: &[u8]| {
+                    conn.send(which, bytes);
+                };
+                crate::shell::run_streaming(
+                    &job.cmd,
+                    job.stdin.as_deref(),
+                    timeout,
+                    Some(&mut sink),
+                )
+            }
+            None => crate::shell::run_with_input(&job.cmd, job.stdin.as_deref(), timeout),
+        };
         let seconds = clock.elapsed().as_secs_f64();
         let outcome = match ran {
             Ok(done) => ShellOutcome {
@@ -213,6 +240,7 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
                 seconds,
                 attempts,
                 host: multitasking::host_name(),
+                streamed: stream.is_some(),
             },
             Err(e) => ShellOutcome {
                 seq: job.seq,
@@ -227,10 +255,51 @@ pub(crate) fn run_shell(job: ShellJob) -> ShellOutcome {
                 seconds,
                 attempts,
                 host: multitasking::host_name(),
+                streamed: stream.is_some(),
             },
         };
         if outcome.succeeded() || attempts >= job.tries {
             return outcome;
+        }
+    }
+}
+
+/// A job's connection to the socket its output is streamed to.
+///
+/// The wire: the job number (8 bytes, little-endian), then frames of a
+/// stream byte (1 stdout, 2 stderr), a length (4 bytes, little-endian)
+/// and that many bytes; end-of-file when the job is done.
+pub(crate) struct Streaming {
+    /// The connection; `None` once a write failed (the reader is gone,
+    /// the rest of the output is dropped as a closed stdout would).
+    conn: Option<std::os::unix::net::UnixStream>,
+}
+
+/// Connects to `path` for job `seq`; `None` if the socket is not there.
+fn stream_to(path: &str, seq: u64) -> Option<Streaming> {
+    use std::io::Write;
+    let mut conn = std::os::unix::net::UnixStream::connect(path).ok()?;
+    conn.write_all(&seq.to_le_bytes()).ok()?;
+    Some(Streaming { conn: Some(conn) })
+}
+
+impl Streaming {
+    /// Sends one chunk of output.
+    fn send(&mut self, which: crate::shell::Stream, bytes: &[u8]) {
+        use std::io::Write;
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let kind = match which {
+            crate::shell::Stream::Stdout => 1u8,
+            crate::shell::Stream::Stderr => 2u8,
+        };
+        let mut frame = Vec::with_capacity(5 + bytes.len());
+        frame.push(kind);
+        frame.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        frame.extend_from_slice(bytes);
+        if conn.write_all(&frame).is_err() {
+            self.conn = None;
         }
     }
 }
@@ -276,6 +345,7 @@ mod tests {
             stdin: Some(b"a\nb\n".to_vec()),
             timeout_ms: None,
             tries: 1,
+            stream: None,
         };
         let json = serde_json::to_string(&job).unwrap();
         assert_eq!(serde_json::from_str::<ShellJob>(&json).unwrap(), job);
@@ -292,6 +362,7 @@ mod tests {
             stdin: None,
             timeout_ms: None,
             tries: 2,
+            stream: None,
         };
         let o = run_shell.call(job);
         assert_eq!((o.seq, o.code, o.signal, o.attempts), (7, Some(3), None, 2));

@@ -431,6 +431,220 @@ fn run_rejects_a_bad_halt() {
     assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
 }
 
+/// A run's stdout so far and whether it ended, with a condvar rung on
+/// each change.
+type Output = std::sync::Arc<(std::sync::Mutex<(Vec<u8>, bool)>, std::sync::Condvar)>;
+
+/// A run of the binary read while it runs: its stdout as it arrives.
+struct Live {
+    child: std::process::Child,
+    /// Its stdout so far, and whether it ended.
+    out: Output,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Live {
+    fn start(args: &[&str]) -> Live {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_multitask"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn multitask");
+        let mut pipe = child.stdout.take().expect("stdout piped");
+        let out: Output = Default::default();
+        let shared = std::sync::Arc::clone(&out);
+        let reader = thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = pipe.read(&mut chunk).unwrap_or(0);
+                let mut st = shared.0.lock().unwrap();
+                if n == 0 {
+                    st.1 = true;
+                } else {
+                    st.0.extend_from_slice(&chunk[..n]);
+                }
+                shared.1.notify_all();
+                if n == 0 {
+                    return;
+                }
+            }
+        });
+        Live {
+            child,
+            out,
+            reader: Some(reader),
+        }
+    }
+
+    /// Waits, at most `limit`, until stdout holds every one of `needles`;
+    /// the stdout so far, panicking if they did not all come.
+    fn wait_for(&self, needles: &[&str], limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        let mut st = self.out.0.lock().unwrap();
+        loop {
+            let text = String::from_utf8_lossy(&st.0).into_owned();
+            if needles.iter().all(|n| text.contains(n)) {
+                return text;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero() && !st.1,
+                "waited {limit:?} for {needles:?} on stdout; got {text:?}"
+            );
+            st = self.out.1.wait_timeout(st, left).unwrap().0;
+        }
+    }
+
+    /// Waits, at most `limit`, for the run to end: its exit code and
+    /// whole stdout.
+    fn finish(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the run did not end in {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(10));
+        };
+        self.reader.take().unwrap().join().unwrap();
+        let text = String::from_utf8_lossy(&self.out.0.lock().unwrap().0).into_owned();
+        (status.code(), text)
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh scratch directory for one test.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("multitask-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A shell snippet that waits (at most 20 s) until `gate` exists.
+fn wait_for_gate(gate: &std::path::Path) -> String {
+    format!(
+        "i=0; while [ ! -e '{}' ] && [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done",
+        gate.display()
+    )
+}
+
+#[test]
+fn run_line_buffer_prints_each_line_as_it_comes() {
+    for executor in ["processes", "threads"] {
+        let dir = scratch_dir(&format!("line-buffer-{executor}"));
+        let gate = dir.join("gate");
+        // Job 1 prints a line, then waits for the test to open the gate
+        // before its second line; job 2 prints at once. Both first lines
+        // must arrive while job 1 still runs (it cannot end before the
+        // gate opens, so whole-at-the-end output would time out here).
+        let slow = format!("echo first; {}; echo second", wait_for_gate(&gate));
+        let live = Live::start(&[
+            "run",
+            "--quiet",
+            "-e",
+            executor,
+            "-j",
+            "2",
+            "--line-buffer",
+            "--tagstring",
+            "{#}",
+            "sh -c {}",
+            ":::",
+            &slow,
+            "echo quick",
+        ]);
+        let early = live.wait_for(&["1\tfirst\n", "2\tquick\n"], Duration::from_secs(20));
+        assert!(!early.contains("second"), "{executor}: {early:?}");
+        std::fs::write(&gate, "").unwrap();
+        let (code, out) = live.finish(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{executor}");
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["1\tfirst", "1\tsecond", "2\tquick"], "{executor}");
+        assert!(out.ends_with("1\tsecond\n"), "{executor}: {out:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn run_ungroup_prints_bytes_as_they_come() {
+    for executor in ["processes", "threads"] {
+        let dir = scratch_dir(&format!("ungroup-{executor}"));
+        let gate = dir.join("gate");
+        // Not even a whole line: --ungroup passes bytes on as they come.
+        let slow = format!("printf part; {}; echo rest", wait_for_gate(&gate));
+        let live = Live::start(&[
+            "run", "--quiet", "-e", executor, "-u", "sh -c {}", ":::", &slow,
+        ]);
+        let early = live.wait_for(&["part"], Duration::from_secs(20));
+        assert_eq!(early, "part", "{executor}");
+        std::fs::write(&gate, "").unwrap();
+        let (code, out) = live.finish(Duration::from_secs(30));
+        assert_eq!((code, out.as_str()), (Some(0), "partrest\n"), "{executor}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn run_line_buffer_never_splits_or_mixes_a_line() {
+    let dir = scratch_dir("line-buffer-mix");
+    let log = dir.join("jobs.tsv");
+    // Each line is written in three pieces, by two jobs at once.
+    let ran = multitask_with(
+        &[
+            "run",
+            "--quiet",
+            "-j",
+            "2",
+            "--line-buffer",
+            "--tag",
+            "--joblog",
+            log.to_str().unwrap(),
+            "for i in $(seq 300); do printf %s {}-; printf %s $i; printf -- '-end\\n'; done",
+            ":::",
+            "a",
+            "b",
+        ],
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let mut next = std::collections::HashMap::from([("a", 1), ("b", 1)]);
+    for line in ran.lines() {
+        let (tag, rest) = line.split_once('\t').unwrap_or_else(|| panic!("{line:?}"));
+        let n = next.get_mut(tag).unwrap_or_else(|| panic!("{line:?}"));
+        assert_eq!(rest, format!("{tag}-{n}-end"), "a split or mixed line");
+        *n += 1;
+    }
+    assert_eq!(
+        next,
+        std::collections::HashMap::from([("a", 301), ("b", 301)])
+    );
+    // The job log counts the bytes each job wrote (without the tags).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let bytes: usize = (1..=300).map(|i| format!("a-{i}-end\n").len()).sum();
+    for line in text.lines().skip(1) {
+        assert_eq!(
+            line.split('\t').nth(5),
+            Some(bytes.to_string().as_str()),
+            "{line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A small lab run: every executor, two worker counts, both workloads.
 const SMALL_BENCH: [&str; 9] = [
     "bench",

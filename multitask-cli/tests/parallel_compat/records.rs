@@ -240,11 +240,29 @@ fn tags_agree() {
 
 #[test]
 fn output_modes_agree() {
-    // multitask prints a job's output when it ends whatever the mode, so
-    // --line-buffer and --ungroup give the same bytes for jobs that write
-    // whole lines.
+    // --line-buffer and --ungroup print as the jobs write (when is the
+    // CLI tests' business); the lines are the same set, and --tag
+    // prefixes each line of a line-buffered job, not only its first.
     same_lines(&["--line-buffer", "echo", ":::", "a", "b", "c"]);
     same_lines(&["--ungroup", "echo", ":::", "a", "b", "c"]);
+    same_lines(&[
+        "--line-buffer",
+        "--tag",
+        "echo {}; sleep 0.1; echo {}{}; printf 'x\\ny\\n' >&2",
+        ":::",
+        "a",
+        "b",
+        "c",
+    ]);
+    same_lines(&[
+        "--line-buffer",
+        "--tagstring",
+        "{#}",
+        "printf '1\\n2\\n3\\n'",
+        ":::",
+        "a",
+        "b",
+    ]);
     same(&["-k", "--line-buffer", "echo", ":::", "a", "b", "c"]);
 }
 

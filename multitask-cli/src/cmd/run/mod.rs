@@ -23,7 +23,10 @@
 //! ordered map (which would hold a slot behind a slow first job): outcomes
 //! come as they complete and [`output::Reorder`] prints them in input
 //! order. Each job's stdout and stderr are printed as one block each when
-//! it ends, so outputs never interleave.
+//! it ends, so outputs never interleave; with `--line-buffer` or
+//! `--ungroup` on this machine's executors, [`stream`] prints them as the
+//! job writes them instead, and the outcome loop waits for a job's output
+//! to be out before it logs the job.
 //!
 //! `--halt soon,...` stops feeding jobs and lets the running ones finish;
 //! `--halt now,...` kills the running jobs and exits at once. A job log
@@ -32,6 +35,7 @@
 mod inputs;
 pub(crate) mod options;
 mod output;
+mod stream;
 mod template;
 #[cfg(test)]
 mod test;
@@ -50,6 +54,7 @@ use multitasking::{Executor, ExecutorSpec};
 use self::inputs::{Blocks, Colsep, Packer, Reading, Record};
 use self::options::{Halt, HaltOn, Limit};
 use self::output::{Finished, JobLog, Printer, Reorder};
+use self::stream::{Mode, Streamer};
 use self::template::{Fill, Template};
 use crate::args::RunArgs;
 use crate::tasks::{run_shell, ShellJob, ShellOutcome};
@@ -246,6 +251,7 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         })?;
     }
 
+    let streamer = streaming(&args, &spec)?;
     let shared = RefCell::new(Shared::default());
     let mut order = 0;
     let jobs = inputs
@@ -279,6 +285,9 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             let tag = tagger.as_ref().map(|t| t.expand(fill));
             let send = stdin.as_ref().map_or(0, Vec::len);
             let values = records.concat();
+            if let Some(st) = &streamer {
+                st.expect(seq, tag.clone());
+            }
             sh.started.insert(
                 seq,
                 Started {
@@ -296,6 +305,7 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
                 stdin,
                 timeout_ms: timeout.map(|t| t.as_millis().max(1) as u64),
                 tries: args.retries,
+                stream: streamer.as_ref().map(|s| s.path().to_string()),
             })
         });
     let mut progress = Progress::forced("jobs", quiet, args.bar || args.eta);
@@ -336,8 +346,17 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
             }
         };
         let started = shared.borrow_mut().finish(&o);
+        let received = match &streamer {
+            Some(st) if o.streamed => st.finish(o.seq),
+            Some(st) => {
+                st.forget(o.seq);
+                o.stdout.len()
+            }
+            None => o.stdout.len(),
+        };
         if let Some(log) = joblog.as_mut() {
-            log.record(&o, &local_host, started.as_ref().map_or(0, |s| s.send))?;
+            let send = started.as_ref().map_or(0, |s| s.send);
+            log.record(&o, &local_host, send, received)?;
         }
         let ok = o.succeeded();
         let status = exit_status_of(&o);
@@ -404,6 +423,35 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         Some(code) => code,
         None => final_status(args.halt, failed, total),
     }))
+}
+
+/// The stream of the jobs' output for `--line-buffer` or `--ungroup`, on
+/// the executors of this machine; `None` when output is printed whole at
+/// each job's end: without those options, with `-k` (output in input
+/// order), with `--results`, or on a cluster, whose workers' output comes
+/// back with their outcomes (said in a warning).
+fn streaming(args: &RunArgs, spec: &ExecutorSpec) -> Result<Option<Streamer>> {
+    let mode = match (args.ungroup, args.line_buffer) {
+        (true, _) => Mode::Raw,
+        (false, true) => Mode::Lines,
+        (false, false) => return Ok(None),
+    };
+    if args.keep_order || args.results.is_some() {
+        return Ok(None);
+    }
+    if let ExecutorSpec::Redis(_) = spec {
+        let option = if args.ungroup {
+            "--ungroup"
+        } else {
+            "--line-buffer"
+        };
+        term::note(format!(
+            "warning: {option} streams output only on this machine's executors; on a cluster each \
+             job's output is printed whole when it ends"
+        ));
+        return Ok(None);
+    }
+    Streamer::start(mode).map(Some)
 }
 
 /// The exit status when `halt` fired on a job that ended with `status`,

@@ -160,13 +160,15 @@ impl JobLog {
     }
 
     /// Writes `o`'s line: the host is `:` for this machine, as in GNU
-    /// parallel; `send` is the bytes fed to its stdin (`--pipe`), and a
-    /// job killed by a signal (a timeout among them) has exit value -1.
+    /// parallel; `send` is the bytes fed to its stdin (`--pipe`),
+    /// `receive` those it wrote to stdout, and a job killed by a signal (a
+    /// timeout among them) has exit value -1.
     pub(crate) fn record(
         &mut self,
         o: &ShellOutcome,
         local_host: &str,
         send: usize,
+        receive: usize,
     ) -> io::Result<()> {
         let host = if o.host == local_host { ":" } else { &o.host };
         writeln!(
@@ -175,7 +177,7 @@ impl JobLog {
             o.seq,
             o.start,
             o.seconds,
-            o.stdout.len(),
+            receive,
             o.code.unwrap_or(-1),
             o.signal.unwrap_or(0),
             o.cmd

@@ -79,6 +79,19 @@ pub(crate) fn stop_everything() {
     }
     kill_all();
     kill_descendants(STOP_LIMIT);
+    let dirs = std::mem::take(&mut *SCRATCH.lock().unwrap_or_else(|p| p.into_inner()));
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Scratch directories of this process, removed by [`stop_everything`]
+/// (an exit that skips destructors) if nothing removed them before.
+static SCRATCH: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Has `dir` removed should the process stop from a signal or a halt.
+pub(crate) fn remove_at_stop(dir: std::path::PathBuf) {
+    SCRATCH.lock().unwrap_or_else(|p| p.into_inner()).push(dir);
 }
 
 /// Set by [`stop_everything`]: the process is about to exit.

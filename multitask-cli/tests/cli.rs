@@ -1004,6 +1004,39 @@ fn ctrl_c_and_sigterm_leave_no_job_program_alive() {
     }
 }
 
+/// The scratch directories (`--line-buffer`'s socket) run `pid` left.
+fn scratch_of(pid: u32) -> Vec<String> {
+    let prefix = format!("multitask-run-{pid}-");
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Streaming output leaves nothing behind: not when the run ends, not
+/// when Ctrl-C or SIGTERM stops it.
+#[test]
+fn a_streaming_run_leaves_no_scratch_directory() {
+    let ran = multitask(&["run", "--line-buffer", "echo", ":::", "a", "b"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    for signal in [rustix::process::Signal::INT, rustix::process::Signal::TERM] {
+        for mode in ["--line-buffer", "--ungroup"] {
+            let (mut child, path, _pids) = run_sleepers(&[mode], 2);
+            let me = child.id();
+            assert_eq!(scratch_of(me).len(), 1, "{mode} listens in one directory");
+            let pid = rustix::process::Pid::from_child(&child);
+            rustix::process::kill_process(pid, signal).unwrap();
+            assert_eq!(exit_of(&mut child), Some(130), "{signal:?}");
+            let _ = std::fs::remove_file(&path);
+            assert_eq!(scratch_of(me), Vec::<String>::new(), "{mode}, {signal:?}");
+        }
+    }
+}
+
 #[test]
 fn halt_now_leaves_no_job_program_alive() {
     let path = std::env::temp_dir().join(format!("multitask-halt-{}.pids", std::process::id()));

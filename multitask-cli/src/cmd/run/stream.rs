@@ -68,6 +68,7 @@ impl Streamer {
             .mode(0o700)
             .create(&dir)
             .with_context(|| format!("creating {}", dir.display()))?;
+        crate::shell::remove_at_stop(dir.clone());
         let sock = dir.join("out.sock");
         let listener = UnixListener::bind(&sock)
             .with_context(|| format!("listening on {}", sock.display()))?;

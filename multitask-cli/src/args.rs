@@ -244,7 +244,8 @@ pub(crate) struct RunArgs {
     pub(crate) results: Option<PathBuf>,
     /// Print each job's output a whole line at a time as it comes (lines
     /// of different jobs never mix within a line; with --tag, each line
-    /// tagged). On a cluster, and with -k or --results, output still
+    /// tagged); with -k, the oldest running job's lines as they come, the
+    /// others' in their turn. On a cluster and with --results, output still
     /// comes whole at each job's end.
     #[arg(long)]
     pub(crate) line_buffer: bool,

@@ -578,6 +578,51 @@ fn run_line_buffer_prints_each_line_as_it_comes() {
     }
 }
 
+/// With `-k`, `--line-buffer` prints the oldest running job's lines as
+/// they come and holds the others' until its turn, as GNU parallel does.
+#[test]
+fn run_keep_order_line_buffer_streams_the_oldest_job() {
+    for executor in ["processes", "threads"] {
+        let dir = scratch_dir(&format!("keep-order-{executor}"));
+        let gate = dir.join("gate");
+        let done = dir.join("quick-done");
+        // Job 1 prints a line and waits for the gate; job 2 prints and
+        // ends at once (it leaves a file to say so): its line must wait
+        // for job 1's, which must come while job 1 still runs.
+        let slow = format!("echo first; {}; echo second", wait_for_gate(&gate));
+        let quick = format!("echo quick; touch {}", done.display());
+        let live = Live::start(&[
+            "run",
+            "--quiet",
+            "-e",
+            executor,
+            "-j",
+            "2",
+            "-k",
+            "--line-buffer",
+            "sh -c {}",
+            ":::",
+            &slow,
+            &quick,
+        ]);
+        let early = live.wait_for(&["first\n"], Duration::from_secs(20));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done.exists() {
+            assert!(Instant::now() < deadline, "{executor}: job 2 never ran");
+            thread::sleep(Duration::from_millis(10));
+        }
+        // Job 2 is over, yet its line waits for job 1's turn.
+        thread::sleep(Duration::from_millis(200));
+        let held = live.wait_for(&["first\n"], Duration::from_secs(1));
+        assert_eq!(held, "first\n", "{executor}: {early:?} then {held:?}");
+        std::fs::write(&gate, "").unwrap();
+        let (code, out) = live.finish(Duration::from_secs(30));
+        assert_eq!(code, Some(0), "{executor}");
+        assert_eq!(out, "first\nsecond\nquick\n", "{executor}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 #[test]
 fn run_ungroup_prints_bytes_as_they_come() {
     for executor in ["processes", "threads"] {

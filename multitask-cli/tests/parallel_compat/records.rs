@@ -264,6 +264,28 @@ fn output_modes_agree() {
         "b",
     ]);
     same(&["-k", "--line-buffer", "echo", ":::", "a", "b", "c"]);
+    // -k with --line-buffer: each job's lines whole and in input order,
+    // however the jobs' writes interleave, tagged or not.
+    same(&[
+        "-k",
+        "--line-buffer",
+        "-j",
+        "3",
+        "echo {}1; sleep 0.{}; echo {}2",
+        ":::",
+        "3",
+        "1",
+        "2",
+    ]);
+    same(&[
+        "-k",
+        "--line-buffer",
+        "--tag",
+        "printf '%s\\n' {}x {}y; sleep 0.{}",
+        ":::",
+        "2",
+        "1",
+    ]);
 }
 
 #[test]

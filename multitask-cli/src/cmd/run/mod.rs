@@ -388,6 +388,9 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
         };
         for job in &due {
             progress.print(|| printer.print(job))?;
+            if let Some(st) = &streamer {
+                st.release(job.outcome.seq);
+            }
         }
         let halts = halting.is_none() && args.halt.fires(failed, succeeded, total);
         if notable && !halts {
@@ -414,6 +417,12 @@ pub(crate) fn main(args: RunArgs, quiet: bool) -> Result<ExitCode> {
     }
     for job in reorder.drain() {
         progress.print(|| printer.print(&job))?;
+        if let Some(st) = &streamer {
+            st.release(job.outcome.seq);
+        }
+    }
+    if let Some(st) = &streamer {
+        progress.print(|| st.release_all());
     }
     progress.finish();
     if let Some(log) = joblog.as_mut() {
@@ -436,7 +445,9 @@ fn streaming(args: &RunArgs, spec: &ExecutorSpec) -> Result<Option<Streamer>> {
         (false, true) => Mode::Lines,
         (false, false) => return Ok(None),
     };
-    if args.keep_order || args.results.is_some() {
+    // `-k` streams the oldest job's lines; `-k --ungroup` and `--results`
+    // print whole at each job's end.
+    if (args.keep_order && mode == Mode::Raw) || args.results.is_some() {
         return Ok(None);
     }
     if let ExecutorSpec::Redis(_) = spec {
@@ -451,7 +462,7 @@ fn streaming(args: &RunArgs, spec: &ExecutorSpec) -> Result<Option<Streamer>> {
         ));
         return Ok(None);
     }
-    Streamer::start(mode).map(Some)
+    Streamer::start(mode, args.keep_order).map(Some)
 }
 
 /// The exit status when `halt` fired on a job that ended with `status`,

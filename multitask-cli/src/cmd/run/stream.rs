@@ -14,12 +14,18 @@
 //!   with another job's; `--tag` prefixes every line; a last line without
 //!   a newline is printed when the job ends.
 //!
+//! With `-k` (`--line-buffer` only), lines are printed live for the oldest
+//! job still running, as GNU parallel does, and held for the others: when
+//! the outcome loop has printed a job in its turn it [`Streamer::release`]s
+//! it, the next oldest job's held lines go out, and its next ones are
+//! printed as they come.
+//!
 //! The job closes its connection before its outcome is sent, so the
 //! outcome loop [`Streamer::finish`]es a job (waits for its reader to
 //! print the rest) before it logs it: its output is out before anything
 //! printed after it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -44,6 +50,30 @@ struct State {
     tags: HashMap<u64, Option<String>>,
     /// Jobs whose connection ended, with the stdout bytes they sent.
     done: HashMap<u64, usize>,
+    /// True with `-k`: only the oldest job's lines are printed as they come.
+    ordered: bool,
+    /// With `-k`, the jobs started and not yet released, oldest first: the
+    /// first prints live.
+    running: BTreeSet<u64>,
+    /// With `-k`, the lines of the other jobs, held.
+    held: HashMap<u64, Held>,
+}
+
+/// A job's lines held for `-k`: (stream, bytes), in the order written.
+type Held = Vec<(usize, Vec<u8>)>;
+
+impl State {
+    /// Prints `bytes` for job `seq` on stream `i` now, or holds them if
+    /// another job's lines come first.
+    fn emit(&mut self, seq: u64, i: usize, bytes: Vec<u8>) {
+        if !self.ordered || self.running.first() == Some(&seq) {
+            // A closed stdout (`| head`) is the reader's business: the
+            // rest is dropped, the jobs go on.
+            let _ = write_to(i, &bytes);
+        } else {
+            self.held.entry(seq).or_default().push((i, bytes));
+        }
+    }
 }
 
 /// The listening end; see the module docs.
@@ -57,8 +87,9 @@ pub(crate) struct Streamer {
 }
 
 impl Streamer {
-    /// Listens and starts accepting jobs' connections.
-    pub(crate) fn start(mode: Mode) -> Result<Streamer> {
+    /// Listens and starts accepting jobs' connections; `ordered` for `-k`
+    /// (with [`Mode::Lines`]).
+    pub(crate) fn start(mode: Mode, ordered: bool) -> Result<Streamer> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -72,7 +103,13 @@ impl Streamer {
         let sock = dir.join("out.sock");
         let listener = UnixListener::bind(&sock)
             .with_context(|| format!("listening on {}", sock.display()))?;
-        let state: Arc<(Mutex<State>, Condvar)> = Arc::default();
+        let state: Arc<(Mutex<State>, Condvar)> = Arc::new((
+            Mutex::new(State {
+                ordered: ordered && mode == Mode::Lines,
+                ..State::default()
+            }),
+            Condvar::new(),
+        ));
         let shared = Arc::clone(&state);
         std::thread::Builder::new()
             .name("run-output".into())
@@ -101,10 +138,27 @@ impl Streamer {
     /// Job `seq` is about to start, tagged with `tag`.
     pub(crate) fn expect(&self, seq: u64, tag: Option<String>) {
         let (lock, _) = &*self.state;
-        lock.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tags
-            .insert(seq, tag);
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        st.tags.insert(seq, tag);
+        if st.ordered {
+            st.running.insert(seq);
+        }
+    }
+
+    /// With `-k`: job `seq` was printed in its turn; the next oldest job's
+    /// held lines go out, and its next ones as they come.
+    pub(crate) fn release(&self, seq: u64) {
+        let (lock, _) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !st.ordered || !st.running.remove(&seq) {
+            return;
+        }
+        st.held.remove(&seq);
+        if let Some(&next) = st.running.first() {
+            for (i, bytes) in st.held.remove(&next).unwrap_or_default() {
+                let _ = write_to(i, &bytes);
+            }
+        }
     }
 
     /// Waits until job `seq`'s output is all printed (its connection
@@ -128,6 +182,22 @@ impl Streamer {
             .unwrap_or_else(|p| p.into_inner())
             .tags
             .remove(&seq);
+    }
+
+    /// With `-k`, at the run's end: prints whatever is still held, oldest
+    /// job first (lines of jobs after one whose outcome was lost, a job
+    /// that failed to run, which was never released).
+    pub(crate) fn release_all(&self) {
+        let (lock, _) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held: Vec<(u64, Held)> = st.held.drain().collect();
+        held.sort_by_key(|(seq, _)| *seq);
+        st.running.clear();
+        for (_, lines) in held {
+            for (i, bytes) in lines {
+                let _ = write_to(i, &bytes);
+            }
+        }
     }
 }
 
@@ -168,23 +238,29 @@ fn read_job(mut conn: UnixStream, mode: Mode, shared: &(Mutex<State>, Condvar)) 
         if i == 0 {
             received += len;
         }
-        // A closed stdout (`| head`) is the reader's business: the rest
-        // is dropped, the jobs go on.
-        let _ = match mode {
-            Mode::Raw => write_to(i, &bytes),
-            Mode::Lines => lines[i].push(i, &bytes, tag.as_deref()),
+        let out = match mode {
+            Mode::Raw => Some(bytes),
+            Mode::Lines => lines[i].push(&bytes, tag.as_deref()),
         };
-    }
-    if mode == Mode::Lines {
-        for (i, buf) in lines.iter_mut().enumerate() {
-            let _ = buf.end(i, tag.as_deref());
+        if let Some(out) = out {
+            shared
+                .0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .emit(seq, i, out);
         }
     }
     let (lock, ready) = shared;
-    lock.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .done
-        .insert(seq, received);
+    let mut st = lock.lock().unwrap_or_else(|p| p.into_inner());
+    if mode == Mode::Lines {
+        for (i, buf) in lines.iter_mut().enumerate() {
+            if let Some(rest) = buf.end(tag.as_deref()) {
+                st.emit(seq, i, rest);
+            }
+        }
+    }
+    st.done.insert(seq, received);
+    drop(st);
     ready.notify_all();
 }
 
@@ -209,25 +285,25 @@ struct LineBuffer {
 }
 
 impl LineBuffer {
-    /// Takes a chunk and prints the lines it completes, in one write.
-    fn push(&mut self, i: usize, bytes: &[u8], tag: Option<&str>) -> io::Result<()> {
+    /// Takes a chunk; the lines it completes, to print in one write.
+    fn push(&mut self, bytes: &[u8], tag: Option<&str>) -> Option<Vec<u8>> {
         let Some(last) = bytes.iter().rposition(|&b| b == b'\n') else {
             self.partial.extend_from_slice(bytes);
-            return Ok(());
+            return None;
         };
         let mut whole = std::mem::take(&mut self.partial);
         whole.extend_from_slice(&bytes[..=last]);
         self.partial.extend_from_slice(&bytes[last + 1..]);
-        write_to(i, &tagged(&whole, tag))
+        Some(tagged(&whole, tag))
     }
 
-    /// The job ended: prints its last line, newline or not.
-    fn end(&mut self, i: usize, tag: Option<&str>) -> io::Result<()> {
+    /// The job ended: its last line, newline or not.
+    fn end(&mut self, tag: Option<&str>) -> Option<Vec<u8>> {
         if self.partial.is_empty() {
-            return Ok(());
+            return None;
         }
         let rest = std::mem::take(&mut self.partial);
-        write_to(i, &tagged(&rest, tag))
+        Some(tagged(&rest, tag))
     }
 }
 
@@ -255,10 +331,11 @@ mod tests {
         assert_eq!(tagged(b"a\nb", None), b"a\nb");
         let mut buf = LineBuffer::default();
         // Nothing complete: held back.
-        buf.push(0, b"par", None).unwrap();
+        assert_eq!(buf.push(b"par", None), None);
         assert_eq!(buf.partial, b"par");
         // Completing it keeps only what follows the last newline.
-        buf.push(1, b"t\nne", None).unwrap();
+        assert_eq!(buf.push(b"t\nne", Some("x")), Some(b"x\tpart\n".to_vec()));
         assert_eq!(buf.partial, b"ne");
+        assert_eq!(buf.end(None), Some(b"ne".to_vec()));
     }
 }

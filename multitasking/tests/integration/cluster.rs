@@ -339,8 +339,11 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(args: &[&str]) -> Option<OwnRedis> {
+        OwnRedis::start_on(free_port(), args)
+    }
+
+    fn start_on(port: u16, args: &[&str]) -> Option<OwnRedis> {
         let bin = redis_server_bin()?;
-        let port = free_port();
         let dir = std::env::temp_dir().join(format!("mt-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut r = OwnRedis {
@@ -2029,4 +2032,136 @@ fn a_cluster_url_needs_a_redis_cluster_and_sane_shards() {
             ClusterPool::connect(&format!("{seed}?queue={}&shards=2", fresh_queue("two"))).unwrap();
         assert_eq!(pool.shard_queues().len(), 2);
     }
+}
+
+/// A free port whose cluster bus port (the port plus 10000) is free and
+/// valid too.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// A Redis Cluster of three masters of this test's own, created and
+/// serving every slot; `None` to skip (no redis-server).
+fn own_redis_cluster() -> Option<Vec<OwnRedis>> {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let port = cluster_port();
+        let conf =
+            std::env::temp_dir().join(format!("mt-cluster-{}-{port}.conf", std::process::id()));
+        let _ = std::fs::remove_file(&conf);
+        let conf = conf.display().to_string();
+        nodes.push(OwnRedis::start_on(
+            port,
+            &[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &conf,
+                "--cluster-node-timeout",
+                "1000",
+                "--appendonly",
+                "no",
+            ],
+        )?);
+    }
+    let created = Command::new("redis-cli")
+        .arg("--cluster")
+        .arg("create")
+        .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("redis-cli");
+    assert!(created.success(), "redis-cli --cluster create failed");
+    for n in &nodes {
+        wait_for_cluster_ok(n.port);
+    }
+    Some(nodes)
+}
+
+/// Waits until the cluster node on `port` says every slot is served.
+fn wait_for_cluster_ok(port: u16) {
+    let mut con = raw(&format!("redis://127.0.0.1:{port}/0"));
+    wait_for("the Redis Cluster never reached cluster_state:ok", || {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query(&mut con)
+            .unwrap_or_default();
+        info.contains("cluster_state:ok")
+    });
+}
+
+/// A master of a sharded queue's cluster dies mid-run: every future still
+/// resolves, in bounded time, and nothing hangs; when the master is back
+/// the queue serves again.
+#[test]
+fn a_sharded_queue_survives_a_master_that_dies_and_comes_back() {
+    if redis_url().is_none() {
+        return;
+    }
+    let Some(mut nodes) = own_redis_cluster() else {
+        return;
+    };
+    let url = format!(
+        "redis+cluster://127.0.0.1:{}/?queue={}",
+        nodes[0].port,
+        fresh_queue("master-dies")
+    );
+    let worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(2)
+            .broker_timeout(Duration::from_secs(3))
+            .visibility_timeout(Duration::from_secs(1)),
+    );
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_broker_timeout(Duration::from_secs(3));
+    assert_eq!(pool.shard_queues().len(), 3);
+    let futs: Vec<_> = (0..30u64)
+        .map(|_| pool.submit(sleep_ms, 100).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(150));
+    nodes[1].kill();
+    let t = Instant::now();
+    let mut ok = 0;
+    for f in &futs {
+        match f.result_timeout(LIMIT) {
+            Some(Ok(100)) => ok += 1,
+            Some(Ok(other)) => panic!("{other}"),
+            Some(Err(_)) => {}
+            None => panic!("a future did not resolve within {LIMIT:?} of a master's death"),
+        }
+    }
+    assert!(t.elapsed() < LIMIT, "{:?}", t.elapsed());
+    assert!(ok > 0, "the live shards ran something");
+    assert_eq!(pool.pending(), 0, "every call resolved once");
+    // Back, with its slots: the queue serves again, on every shard.
+    nodes[1].up();
+    for n in &nodes {
+        wait_for_cluster_ok(n.port);
+    }
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let again: Vec<_> = (0..9u64).map(|i| pool.submit(double, i).unwrap()).collect();
+        let all = again
+            .iter()
+            .enumerate()
+            .all(|(i, f)| f.result_timeout(LIMIT) == Some(Ok(2 * i as u64)));
+        if all {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the queue never served again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The worker stops in bounded time too.
+    let t = Instant::now();
+    drop(pool);
+    drop(worker);
+    assert!(t.elapsed() < LIMIT, "stopping took {:?}", t.elapsed());
 }

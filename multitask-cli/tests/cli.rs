@@ -863,14 +863,19 @@ fn test_redis() -> Option<String> {
     }
 }
 
+/// A queue of its own on the test Redis, named `prefix` and this
+/// process's id, or `None` outside CI.
+fn test_queue(prefix: &str) -> Option<String> {
+    let base = test_redis()?;
+    let base = base.split_once('?').map_or(base.as_str(), |(b, _)| b);
+    Some(format!("{base}?queue={prefix}{}", std::process::id()))
+}
+
 #[test]
 fn two_workers_and_a_client_behave_as_a_cluster() {
-    let Some(base) = test_redis() else { return };
-    let base = base
-        .split_once('?')
-        .map_or(base.as_str(), |(b, _)| b)
-        .to_string();
-    let url = format!("{base}?queue=cli-{}", std::process::id());
+    let Some(url) = test_queue("cli-") else {
+        return;
+    };
     let start_worker = || {
         Command::new(env!("CARGO_BIN_EXE_multitask"))
             .args(["worker", "--broker", &url, "--concurrency", "2"])
@@ -1150,12 +1155,9 @@ impl Drop for CliWorker {
 
 #[test]
 fn run_on_a_cluster_needs_workers_that_allow_a_shell() {
-    let Some(base) = test_redis() else { return };
-    let base = base
-        .split_once('?')
-        .map_or(base.as_str(), |(b, _)| b)
-        .to_string();
-    let url = format!("{base}?queue=cli-shell-{}", std::process::id());
+    let Some(url) = test_queue("cli-shell-") else {
+        return;
+    };
     let run = ["run", "-e", &url, "echo", ":::", "from-the-cluster"];
     {
         let _worker = CliWorker::start(&url, &[]);
@@ -1174,12 +1176,9 @@ fn run_on_a_cluster_needs_workers_that_allow_a_shell() {
 /// `multitask status` lists it, and requeues it once a worker serves it.
 #[test]
 fn a_dead_letter_is_listed_requeued_and_discarded_from_the_command_line() {
-    let Some(base) = test_redis() else { return };
-    let base = base
-        .split_once('?')
-        .map_or(base.as_str(), |(b, _)| b)
-        .to_string();
-    let url = format!("{base}?queue=cli-dead-{}", std::process::id());
+    let Some(url) = test_queue("cli-dead-") else {
+        return;
+    };
     let mark = std::env::temp_dir().join(format!("multitask-requeued-{}", std::process::id()));
     let _ = std::fs::remove_file(&mark);
     let mark_arg = mark.display().to_string();
@@ -1240,12 +1239,9 @@ fn a_dead_letter_is_listed_requeued_and_discarded_from_the_command_line() {
 /// and the job log's host and exit columns, as from a local run.
 #[test]
 fn run_fans_out_on_the_cluster_as_it_runs_here() {
-    let Some(base) = test_redis() else { return };
-    let base = base
-        .split_once('?')
-        .map_or(base.as_str(), |(b, _)| b)
-        .to_string();
-    let url = format!("{base}?queue=cli-fanout-{}", std::process::id());
+    let Some(url) = test_queue("cli-fanout-") else {
+        return;
+    };
     let _a = CliWorker::start(&url, &["--allow-shell"]);
     let _b = CliWorker::start(&url, &["--allow-shell"]);
     let log = std::env::temp_dir().join(format!("mt-fanout-{}.log", std::process::id()));
@@ -1279,12 +1275,9 @@ fn run_fans_out_on_the_cluster_as_it_runs_here() {
 
 #[test]
 fn a_signed_cluster_runs_what_its_key_signs() {
-    let Some(base) = test_redis() else { return };
-    let base = base
-        .split_once('?')
-        .map_or(base.as_str(), |(b, _)| b)
-        .to_string();
-    let url = format!("{base}?queue=cli-signed-{}", std::process::id());
+    let Some(url) = test_queue("cli-signed-") else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("mt-cli-key-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = "a key of the cli test: 32 bytes!";

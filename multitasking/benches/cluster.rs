@@ -58,17 +58,16 @@ fn start_redis() -> Option<(Child, u16)> {
         .local_addr()
         .ok()?
         .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+    Some((spawn_redis(port, &[])?, port))
+}
+
+/// A redis-server on `port` with `extra` arguments, once it accepts
+/// connections (at most 10 s).
+fn spawn_redis(port: u16, extra: &[std::ffi::OsString]) -> Option<Child> {
+    let mut child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -76,11 +75,13 @@ fn start_redis() -> Option<(Child, u16)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Some((child, port))
+    Some(child)
 }
 
 fn redis_benchmark(port: u16, pipeline: u32) -> Option<f64> {
@@ -337,12 +338,17 @@ fn run_config(port: u16, round: usize, processes: bool, signed: bool) -> Figures
     }
 }
 
+/// Where the bench's Redis Cluster nodes keep their files.
+fn cluster_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("mt-bench-cluster-{}", std::process::id()))
+}
+
 /// A Redis Cluster of three masters on free ports, created and serving
 /// every slot; its processes and the seed's port.
 fn start_redis_cluster() -> Option<(Vec<Child>, u16)> {
     let mut nodes = Vec::new();
     let mut ports = Vec::new();
-    let dir = std::env::temp_dir().join(format!("mt-bench-cluster-{}", std::process::id()));
+    let dir = cluster_dir();
     for i in 0..3 {
         // Cluster bus ports are the port plus 10000: stay below 55536.
         let port = (0..100).find_map(|_| {
@@ -355,36 +361,16 @@ fn start_redis_cluster() -> Option<(Vec<Child>, u16)> {
         })?;
         let d = dir.join(i.to_string());
         std::fs::create_dir_all(&d).ok()?;
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-            .arg(d.join("nodes.conf"))
-            .arg("--dir")
-            .arg(&d)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        nodes.push(child);
+        let extra: Vec<std::ffi::OsString> = vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            d.join("nodes.conf").into(),
+            "--dir".into(),
+            d.clone().into(),
+        ];
+        nodes.push(spawn_redis(port, &extra)?);
         ports.push(port);
-    }
-    for &p in &ports {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", p)).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
     let created = Command::new("redis-cli")
         .arg("--cluster")
@@ -650,4 +636,5 @@ What the broker did per task during the single submits (median of the rounds):
         let _ = n.kill();
         let _ = n.wait();
     }
+    let _ = std::fs::remove_dir_all(cluster_dir());
 }

@@ -135,15 +135,19 @@ impl Executor for TestCluster {
     }
 }
 
-/// A cluster on the test Redis with one 2-slot worker; `None` to skip.
-pub(crate) fn test_cluster() -> Option<TestCluster> {
-    let url = queue_url(&redis_url()?, &fresh_queue("conf"));
-    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
-    let pool = ClusterPool::connect_with(&url, 2).expect("connect");
-    Some(TestCluster {
+/// A client of the queue at `url` with one 2-slot worker serving it.
+fn cluster_at(url: &str) -> TestCluster {
+    let worker = InProcessWorker::start(url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(url, 2).expect("connect");
+    TestCluster {
         pool: Some(pool),
         _worker: worker,
-    })
+    }
+}
+
+/// A cluster on the test Redis with one 2-slot worker; `None` to skip.
+pub(crate) fn test_cluster() -> Option<TestCluster> {
+    Some(cluster_at(&queue_url(&redis_url()?, &fresh_queue("conf"))))
 }
 
 /// Runs `f` on a test cluster, or skips.
@@ -171,13 +175,11 @@ pub(crate) fn redis_cluster_url() -> Option<String> {
 /// A queue sharded over the test Redis Cluster, with one 2-slot worker
 /// serving every shard; `None` to skip.
 pub(crate) fn sharded_cluster() -> Option<TestCluster> {
-    let url = format!("{}?queue={}", redis_cluster_url()?, fresh_queue("shard"));
-    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
-    let pool = ClusterPool::connect_with(&url, 2).expect("connect");
-    Some(TestCluster {
-        pool: Some(pool),
-        _worker: worker,
-    })
+    Some(cluster_at(&format!(
+        "{}?queue={}",
+        redis_cluster_url()?,
+        fresh_queue("shard")
+    )))
 }
 
 /// Runs `f` on a sharded queue, or skips.
@@ -192,26 +194,17 @@ pub(crate) fn with_sharded(f: impl FnOnce(TestCluster)) {
 /// (`conformance_sharded`).
 macro_rules! cluster_case {
     ($($name:ident => $body:expr;)*) => {
-        mod conformance_cluster {
+        cluster_case!(@mod conformance_cluster, with_cluster, $($name => $body;)*);
+        cluster_case!(@mod conformance_sharded, with_sharded, $($name => $body;)*);
+    };
+    (@mod $module:ident, $with:ident, $($name:ident => $body:expr;)*) => {
+        mod $module {
             use super::*;
             use crate::conformance as c;
             $(
                 #[test]
                 fn $name() {
-                    with_cluster(|ex| {
-                        let f: fn(TestCluster) = $body;
-                        f(ex)
-                    });
-                }
-            )*
-        }
-        mod conformance_sharded {
-            use super::*;
-            use crate::conformance as c;
-            $(
-                #[test]
-                fn $name() {
-                    with_sharded(|ex| {
+                    $with(|ex| {
                         let f: fn(TestCluster) = $body;
                         f(ex)
                     });
@@ -2050,18 +2043,15 @@ fn cluster_port() -> u16 {
 fn own_redis_cluster() -> Option<Vec<OwnRedis>> {
     let mut nodes = Vec::new();
     for _ in 0..3 {
-        let port = cluster_port();
-        let conf =
-            std::env::temp_dir().join(format!("mt-cluster-{}-{port}.conf", std::process::id()));
-        let _ = std::fs::remove_file(&conf);
-        let conf = conf.display().to_string();
+        // The node's config goes in its own directory (`--dir`), which
+        // goes with it.
         nodes.push(OwnRedis::start_on(
-            port,
+            cluster_port(),
             &[
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
-                &conf,
+                "nodes.conf",
                 "--cluster-node-timeout",
                 "1000",
                 "--appendonly",

@@ -15,13 +15,23 @@ use crate::tasks::sleep_ms;
 
 /// GETs `path` with `header`; the status code and body.
 fn http_get(addr: std::net::SocketAddr, path: &str, header: &str) -> (u16, String) {
+    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{header}"))
+}
+
+/// Sends `POST path` with no body; the status code and the body.
+fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http(
+        addr,
+        &format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"),
+    )
+}
+
+/// Sends a request of `head` (its request line and headers) and reads the
+/// whole response: the status code and the body.
+fn http(addr: std::net::SocketAddr, head: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{header}Connection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "{head}Connection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).expect("a response");
     let code = out
@@ -116,40 +126,8 @@ fn a_public_address_needs_a_token() {
 #[test]
 fn discards_are_refused_unless_allowed() {
     let served = Dashboard::new().serve().unwrap();
-    let mut s = TcpStream::connect(served.addr()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /api/dead/1-0/discard HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 403"), "{out}");
-}
-
-/// Sends `POST path` with no body; the status code and the body.
-fn http_post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("a response");
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        out.split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_string(),
-    )
+    let (code, body) = http_post(served.addr(), "/api/dead/1-0/discard");
+    assert_eq!(code, 403, "{body}");
 }
 
 #[test]

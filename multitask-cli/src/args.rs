@@ -319,7 +319,8 @@ pub(crate) struct WorkerArgs {
     /// The queue to serve (default: the URL's ?queue=, else "default").
     #[arg(long)]
     pub(crate) queue: Option<String>,
-    /// Tasks at once, each in a worker process (default: usable CPUs).
+    /// Tasks at once, each in a worker process (default: usable CPUs; on a
+    /// Redis Cluster, per shard).
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub(crate) concurrency: Option<u16>,
     /// Seconds a task may sit idle with a dead worker before another takes it over.

@@ -206,7 +206,9 @@ impl WorkerBuilder {
         self
     }
 
-    /// Tasks at once (default: usable CPUs). Zero is refused by
+    /// Tasks at once (default: usable CPUs); on a Redis Cluster, per shard
+    /// (each shard is served as a queue of its own, and the default pool
+    /// has a process for every slot of every shard). Zero is refused by
     /// [`WorkerBuilder::build`].
     pub fn concurrency(mut self, n: usize) -> Self {
         self.concurrency = n;
@@ -267,11 +269,13 @@ impl WorkerBuilder {
             ensure_group(&mut probe, &keys).map_err(|e| broker.error(&e))?;
             opened.push((broker, keys));
         }
+        // Each shard is served as a queue of its own, with `concurrency`
+        // slots: the default pool runs them all at once.
         let pool: Arc<dyn RawExecutor> = match self.pool {
             Some(p) => p,
             None => Arc::new(
                 ProcessPool::builder()
-                    .max_workers(self.concurrency)
+                    .max_workers(self.concurrency * urls.len())
                     .measure_usage(self.measure)
                     .build()?,
             ),

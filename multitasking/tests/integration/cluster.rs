@@ -135,10 +135,11 @@ impl Executor for TestCluster {
     }
 }
 
-/// A client of the queue at `url` with one 2-slot worker serving it.
-fn cluster_at(url: &str) -> TestCluster {
+/// A client of the queue at `url` with one 2-slot worker serving it; the
+/// client counts `slots` remote slots (2 per shard).
+fn cluster_at(url: &str, slots: usize) -> TestCluster {
     let worker = InProcessWorker::start(url, 2, Duration::from_secs(30));
-    let pool = ClusterPool::connect_with(url, 2).expect("connect");
+    let pool = ClusterPool::connect_with(url, slots).expect("connect");
     TestCluster {
         pool: Some(pool),
         _worker: worker,
@@ -147,7 +148,10 @@ fn cluster_at(url: &str) -> TestCluster {
 
 /// A cluster on the test Redis with one 2-slot worker; `None` to skip.
 pub(crate) fn test_cluster() -> Option<TestCluster> {
-    Some(cluster_at(&queue_url(&redis_url()?, &fresh_queue("conf"))))
+    Some(cluster_at(
+        &queue_url(&redis_url()?, &fresh_queue("conf")),
+        2,
+    ))
 }
 
 /// Runs `f` on a test cluster, or skips.
@@ -175,11 +179,9 @@ pub(crate) fn redis_cluster_url() -> Option<String> {
 /// A queue sharded over the test Redis Cluster, with one 2-slot worker
 /// serving every shard; `None` to skip.
 pub(crate) fn sharded_cluster() -> Option<TestCluster> {
-    Some(cluster_at(&format!(
-        "{}?queue={}",
-        redis_cluster_url()?,
-        fresh_queue("shard")
-    )))
+    let url = format!("{}?queue={}", redis_cluster_url()?, fresh_queue("shard"));
+    // The worker runs 2 tasks at once on each of the 3 shards.
+    Some(cluster_at(&url, 6))
 }
 
 /// Runs `f` on a sharded queue, or skips.

@@ -266,10 +266,8 @@ pub(crate) fn run_streaming(
     timeout: Option<Duration>,
     mut sink: Option<Sink<'_>>,
 ) -> io::Result<Finished> {
-    let mut command = Command::new("sh");
+    let mut command = shell_command(cmd);
     command
-        .arg("-c")
-        .arg(cmd)
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {
@@ -389,6 +387,172 @@ pub(crate) fn run_streaming(
     })
 }
 
+/// The command that runs `cmd` as `sh -c cmd` would: the program itself
+/// when `cmd` is plain words that the shell would pass on unchanged (see
+/// [`plain_words`]) naming a program found on `PATH`, which saves starting
+/// a shell per job (about 0.8 ms here, a tenth of a 20 ms job's run on two
+/// CPUs); `sh -c` for everything else, including a program that is not
+/// found, so the shell's message and exit code 127 stay its own.
+fn shell_command(cmd: &str) -> Command {
+    if let Some(words) = plain_words(cmd) {
+        if let Some(path) = find_program(words[0]) {
+            let mut command = Command::new(path);
+            command.arg0(words[0]).args(&words[1..]);
+            // dash exports PWD when it starts; do the same.
+            if let Some(pwd) = shell_pwd() {
+                command.env("PWD", pwd);
+            }
+            return command;
+        }
+    }
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(cmd);
+    command
+}
+
+/// The words of `cmd` if the shell would run it as one simple command
+/// whose words reach the program unchanged: nothing but letters, digits
+/// and `_ . / : , + = @ % -` separated by spaces or tabs (no quote, no
+/// expansion, no redirection, no glob, no comment, no newline), a first
+/// word that is no variable assignment, and a program that is no builtin
+/// or keyword of a shell (`echo`, `true`, `cd`, `if` ... differ from or
+/// have no program of their own).
+fn plain_words(cmd: &str) -> Option<Vec<&str>> {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./:,+=@%-".contains(c);
+    if !cmd.chars().all(|c| plain(c) || c == ' ' || c == '\t') {
+        return None;
+    }
+    let words: Vec<&str> = cmd.split([' ', '\t']).filter(|w| !w.is_empty()).collect();
+    let program = *words.first()?;
+    if program.contains('=') || (!program.contains('/') && SHELL_WORDS.contains(&program)) {
+        return None;
+    }
+    Some(words)
+}
+
+/// Builtins and reserved words of dash and bash (as `sh` may be either)
+/// that [`plain_words`] can let through.
+const SHELL_WORDS: &[&str] = &[
+    ".",
+    ":",
+    "alias",
+    "bg",
+    "bind",
+    "break",
+    "builtin",
+    "caller",
+    "case",
+    "cd",
+    "chdir",
+    "command",
+    "compgen",
+    "complete",
+    "compopt",
+    "continue",
+    "declare",
+    "dirs",
+    "disown",
+    "do",
+    "done",
+    "echo",
+    "elif",
+    "else",
+    "enable",
+    "esac",
+    "eval",
+    "exec",
+    "exit",
+    "export",
+    "false",
+    "fc",
+    "fg",
+    "fi",
+    "for",
+    "function",
+    "getopts",
+    "hash",
+    "help",
+    "history",
+    "if",
+    "in",
+    "jobs",
+    "kill",
+    "let",
+    "local",
+    "logout",
+    "mapfile",
+    "popd",
+    "printf",
+    "pushd",
+    "pwd",
+    "read",
+    "readarray",
+    "readonly",
+    "return",
+    "select",
+    "set",
+    "shift",
+    "shopt",
+    "source",
+    "suspend",
+    "test",
+    "then",
+    "time",
+    "times",
+    "trap",
+    "true",
+    "type",
+    "typeset",
+    "ulimit",
+    "umask",
+    "unalias",
+    "unset",
+    "until",
+    "wait",
+    "while",
+];
+
+/// Where the shell would find `program`: itself if it names a path, else
+/// the first executable regular file of that name in `PATH` (an empty
+/// entry is the current directory). `None` leaves the job to the shell.
+fn find_program(program: &str) -> Option<std::path::PathBuf> {
+    use std::path::Path;
+    let runnable =
+        |p: &Path| p.is_file() && rustix::fs::access(p, rustix::fs::Access::EXEC_OK).is_ok();
+    if program.contains('/') {
+        return runnable(Path::new(program)).then(|| program.into());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                Path::new(".").join(program)
+            } else {
+                dir.join(program)
+            }
+        })
+        .find(|p| runnable(p))
+}
+
+/// The PWD a shell started here would export: the inherited one if it
+/// names the current directory, else the current directory. This process
+/// never changes its directory, so it is found once.
+fn shell_pwd() -> Option<&'static std::path::Path> {
+    use std::os::unix::fs::MetadataExt;
+    static PWD: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    PWD.get_or_init(|| {
+        let here = std::fs::metadata(".").ok()?;
+        let same = |p: &std::path::Path| {
+            std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (here.dev(), here.ino()))
+        };
+        match std::env::var_os("PWD").map(std::path::PathBuf::from) {
+            Some(pwd) if pwd.is_absolute() && same(&pwd) => Some(pwd),
+            _ => std::env::current_dir().ok(),
+        }
+    })
+    .as_deref()
+}
+
 /// How often the exit of a job is checked where pidfds are missing.
 const EXIT_POLL: Duration = Duration::from_millis(10);
 
@@ -424,7 +588,93 @@ fn die_with_spawning_thread(command: &mut Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::time::Instant;
+
+    #[test]
+    fn only_plain_words_naming_a_program_skip_the_shell() {
+        assert_eq!(plain_words("sleep 0.02"), Some(vec!["sleep", "0.02"]));
+        assert_eq!(
+            plain_words(" dd\tif=/dev/zero  bs=1M "),
+            Some(vec!["dd", "if=/dev/zero", "bs=1M"])
+        );
+        for shell in [
+            "echo a",
+            "true",
+            "cd /",
+            "if",
+            "x=1 env",
+            "ls *",
+            "ls ~",
+            "echo $HOME",
+            "a;b",
+            "a|b",
+            "a >f",
+            "'a'",
+            "a\\ b",
+            "a #c",
+            "a\nb",
+            "{ a; }",
+            "a&",
+            "",
+            "  ",
+            "ls é",
+        ] {
+            assert_eq!(plain_words(shell), None, "{shell:?}");
+        }
+        // A program the shell would not find stays with the shell, so its
+        // message and exit code are the shell's.
+        assert_eq!(shell_command("no-such-program-here x").get_program(), "sh");
+        let direct = shell_command("env -u X");
+        assert!(
+            Path::new(direct.get_program()).ends_with("env"),
+            "{direct:?}"
+        );
+        assert_eq!(direct.get_args().collect::<Vec<_>>(), ["-u", "X"]);
+        assert_eq!(shell_command("echo a").get_program(), "sh");
+    }
+
+    #[test]
+    fn a_plain_command_runs_without_a_shell_as_the_shell_would_run_it() {
+        // Its parent is this process, not a shell in between.
+        let done = run("cat /proc/self/stat", None).unwrap();
+        let stat = String::from_utf8(done.stdout).unwrap();
+        let ppid: u32 = stat
+            .rsplit(") ")
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(ppid, std::process::id(), "{stat}");
+        // And it does what `sh -c` does: the same output, errors, exit
+        // codes and environment (a trailing `;` sends a line to the shell).
+        for cmd in [
+            "env",
+            "ls /no-such-dir-here",
+            "head -c 5 /dev/zero",
+            "no-such-program-here x",
+            "/no/such/path x",
+            "/etc/passwd",
+            "expr 0",
+        ] {
+            let direct = run(cmd, None).unwrap();
+            let shell = run(&format!("{cmd} ;"), None).unwrap();
+            // (dash passes the environment on in an order of its own.)
+            let lines = |b: &[u8]| {
+                let mut l: Vec<String> = String::from_utf8_lossy(b)
+                    .lines()
+                    .map(String::from)
+                    .collect();
+                l.sort();
+                l
+            };
+            let outcome = |f: &Finished| (f.code, f.signal, lines(&f.stdout), lines(&f.stderr));
+            assert_eq!(outcome(&direct), outcome(&shell), "{cmd}");
+        }
+    }
 
     #[test]
     fn a_timeout_kills_the_whole_group() {

@@ -52,28 +52,48 @@ pub trait Terminate: Send + Sync {
     }
 }
 
-/// Where a task is in its life.
+/// Where a task is in its life. Errors are boxed: a `TaskError` is 96
+/// bytes, and every future's allocation would carry that room (a batch of
+/// 100k futures paid for it in page faults).
 enum State<T> {
     /// Queued; `cancel` still succeeds.
     Pending,
     /// A worker has it; `cancel` fails, `terminate` may kill it.
     Running,
-    /// The outcome is known and has not been taken.
-    Finished(Result<T, TaskError>),
+    /// It succeeded, and the value has not been taken.
+    Finished(T),
+    /// It failed, and the error has not been taken.
+    Failed(Box<TaskError>),
     /// Cancelled before it ran; done at once (no worker acknowledgement).
     Cancelled,
     /// The outcome was taken by `try_result`, `result_timeout` or an
     /// `.await`; a failure's error is kept for `error`.
-    Taken(Option<TaskError>),
+    Taken(Option<Box<TaskError>>),
 }
 
 impl<T> State<T> {
     fn is_done(&self) -> bool {
         matches!(
             self,
-            State::Finished(_) | State::Cancelled | State::Taken(_)
+            State::Finished(_) | State::Failed(_) | State::Cancelled | State::Taken(_)
         )
     }
+
+    /// The state that holds `outcome`.
+    fn from_outcome(outcome: Result<T, TaskError>) -> State<T> {
+        match outcome {
+            Ok(v) => State::Finished(v),
+            Err(e) => State::Failed(Box::new(e)),
+        }
+    }
+}
+
+/// What ends a future.
+enum Outcome<T> {
+    /// The task's outcome (or a shutdown's error).
+    Done(Result<T, TaskError>),
+    /// A cancel before it ran.
+    Cancelled,
 }
 
 /// Which states a transition to done may leave.
@@ -90,20 +110,41 @@ enum FromState {
 struct Inner<T> {
     /// The current state; transitions only through the methods below.
     state: State<T>,
-    /// Callbacks waiting for the outcome, in the order added; empty once done.
-    callbacks: Vec<Callback<T>>,
-    /// The async task awaiting this future, if any.
-    waker: Option<Waker>,
-    /// `wait` / `as_completed` calls to tell, with this future's index there.
-    listeners: Vec<(Arc<Signal>, usize)>,
+    /// What most futures never need, made on first use: kept out of line
+    /// so that a plain future's allocation stays small.
+    extras: Option<Box<Extras<T>>>,
     /// The executor's handle to kill the worker running this task (a
     /// std `Arc` even under loom: it is not part of the model).
     control: Option<std::sync::Arc<dyn Terminate>>,
     /// Threads parked on the condvar: a finish with none skips the notify,
     /// which is a system call even when nobody waits.
     sleepers: usize,
+}
+
+/// The parts of [`Inner`] that only some futures use.
+struct Extras<T> {
+    /// Callbacks waiting for the outcome, in the order added; empty once done.
+    callbacks: Vec<Callback<T>>,
+    /// The async task awaiting this future, if any.
+    waker: Option<Waker>,
+    /// `wait` / `as_completed` calls to tell, with this future's index there.
+    listeners: Vec<(Arc<Signal>, usize)>,
     /// What the task used, when its executor measured it.
     usage: Option<TaskUsage>,
+}
+
+impl<T> Inner<T> {
+    /// The extras, made if they were not.
+    fn extras(&mut self) -> &mut Extras<T> {
+        self.extras.get_or_insert_with(|| {
+            Box::new(Extras {
+                callbacks: Vec::new(),
+                waker: None,
+                listeners: Vec::new(),
+                usage: None,
+            })
+        })
+    }
 }
 
 /// What one task used where it ran, as its worker measured it
@@ -142,7 +183,7 @@ impl<T> Shared<T> {
     /// accepts, stores the outcome, runs callbacks in order, and wakes every
     /// waiter, all under the one lock. False (and nothing changes) if the
     /// state was not one `from` accepts.
-    fn finish(&self, from: FromState, outcome: State<T>) -> bool {
+    fn finish(&self, from: FromState, outcome: Outcome<T>) -> bool {
         let mut inner = lock(&self.inner);
         let allowed = match from {
             FromState::NotDone => !inner.state.is_done(),
@@ -151,25 +192,41 @@ impl<T> Shared<T> {
         if !allowed {
             return false;
         }
-        inner.state = outcome;
         // Nothing is left to stop or help.
         inner.control = None;
+        let mut extras = inner.extras.take();
+        // Callbacks see the outcome by reference before it is stored (no
+        // one else can look: the lock is held).
+        if let Some(x) = extras.as_mut().filter(|x| !x.callbacks.is_empty()) {
+            let cancelled;
+            let view = match &outcome {
+                Outcome::Done(r) => r,
+                Outcome::Cancelled => {
+                    cancelled = Err(self.cancelled());
+                    &cancelled
+                }
+            };
+            for cb in x.callbacks.drain(..) {
+                run_callback(self.task, cb, view);
+            }
+        }
+        inner.state = match outcome {
+            Outcome::Done(r) => State::from_outcome(r),
+            Outcome::Cancelled => State::Cancelled,
+        };
         // Release: pairs with the Acquire in `spin`; the state written above
         // is published by the unlock anyway, this only ends the spin early.
         self.done.store(true, std::sync::atomic::Ordering::Release);
-        let callbacks = std::mem::take(&mut inner.callbacks);
-        if !callbacks.is_empty() {
-            let view = outcome_view(&inner.state, self.task);
-            for cb in callbacks {
-                run_callback(self.task, cb, &view);
+        if let Some(x) = extras.as_mut() {
+            for (signal, index) in x.listeners.drain(..) {
+                signal.notify(index);
+            }
+            if let Some(w) = x.waker.take() {
+                w.wake();
             }
         }
-        for (signal, index) in inner.listeners.drain(..) {
-            signal.notify(index);
-        }
-        if let Some(w) = inner.waker.take() {
-            w.wake();
-        }
+        // The usage stays for `usage`.
+        inner.extras = extras;
         let sleepers = inner.sleepers > 0;
         drop(inner);
         if sleepers {
@@ -181,14 +238,15 @@ impl<T> Shared<T> {
     /// Takes the outcome out of a done state, leaving `Taken`.
     fn take(&self, inner: &mut Inner<T>) -> Result<T, TaskError> {
         match std::mem::replace(&mut inner.state, State::Taken(None)) {
-            State::Finished(Ok(v)) => Ok(v),
-            State::Finished(Err(e)) => {
-                inner.state = State::Taken(Some(e.clone()));
-                Err(e)
+            State::Finished(v) => Ok(v),
+            State::Failed(e) => {
+                let error = (*e).clone();
+                inner.state = State::Taken(Some(e));
+                Err(error)
             }
             State::Cancelled => {
                 let e = self.cancelled();
-                inner.state = State::Taken(Some(e.clone()));
+                inner.state = State::Taken(Some(Box::new(e.clone())));
                 Err(e)
             }
             State::Taken(e) => {
@@ -211,30 +269,8 @@ impl<T> Shared<T> {
     }
 }
 
-/// The outcome as a callback sees it; built by reference where possible.
-enum View<'a, T> {
-    Borrowed(&'a Result<T, TaskError>),
-    Owned(Result<T, TaskError>),
-}
-
-fn outcome_view<'a, T>(state: &'a State<T>, task: &str) -> View<'a, T> {
-    match state {
-        State::Finished(r) => View::Borrowed(r),
-        State::Cancelled => View::Owned(Err(TaskError::Cancelled {
-            task: task.to_string(),
-        })),
-        State::Taken(Some(e)) => View::Owned(Err(e.clone())),
-        _ => View::Owned(Err(TaskError::ResultTaken {
-            task: task.to_string(),
-        })),
-    }
-}
-
-fn run_callback<T>(task: &str, cb: Callback<T>, view: &View<'_, T>) {
-    let r = match view {
-        View::Borrowed(r) => *r,
-        View::Owned(r) => r,
-    };
+/// Runs a done callback on the outcome `r`, catching its panic.
+fn run_callback<T>(task: &str, cb: Callback<T>, r: &Result<T, TaskError>) {
     if let Err(e) = crate::panic::catch(task, || cb(r)) {
         eprintln!("multitask: a done callback of task {task} panicked: {e}");
     }
@@ -270,12 +306,9 @@ impl<T> TaskFuture<T> {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 state: State::Pending,
-                callbacks: Vec::new(),
-                waker: None,
-                listeners: Vec::new(),
+                extras: None,
                 control: None,
                 sleepers: 0,
-                usage: None,
             }),
             cond: Condvar::new(),
             done: AtomicBool::new(false),
@@ -344,7 +377,7 @@ impl<T> TaskFuture<T> {
         // One step under the lock: either the task is still pending and is
         // now cancelled (a later `set_running` fails, so the body never
         // runs), or it started meanwhile and the cancel fails.
-        self.shared.finish(FromState::Pending, State::Cancelled) || self.cancelled()
+        self.shared.finish(FromState::Pending, Outcome::Cancelled) || self.cancelled()
     }
 
     /// Makes dropping this future, before it is done, stop its task: a
@@ -505,7 +538,10 @@ impl<T> TaskFuture<T> {
     /// # }
     /// ```
     pub fn usage(&self) -> Option<TaskUsage> {
-        lock(&self.shared.inner).usage
+        lock(&self.shared.inner)
+            .extras
+            .as_ref()
+            .and_then(|x| x.usage)
     }
 
     /// The error, if the task is done and failed (or was cancelled); `None`
@@ -514,9 +550,9 @@ impl<T> TaskFuture<T> {
     pub fn error(&self) -> Option<TaskError> {
         let inner = lock(&self.shared.inner);
         match &inner.state {
-            State::Finished(Err(e)) => Some(e.clone()),
+            State::Failed(e) => Some((**e).clone()),
             State::Cancelled => Some(self.shared.cancelled()),
-            State::Taken(e) => e.clone(),
+            State::Taken(e) => e.as_deref().cloned(),
             _ => None,
         }
     }
@@ -533,11 +569,37 @@ impl<T> TaskFuture<T> {
     /// itself.
     pub fn add_done_callback(&self, f: impl FnOnce(&Result<T, TaskError>) + Send + 'static) {
         let mut inner = lock(&self.shared.inner);
-        if inner.state.is_done() {
-            let view = outcome_view(&inner.state, self.shared.task);
-            run_callback(self.shared.task, Box::new(f), &view);
-        } else {
-            inner.callbacks.push(Box::new(f));
+        let task = self.shared.task;
+        match std::mem::replace(&mut inner.state, State::Taken(None)) {
+            // Lent to `f` and put back, under the lock: no one sees it go.
+            State::Finished(v) => {
+                let r = Ok(v);
+                run_callback(task, Box::new(f), &r);
+                inner.state = State::from_outcome(r);
+            }
+            State::Failed(e) => {
+                let r = Err(*e);
+                run_callback(task, Box::new(f), &r);
+                inner.state = State::from_outcome(r);
+            }
+            State::Cancelled => {
+                inner.state = State::Cancelled;
+                run_callback(task, Box::new(f), &Err(self.shared.cancelled()));
+            }
+            State::Taken(e) => {
+                let r = Err(e
+                    .as_deref()
+                    .cloned()
+                    .unwrap_or_else(|| TaskError::ResultTaken {
+                        task: task.to_string(),
+                    }));
+                inner.state = State::Taken(e);
+                run_callback(task, Box::new(f), &r);
+            }
+            s @ (State::Pending | State::Running) => {
+                inner.state = s;
+                inner.extras().callbacks.push(Box::new(f));
+            }
         }
     }
 }
@@ -568,19 +630,21 @@ impl<T> Waitable for TaskFuture<T> {
         if inner.state.is_done() {
             return true;
         }
-        inner.listeners.push((signal.clone(), index));
+        inner.extras().listeners.push((signal.clone(), index));
         false
     }
 
     fn unlisten(&self, signal: &Arc<Signal>) {
         let mut inner = lock(&self.shared.inner);
-        inner.listeners.retain(|(s, _)| !Arc::ptr_eq(s, signal));
+        if let Some(x) = inner.extras.as_mut() {
+            x.listeners.retain(|(s, _)| !Arc::ptr_eq(s, signal));
+        }
     }
 
     fn failed(&self) -> bool {
         let inner = lock(&self.shared.inner);
         match &inner.state {
-            State::Finished(r) => r.is_err(),
+            State::Failed(_) => true,
             State::Taken(Some(e)) => !e.is_cancelled(),
             _ => false,
         }
@@ -595,9 +659,10 @@ impl<T> std::future::Future for TaskFuture<T> {
         if inner.state.is_done() {
             return Poll::Ready(self.shared.take(&mut inner));
         }
-        match &inner.waker {
+        let waker = &mut inner.extras().waker;
+        match waker {
             Some(w) if w.will_wake(cx.waker()) => {}
-            _ => inner.waker = Some(cx.waker().clone()),
+            _ => *waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
@@ -622,8 +687,8 @@ impl<T> fmt::Debug for TaskFuture<T> {
         let state = match &inner.state {
             State::Pending => "pending",
             State::Running => "running",
-            State::Finished(Ok(_)) => "finished",
-            State::Finished(Err(_)) => "failed",
+            State::Finished(_) => "finished",
+            State::Failed(_) => "failed",
             State::Cancelled => "cancelled",
             State::Taken(_) => "taken",
         };
@@ -673,20 +738,20 @@ impl<T> Promise<T> {
     /// before [`Promise::complete`], so that whoever sees the outcome sees
     /// the usage.
     pub fn set_usage(&self, usage: TaskUsage) {
-        lock(&self.shared.inner).usage = Some(usage);
+        lock(&self.shared.inner).extras().usage = Some(usage);
     }
 
     /// Delivers the outcome; false if the future was already done
     /// (cancelled), in which case the outcome is dropped.
     pub fn complete(self, outcome: Result<T, TaskError>) -> bool {
         self.shared
-            .finish(FromState::NotDone, State::Finished(outcome))
+            .finish(FromState::NotDone, Outcome::Done(outcome))
     }
 
     /// Cancels the future from the executor's side (shutdown with
     /// `cancel_futures`); false if it was already running or done.
     pub fn cancel(self) -> bool {
-        self.shared.finish(FromState::Pending, State::Cancelled)
+        self.shared.finish(FromState::Pending, Outcome::Cancelled)
     }
 }
 
@@ -697,7 +762,7 @@ impl<T> Drop for Promise<T> {
         let task = self.shared.task;
         self.shared.finish(
             FromState::NotDone,
-            State::Finished(Err(TaskError::Shutdown {
+            Outcome::Done(Err(TaskError::Shutdown {
                 task: task.to_string(),
             })),
         );
@@ -709,5 +774,81 @@ impl<T> fmt::Debug for Promise<T> {
         f.debug_struct("Promise")
             .field("task", &self.shared.task)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// What a callback added now sees, as text.
+    fn late_view<T: fmt::Debug + Send + 'static>(fut: &TaskFuture<T>) -> String {
+        let seen = std::sync::Arc::new(StdMutex::new(String::new()));
+        let out = seen.clone();
+        fut.add_done_callback(move |r| *out.lock().unwrap() = format!("{r:?}"));
+        let s = seen.lock().unwrap().clone();
+        s
+    }
+
+    #[test]
+    fn every_done_state_keeps_its_outcome_for_late_callbacks_and_the_result() {
+        // A value: lent to a late callback and still there for `result`.
+        let (fut, promise) = TaskFuture::<String>::pending("t");
+        promise.complete(Ok("v".into()));
+        assert_eq!(late_view(&fut), r#"Ok("v")"#);
+        assert_eq!((fut.error(), fut.failed()), (None, false));
+        assert_eq!(fut.try_result().unwrap(), Ok("v".to_string()));
+        assert!(late_view(&fut).contains("ResultTaken"));
+
+        // An error: the same error for callbacks, `error` and `result`,
+        // and kept for `error` once taken.
+        let (fut, promise) = TaskFuture::<String>::pending("t");
+        let err = TaskError::Shutdown { task: "t".into() };
+        promise.complete(Err(err.clone()));
+        assert_eq!(late_view(&fut), format!("Err({err:?})"));
+        assert_eq!((fut.error(), fut.failed()), (Some(err.clone()), true));
+        assert_eq!(fut.try_result().unwrap(), Err(err.clone()));
+        assert_eq!((fut.error(), fut.failed()), (Some(err.clone()), true));
+        assert_eq!(late_view(&fut), format!("Err({err:?})"));
+
+        // Cancelled: not a failure, as in Python.
+        let (fut, promise) = TaskFuture::<String>::pending("t");
+        assert!(promise.cancel());
+        assert!(late_view(&fut).contains("Cancelled"));
+        assert!(fut.cancelled() && !fut.failed());
+        assert!(fut.try_result().unwrap().is_err_and(|e| e.is_cancelled()));
+        assert!(fut.cancelled() && !fut.failed());
+    }
+
+    #[test]
+    fn callbacks_added_before_see_the_outcome_once_and_usage_stays() {
+        let (fut, promise) = TaskFuture::<u64>::pending("t");
+        let seen = std::sync::Arc::new(StdMutex::new(Vec::new()));
+        for i in 0..3 {
+            let seen = seen.clone();
+            fut.add_done_callback(move |r| seen.lock().unwrap().push((i, r.clone())));
+        }
+        let usage = TaskUsage {
+            cpu: Duration::from_millis(3),
+            peak_rss: Some(1),
+            allocated: None,
+        };
+        promise.set_usage(usage);
+        promise.complete(Ok(7));
+        assert_eq!(*seen.lock().unwrap(), [(0, Ok(7)), (1, Ok(7)), (2, Ok(7))]);
+        assert_eq!(fut.usage(), Some(usage));
+        assert_eq!(fut.result(), Ok(7));
+    }
+
+    #[test]
+    fn a_plain_future_stays_small() {
+        // Errors and the rarely used parts live out of line; a batch of
+        // 100k futures allocates what this says, per future.
+        assert!(
+            std::mem::size_of::<Shared<u64>>() <= 96,
+            "{}",
+            std::mem::size_of::<Shared<u64>>()
+        );
     }
 }

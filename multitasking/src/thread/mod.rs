@@ -2,13 +2,14 @@
 //! cooperative `StopToken`.
 //!
 //! The pool is a set of worker threads, started as needed up to
-//! `max_workers`, fed by one crossbeam channel (the seed's queue-fed pool). A job is a boxed closure that either runs
+//! `max_workers`, fed by one crossbeam channel (the seed's queue-fed pool). A job is a closure (kept inline in the channel's slot when small, `job.rs`) that either runs
 //! its task or, when the pool is shut down with `cancel_futures`, cancels
 //! it; either way its future resolves. Threads can't be killed: a task that
 //! never returns keeps its worker, and `result_timeout` only stops waiting.
 //! `ThreadPool::scope` (scope.rs) runs closures that borrow the caller's
 //! locals on the same workers.
 
+mod job;
 mod pool;
 mod scope;
 mod spawn;

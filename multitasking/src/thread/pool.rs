@@ -24,6 +24,8 @@ use crate::map::Map;
 use crate::task::{Task, TaskEntry};
 use crate::trace::{Span, SpanWorker, Tracer};
 
+use super::job::JobFn;
+
 /// What a worker does with a job.
 pub(super) enum Go {
     /// Run the task.
@@ -49,7 +51,10 @@ struct Job {
 /// A job's body: applies a [`Go`] to its promise, and calls the hook with
 /// "the task did not fail" just before the promise resolves, so that
 /// whoever sees the future finished also sees the trace event.
-pub(super) type Run = Box<dyn FnOnce(Go, &mut dyn FnMut(bool)) + Send>;
+pub(super) type Run = JobFn;
+
+/// A job's body boxed, as a scope makes it before erasing its lifetime.
+pub(super) type BoxedRun = Box<dyn FnOnce(Go, &mut dyn FnMut(bool)) + Send>;
 
 /// Applies `go` to a job's promise; `run` produces the outcome; `done`
 /// hears whether it succeeded, before the promise resolves.
@@ -405,7 +410,7 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
                 counted = true;
             }
         };
-        (job.run)(go, &mut done);
+        job.run.call(go, &mut done);
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -481,7 +486,7 @@ impl ThreadPool {
         let name = std::any::type_name::<F>();
         let (fut, promise) = TaskFuture::pending(name);
         self.send(name, f, move |f| {
-            Box::new(move |go, done| settle(promise, go, done, || crate::panic::catch(name, f)))
+            JobFn::new(move |go, done| settle(promise, go, done, || crate::panic::catch(name, f)))
         })?;
         Ok(fut)
     }
@@ -549,7 +554,7 @@ impl ThreadPool {
     {
         let (fut, promise) = TaskFuture::pending(name);
         self.shared.send(name, chunk, preview, move |chunk| {
-            Box::new(move |go, done| settle(promise, go, done, || Ok(run(chunk))))
+            JobFn::new(move |go, done| settle(promise, go, done, || Ok(run(chunk))))
         })?;
         Ok(fut)
     }
@@ -580,7 +585,7 @@ impl Executor for ThreadPool {
         let (fut, promise) = TaskFuture::pending(T::NAME);
         let preview = |input: &T::Input| Some(crate::trace::preview(input));
         self.shared.send(T::NAME, input, preview, move |input| {
-            Box::new(move |go, done| {
+            JobFn::new(move |go, done| {
                 settle(promise, go, done, || {
                     crate::panic::catch(T::NAME, || task.run(input))
                 })
@@ -623,7 +628,7 @@ impl Executor for ThreadPool {
         // call back into the pool. Every future still resolves.
         for msg in cancelled {
             if let Msg::Run(job) = msg {
-                (job.run)(Go::Cancel, &mut |_| {});
+                job.run.call(Go::Cancel, &mut |_| {});
             }
         }
         if how.wait {
@@ -664,7 +669,7 @@ impl RawExecutor for ThreadPool {
         let (fut, promise) = TaskFuture::pending(name);
         // The batch function catches each item's panic itself.
         self.send(name, payload, move |payload| {
-            Box::new(move |go, done| settle(promise, go, done, || (entry.run)(&payload)))
+            JobFn::new(move |go, done| settle(promise, go, done, || (entry.run)(&payload)))
         })?;
         Ok(fut)
     }

@@ -15,7 +15,8 @@
 use std::marker::PhantomData;
 use std::sync::{Arc, Condvar, Mutex};
 
-use super::pool::{settle, Go, PoolShared, Run, ThreadPool};
+use super::job::JobFn;
+use super::pool::{settle, BoxedRun, Go, PoolShared, ThreadPool};
 use crate::error::TaskError;
 use crate::future::TaskFuture;
 
@@ -64,7 +65,7 @@ impl Drop for Ticket {
 /// everything it borrowed) before the ticket that lets the scope return.
 struct Guarded {
     /// The job; `None` once it ran.
-    job: Option<Run>,
+    job: Option<BoxedRun>,
     /// Given back last.
     _ticket: Ticket,
 }
@@ -126,12 +127,12 @@ impl<'scope> Scope<'scope> {
                 // `ThreadPool::scope` does not return or unwind before every
                 // ticket is back; `'scope` outlives that call, being a lifetime
                 // parameter of it.
-                let job: Run = unsafe { erase(job) };
+                let job: BoxedRun = unsafe { erase(job) };
                 let guarded = Guarded {
                     job: Some(job),
                     _ticket: Ticket(state),
                 };
-                Box::new(move |go, done| {
+                JobFn::new(move |go, done| {
                     let mut guarded = guarded;
                     if let Some(job) = guarded.job.take() {
                         job(go, done);
@@ -152,7 +153,7 @@ impl<'scope> Scope<'scope> {
 ///
 /// The caller must not let the job, nor anything it borrows, be used after
 /// `'a` ends.
-unsafe fn erase(job: ScopedRun<'_>) -> Run {
+unsafe fn erase(job: ScopedRun<'_>) -> BoxedRun {
     // SAFETY: the two types differ only in the trait object's lifetime
     // bound; the caller upholds it.
     unsafe { std::mem::transmute(job) }

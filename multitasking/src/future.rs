@@ -42,6 +42,11 @@ pub trait Terminate: Send + Sync {
     /// switch each way. Default: nothing.
     fn progress(&self) {}
 
+    /// A thread starts (`true`) or stops (`false`) spinning on
+    /// [`Terminate::progress`] for this task: a process pool's supervisor
+    /// then leaves the worker's replies to it. Default: nothing.
+    fn helping(&self, _start: bool) {}
+
     /// Takes back a task that has not started, before its future is
     /// cancelled: false if a worker may already have it, and then the
     /// cancel fails. A cluster asks its broker here, where the worker's
@@ -438,12 +443,17 @@ impl<T> TaskFuture<T> {
         let helper = lock(&self.shared.inner).control.clone();
         match helper {
             None => spin_for(SPIN, done),
-            Some(h) => spin_for(SPIN, || {
-                done() || {
-                    h.progress();
-                    done()
-                }
-            }),
+            Some(h) => {
+                h.helping(true);
+                let finished = spin_for(SPIN, || {
+                    done() || {
+                        h.progress();
+                        done()
+                    }
+                });
+                h.helping(false);
+                finished
+            }
         }
     }
 

@@ -388,6 +388,16 @@ struct SlotIo {
     /// When the supervisor, parked in `poll`, decided to look again (see
     /// [`Parked`]); `None` while it is awake or has been rung.
     parked: Option<Parked>,
+    /// Callers spinning for a call of this slot, reading its replies
+    /// themselves ([`Terminate::helping`]): while there are some, the
+    /// supervisor does not watch the socket, so that a reply wakes no one
+    /// (on two CPUs the wake-up of a third party cost a round trip a
+    /// fifth of its time).
+    helpers: usize,
+    /// When the last helper stopped: a caller that submits and waits again
+    /// and again is between two spins now and then, and a supervisor that
+    /// went back to watching in such a gap was woken by the next reply.
+    helped: Option<Instant>,
 }
 
 /// What a parked supervisor waits for, decided from the slot's state under
@@ -413,6 +423,9 @@ struct Parked {
     call: Option<u64>,
     /// The stall deadline of the frame in progress it planned for.
     stall: Option<Instant>,
+    /// False if it parked without watching the worker's socket, because
+    /// callers were reading it ([`SlotIo::helpers`]).
+    watching: bool,
 }
 
 impl Parked {
@@ -544,6 +557,27 @@ struct Control {
 impl Terminate for Control {
     fn terminate(&self) -> bool {
         self.switch.terminate()
+    }
+
+    fn helping(&self, start: bool) {
+        let Some(pool) = self.pool.upgrade() else {
+            return;
+        };
+        let mut io = self.slot.lock();
+        if start {
+            io.helpers += 1;
+        } else {
+            io.helpers = io.helpers.saturating_sub(1);
+            io.helped = Some(Instant::now());
+            // The last helper leaves a call unanswered: the supervisor,
+            // which parked without watching the socket, must watch it now.
+            let unwatched = io.parked.is_some_and(|p| !p.watching);
+            if io.helpers == 0 && unwatched && io.state.call().is_some() {
+                io.parked = None;
+                self.slot.ring();
+            }
+        }
+        self.slot.release(io, &pool);
     }
 
     fn progress(&self) {
@@ -895,15 +929,32 @@ pub(crate) fn supervise(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        // With callers reading the socket, look again soon rather than
+        // when it turns readable; the last of them rings if it leaves a
+        // call unanswered.
+        let watching = io.helpers == 0 && io.helped.is_none_or(|t| t.elapsed() >= HELPED_LOOK);
+        let wake = match watching {
+            true => wake,
+            false => {
+                let soon = Instant::now() + HELPED_LOOK;
+                Some(wake.map_or(soon, |w| w.min(soon)))
+            }
+        };
         io.parked = Some(Parked {
             wake,
             call: io.state.call().map(|c| c.id),
             stall,
+            watching,
         });
         slot.release(io, &shared);
-        park(&slot.bell, watch.as_ref(), wake);
+        park(&slot.bell, watch.as_ref().filter(|_| watching), wake);
     }
 }
+
+/// How often a supervisor that does not watch its worker's socket, because
+/// callers read it, looks at the slot anyway: a reply nobody read waits
+/// at most this long (see [`SlotIo::helpers`]).
+const HELPED_LOOK: Duration = Duration::from_millis(1);
 
 /// When a slot's supervisor must next look at it, judged from its state.
 enum Due {

@@ -270,6 +270,53 @@ fn workers_die_with_their_parent() {
 }
 
 #[test]
+fn replies_come_back_when_callers_stop_reading_them_themselves() {
+    // While callers spin for their results they read the worker's replies
+    // themselves, and the slot's supervisor stops watching the socket.
+    // Right after such a run, a reply nobody spins for, a task that
+    // outlasts its caller's spin, and a worker that dies must still reach
+    // their futures: the supervisor looks again or is rung.
+    let p = ProcessPool::builder().max_workers(1).build().unwrap();
+    for round in 0..20u64 {
+        for i in 0..50u64 {
+            assert_eq!(get(&p.submit(crate::tasks::double, i).unwrap()), Ok(2 * i));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = Instant::now();
+        let f = p.submit(crate::tasks::double, round).unwrap();
+        f.add_done_callback(move |r| {
+            let _ = tx.send(r.clone());
+        });
+        let got = rx
+            .recv_timeout(LIMIT)
+            .expect("the reply nobody read came back");
+        assert_eq!(got, Ok(2 * round));
+        // Bounded by the supervisor's second look (1 ms) and a busy
+        // machine's scheduling, not by a wait for a socket nobody watches.
+        assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+        // Outlasts the caller's spin: the caller parks, the supervisor reads.
+        let f = p.submit(sleep_ms, 5).unwrap();
+        assert_eq!(get(&f), Ok(5));
+    }
+    for i in 0..50u64 {
+        assert_eq!(get(&p.submit(crate::tasks::double, i).unwrap()), Ok(2 * i));
+    }
+    let f = p.submit(spin_forever, ()).unwrap();
+    let t = Instant::now();
+    while !f.running() {
+        assert!(t.elapsed() < LIMIT, "the task never started");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(f.terminate());
+    assert!(
+        matches!(get(&f), Err(TaskError::Terminated { .. })),
+        "{:?}",
+        get(&f)
+    );
+    assert_eq!(get(&p.submit(crate::tasks::double, 4).unwrap()), Ok(8));
+}
+
+#[test]
 fn a_done_callback_may_submit_to_the_same_pool() {
     // Futures are resolved outside the worker slot's lock: a callback
     // that submits again must not deadlock, whoever resolves the future

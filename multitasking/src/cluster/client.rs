@@ -945,7 +945,7 @@ fn read_results(shared: &ClientShared) {
                 continue;
             }
         };
-        let entries = stream_reply(&reply);
+        let entries = stream_reply(reply);
         let mut seen = Vec::with_capacity(entries.len());
         for e in entries {
             last = e.id.clone();

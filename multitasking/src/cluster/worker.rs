@@ -682,7 +682,7 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
         });
         match reply {
             Ok(v) => {
-                let mut fetched = stream_reply(&v);
+                let mut fetched = stream_reply(v);
                 if recover {
                     let held = lock(&core.inflight);
                     fetched.retain(|e| !held.contains_key(&e.id));
@@ -1123,6 +1123,11 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
     let script = redis::Script::new(COMPLETE_LUA);
     let sha = script.get_hash().to_string();
     let mut loaded = false;
+    // Kept from turn to turn: a batch's vector grown afresh each time cost
+    // reallocations, and glibc's malloc consolidated its free lists for
+    // each one large enough.
+    let mut batch = Vec::with_capacity(COMPLETE_BATCH);
+    let mut inputs = Vec::with_capacity(COMPLETE_BATCH);
     loop {
         let retry_at = (!unwritten.is_empty()).then(|| Instant::now() + backoff);
         let spans_due = (!spans.is_empty()).then(|| spans_at + SPANS_EVERY);
@@ -1138,7 +1143,6 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
                 Some(at) => rx.recv_deadline(at),
             }
         };
-        let mut batch = Vec::new();
         match first {
             Ok(Note::Done(d)) => batch.push(*d),
             Ok(Note::Held) | Err(RecvTimeoutError::Timeout) => {}
@@ -1164,10 +1168,9 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         }
         // Tasks finishing in this batch need no notice: mark them first,
         // and note how long each was held.
-        let mut inputs = Vec::new();
         if !batch.is_empty() {
             let mut held = lock(&core.inflight);
-            for mut done in batch {
+            for mut done in batch.drain(..) {
                 let (ran, input) = held
                     .get_mut(&done.entry)
                     .map_or((Duration::ZERO, None), |h| {
@@ -1185,7 +1188,7 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         // Outside the inflight lock: a future's usage takes its own lock,
         // and a preview decodes the input.
         let fresh = unwritten.len() - inputs.len();
-        for ((done, ran), input) in unwritten[fresh..].iter_mut().zip(inputs) {
+        for ((done, ran), input) in unwritten[fresh..].iter_mut().zip(inputs.drain(..)) {
             done.usage = done.run.take().and_then(|f| f.usage());
             if core.spans {
                 spans.push(span_of(done, *ran, input));
@@ -1698,7 +1701,7 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
             }) else {
                 continue;
             };
-            let e = entries(&found).into_iter().next().unwrap_or_default();
+            let e = entries(found).into_iter().next().unwrap_or_default();
             let reply = if signed_by_a_client(core, &e) {
                 e.text("reply").unwrap_or("")
             } else {
@@ -1737,7 +1740,7 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
         }) else {
             continue;
         };
-        for e in entries(&claimed) {
+        for e in entries(claimed) {
             start(core, link, e, tx);
         }
         let _ = tx.send(Note::Held);

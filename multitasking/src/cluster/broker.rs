@@ -233,13 +233,21 @@ pub(crate) struct Entry {
 /// keying buys nothing here and cost a worker 3% of its time).
 pub(crate) type Fields = HashMap<String, Vec<u8>, std::hash::BuildHasherDefault<Fnv>>;
 
-/// FNV-1a, for [`Fields`].
+/// FNV-1a, for [`Fields`], with murmur3's finalizer: FNV alone leaves the
+/// top bits, which hashbrown compares first, nearly the same for keys
+/// that differ in their last bytes (call ids), and a map of those spent
+/// its time comparing strings.
 #[derive(Default)]
 pub(crate) struct Fnv(u64);
 
 impl std::hash::Hasher for Fnv {
     fn finish(&self) -> u64 {
-        self.0
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -275,6 +283,13 @@ fn bytes(v: Value) -> Option<Vec<u8>> {
     }
 }
 
+/// The most fields of an entry that are kept: ours have at most a dozen.
+/// Anyone who can write to a stream chooses field names, and FNV makes
+/// colliding ones easy to find; a forged entry with thousands of them is
+/// cut here (and then fails as the garbage it is) instead of costing a
+/// worker quadratic time.
+const MAX_FIELDS: usize = 64;
+
 /// Parses one `[id, [field, value, ...]]` entry; `None` for a deleted one.
 fn entry(v: Value) -> Option<Entry> {
     let Value::Array(parts) = v else { return None };
@@ -283,15 +298,18 @@ fn entry(v: Value) -> Option<Entry> {
     let mut fields = Fields::default();
     match parts.next()? {
         Value::Array(kv) => {
-            fields.reserve(kv.len() / 2);
+            fields.reserve((kv.len() / 2).min(MAX_FIELDS));
             let mut kv = kv.into_iter();
-            while let (Some(k), Some(v)) = (kv.next(), kv.next()) {
+            for _ in 0..MAX_FIELDS {
+                let (Some(k), Some(v)) = (kv.next(), kv.next()) else {
+                    break;
+                };
                 fields.insert(String::from_utf8(bytes(k)?).ok()?, bytes(v)?);
             }
         }
         Value::Map(kv) => {
-            fields.reserve(kv.len());
-            for (k, v) in kv {
+            fields.reserve(kv.len().min(MAX_FIELDS));
+            for (k, v) in kv.into_iter().take(MAX_FIELDS) {
                 fields.insert(String::from_utf8(bytes(k)?).ok()?, bytes(v)?);
             }
         }
@@ -433,6 +451,45 @@ mod fault_tests {
 mod packing_tests {
     use super::*;
     use crate::error::TaskError;
+
+    #[test]
+    fn keys_that_differ_at_the_end_spread_over_the_top_bits() {
+        use std::hash::BuildHasher;
+        // hashbrown compares a hash's top 7 bits before the keys.
+        let b = std::hash::BuildHasherDefault::<Fnv>::default();
+        let tops: std::collections::BTreeSet<u64> = (0..1000)
+            .map(|i| b.hash_one(format!("c0ffee-{i}")) >> 57)
+            .collect();
+        assert!(tops.len() > 120, "{} of 128", tops.len());
+    }
+
+    #[test]
+    fn a_reply_parses_into_entries_and_a_forged_one_keeps_only_so_many_fields() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let item = |id: &str, kv: Vec<Value>| Value::Array(vec![bulk(id), Value::Array(kv)]);
+        let many: Vec<Value> = (0..10_000)
+            .flat_map(|i| [bulk(&format!("f{i}")), bulk("v")])
+            .collect();
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("mt:{q}:tasks"),
+            Value::Array(vec![
+                item(
+                    "1-0",
+                    vec![bulk("id"), bulk("a"), bulk("payload"), bulk("xyz")],
+                ),
+                Value::Nil,
+                item("2-0", many),
+            ]),
+        ])]);
+        let got = stream_reply(reply);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].id.as_str(), got[0].text("id")), ("1-0", Some("a")));
+        assert_eq!(got[0].fields["payload"], b"xyz");
+        assert_eq!(
+            (got[1].id.as_str(), got[1].fields.len()),
+            ("2-0", MAX_FIELDS)
+        );
+    }
 
     fn entry(batch: Vec<u8>, data: Vec<u8>) -> Entry {
         let mut fields = Fields::default();

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Fault, Link};
+use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Fault, Fnv, Link};
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
 use crate::cluster::seal::{self, Seal};
 use crate::error::{Error, SubmitError, TaskError};
@@ -148,7 +148,7 @@ struct ClientShared {
     /// Calls waiting for the writer thread, which XADDs them in batches.
     outbox: Sender<Outgoing>,
     /// Calls in flight by call id.
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<PendingCalls>,
     /// Signalled when `pending` empties.
     drained: Condvar,
     /// Signalled when the writer has placed a batch (with `pending`).
@@ -269,7 +269,7 @@ impl ClusterPool {
             outbox: out_tx,
             keys,
             client,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::default()),
             drained: Condvar::new(),
             written: Condvar::new(),
             cancels: Mutex::new(Link::new(&broker, Duration::from_secs(5))),
@@ -589,7 +589,7 @@ impl ClientShared {
         {
             let deadline = Instant::now() + WITHDRAW_PATIENCE;
             let mut pending = lock(&self.pending);
-            let writing = |pending: &HashMap<String, Pending>| {
+            let writing = |pending: &PendingCalls| {
                 ids.iter()
                     .any(|id| pending.get(id).is_some_and(|p| p.place == Place::Writing))
             };
@@ -1023,9 +1023,24 @@ fn take_result(shared: &ClientShared, e: &Entry) {
                 }
             }
             Ok(results) => {
-                for (head, outcome) in results {
+                // One lock of the pending calls for the whole batch (the
+                // submitting thread takes it for every call).
+                let taken: Vec<_> = {
+                    let mut pending = lock(&shared.pending);
+                    results
+                        .into_iter()
+                        .map(|(head, outcome)| (pending.remove(&head.id), head, outcome))
+                        .collect()
+                };
+                for (p, head, outcome) in taken {
                     let ran = Duration::from_micros(head.ran_us);
-                    resolve(shared, &head.id, outcome, Some((&ran_by, ran, head.usage)));
+                    let ran = Some((&ran_by, ran, head.usage));
+                    match p {
+                        Some(p) => deliver(shared, p, outcome, ran),
+                        None => {
+                            shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
             }
             // Whose results these were is lost with the entry: the audit
@@ -1219,6 +1234,20 @@ fn resolve(
         shared.duplicates.fetch_add(1, Ordering::Relaxed);
         return;
     };
+    deliver(shared, p, outcome, ran);
+}
+
+/// The calls in flight by call id. The ids are this client's own; FNV is
+/// enough where no one else chooses the keys.
+type PendingCalls = HashMap<String, Pending, std::hash::BuildHasherDefault<Fnv>>;
+
+/// Resolves the call `p`, taken out of the pending calls, with `outcome`.
+fn deliver(
+    shared: &ClientShared,
+    p: Pending,
+    outcome: Result<Vec<u8>, TaskError>,
+    ran: Option<(&RanBy, Duration, Option<TaskUsage>)>,
+) {
     let usage = ran.and_then(|(_, _, u)| u);
     if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
         let ran = ran.map(|(by, d, _)| (by, d));

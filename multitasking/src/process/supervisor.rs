@@ -932,7 +932,11 @@ pub(crate) fn supervise(
         // With callers reading the socket, look again soon rather than
         // when it turns readable; the last of them rings if it leaves a
         // call unanswered.
-        let watching = io.helpers == 0 && io.helped.is_none_or(|t| t.elapsed() >= HELPED_LOOK);
+        // A call in flight that no one spins for is watched at once; an
+        // idle worker shortly after a helper left is not: its next call
+        // will most likely be waited for by the one who submits it.
+        let recently_helped = io.helped.is_some_and(|t| t.elapsed() < HELPED_LOOK);
+        let watching = io.helpers == 0 && (io.state.call().is_some() || !recently_helped);
         let wake = match watching {
             true => wake,
             false => {

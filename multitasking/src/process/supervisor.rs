@@ -932,11 +932,16 @@ pub(crate) fn supervise(
         // With callers reading the socket, look again soon rather than
         // when it turns readable; the last of them rings if it leaves a
         // call unanswered.
-        // A call in flight that no one spins for is watched at once; an
-        // idle worker shortly after a helper left is not: its next call
-        // will most likely be waited for by the one who submits it.
+        // Only one call at a time, waited for as it runs (the queue is
+        // empty): a call in flight that no one spins for is watched at
+        // once, and an idle worker shortly after a helper left is not (its
+        // next call will most likely be waited for by whoever submits it).
+        // With calls queued, the supervisor watches as ever: the caller
+        // waits for one future while the slot runs the next, and leaving
+        // those replies to it cost a ring per call.
         let recently_helped = io.helped.is_some_and(|t| t.elapsed() < HELPED_LOOK);
-        let watching = io.helpers == 0 && (io.state.call().is_some() || !recently_helped);
+        let helped = io.helpers > 0 || (io.state.call().is_none() && recently_helped);
+        let watching = !(helped && shared.rx.is_empty());
         let wake = match watching {
             true => wake,
             false => {

@@ -206,9 +206,10 @@ pub(super) struct PoolShared {
     rx: Receiver<Msg>,
     /// Tasks running now.
     busy: AtomicUsize,
-    /// Workers free to take a job: waiting on the channel, or done with a
-    /// task body and on their way back to it. Kept only while
-    /// `started < max_workers`; it decides whether a submit starts a worker.
+    /// Tokens of workers free to take a job: a worker adds one when it is
+    /// done with a task's body (before the future resolves), and a submit
+    /// takes one instead of starting a worker. Kept only while
+    /// `started < max_workers`.
     idle: AtomicUsize,
     /// Worker threads started; never decreases. Written under `threads`.
     started: AtomicUsize,
@@ -245,10 +246,17 @@ impl PoolShared {
         if self.full() {
             return Ok(());
         }
+        // An idle worker's token: that worker takes this job. Each token is
+        // taken by one submit, so a worker that has just taken a job but
+        // not yet said so can't be counted twice (counting idle workers
+        // against the queue's length did that: a job could wait beside a
+        // worker blocked in another, with no thread started for it).
         // SeqCst: pairs with the worker's increments of `idle`.
-        let idle = self.idle.load(Ordering::SeqCst);
-        let started = self.started.load(Ordering::SeqCst);
-        if started > 0 && self.rx.len() < idle {
+        if self
+            .idle
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
             return Ok(());
         }
         let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,19 +368,11 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
     }
     // This thread's name, for traces: read once.
     let mut name: Option<Arc<str>> = None;
-    // True when this worker already counted itself idle (its last task's
-    // body returned).
-    let mut counted = false;
     loop {
-        let track = !shared.full();
-        if track && !counted {
-            shared.idle.fetch_add(1, Ordering::SeqCst);
-        }
-        counted = false;
+        // A worker gives a token to `idle` when it is done with a job (see
+        // `grow`); one started for a job gives none before it.
+        let mut counted = false;
         let msg = next_job(shared);
-        if track {
-            shared.idle.fetch_sub(1, Ordering::SeqCst);
-        }
         let Ok(Msg::Run(mut job)) = msg else { break };
         let broken = shared.why_broken();
         // Relaxed: `busy` is a gauge for observers; it orders nothing.
@@ -411,6 +411,10 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
             }
         };
         job.run.call(go, &mut done);
+        // A job that was cancelled or failed before its body ran.
+        if !counted && !shared.full() {
+            shared.idle.fetch_add(1, Ordering::SeqCst);
+        }
         shared.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }

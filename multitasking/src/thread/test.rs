@@ -94,6 +94,38 @@ fn threads_grow_to_max_workers_under_load() {
     assert_eq!(pool.started(), 4);
 }
 
+/// A job submitted while the only worker blocks in another gets a thread
+/// of its own. The pool counted idle workers against the queue's length,
+/// and a worker that had just taken the first job still counted as idle:
+/// the second job waited beside it (caught by a CLI test under load, where
+/// `multitask run -e threads -j 2` left job 2 unrun while job 1 waited).
+#[test]
+fn a_job_beside_a_blocked_one_always_gets_a_thread() {
+    for round in 0..1000 {
+        let pool = ThreadPool::new(2).unwrap();
+        // One worker, idle and spinning for its next job: the one that
+        // takes the first job below.
+        assert_eq!(
+            pool.spawn(|| ()).unwrap().result_timeout(LIMIT),
+            Some(Ok(()))
+        );
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let first = pool
+            .spawn(move || blocked.recv_timeout(LIMIT).is_ok())
+            .unwrap();
+        let second = pool.spawn(move || round).unwrap();
+        assert_eq!(
+            second
+                .result_timeout(LIMIT)
+                .expect("the second job ran while the first blocked"),
+            Ok(round)
+        );
+        release.send(()).unwrap();
+        assert_eq!(first.result_timeout(LIMIT).expect("in time"), Ok(true));
+        assert!(pool.started() <= 2);
+    }
+}
+
 #[test]
 fn an_absurd_thread_count_is_a_clear_error() {
     for n in [100_000, 99_999_999_999] {

@@ -870,7 +870,14 @@ fn test_redis() -> Option<String> {
 fn test_queue(prefix: &str) -> Option<String> {
     let base = test_redis()?;
     let base = base.split_once('?').map_or(base.as_str(), |(b, _)| b);
-    Some(format!("{base}?queue={prefix}{}", std::process::id()))
+    // With the time: pids repeat over a stress run (they wrap at 32768).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    Some(format!(
+        "{base}?queue={prefix}{}-{nanos}",
+        std::process::id()
+    ))
 }
 
 #[test]

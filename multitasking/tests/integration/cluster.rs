@@ -37,8 +37,14 @@ pub(crate) fn redis_url() -> Option<String> {
 /// A queue name no other test uses.
 pub(crate) fn fresh_queue(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
+    // The pid alone repeats: each test is a process of its own, pids wrap
+    // at 32768 here, and a stress run starts thousands, so a test met the
+    // queue and the marks file another process had left under its name.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     format!(
-        "t-{name}-{}-{}",
+        "t-{name}-{}-{nanos}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )

@@ -237,8 +237,14 @@ pub(crate) type Fields = HashMap<String, Vec<u8>, std::hash::BuildHasherDefault<
 /// top bits, which hashbrown compares first, nearly the same for keys
 /// that differ in their last bytes (call ids), and a map of those spent
 /// its time comparing strings.
-#[derive(Default)]
 pub(crate) struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        // FNV-1a's offset basis.
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
 
 impl std::hash::Hasher for Fnv {
     fn finish(&self) -> u64 {
@@ -251,11 +257,7 @@ impl std::hash::Hasher for Fnv {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
+        let mut h = self.0;
         for &b in bytes {
             h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }

@@ -135,6 +135,10 @@ struct Pending {
     input: Option<String>,
 }
 
+/// The calls in flight by call id. The ids are this client's own; FNV is
+/// enough where no one else chooses the keys.
+type PendingCalls = HashMap<String, Pending, std::hash::BuildHasherDefault<Fnv>>;
+
 /// What the pool handle and its reader share.
 struct ClientShared {
     /// The broker.
@@ -1034,13 +1038,7 @@ fn take_result(shared: &ClientShared, e: &Entry) {
                 };
                 for (p, head, outcome) in taken {
                     let ran = Duration::from_micros(head.ran_us);
-                    let ran = Some((&ran_by, ran, head.usage));
-                    match p {
-                        Some(p) => deliver(shared, p, outcome, ran),
-                        None => {
-                            shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+                    deliver(shared, p, outcome, Some((&ran_by, ran, head.usage)));
                 }
             }
             // Whose results these were is lost with the entry: the audit
@@ -1230,24 +1228,23 @@ fn resolve(
     outcome: Result<Vec<u8>, TaskError>,
     ran: Option<(&RanBy, Duration, Option<TaskUsage>)>,
 ) {
-    let Some(p) = lock(&shared.pending).remove(id) else {
-        shared.duplicates.fetch_add(1, Ordering::Relaxed);
-        return;
-    };
+    let p = lock(&shared.pending).remove(id);
     deliver(shared, p, outcome, ran);
 }
 
-/// The calls in flight by call id. The ids are this client's own; FNV is
-/// enough where no one else chooses the keys.
-type PendingCalls = HashMap<String, Pending, std::hash::BuildHasherDefault<Fnv>>;
-
-/// Resolves the call `p`, taken out of the pending calls, with `outcome`.
+/// Resolves the call `p`, taken out of the pending calls, with `outcome`;
+/// `None` (no such call in flight: it was resolved already) counts a
+/// duplicate.
 fn deliver(
     shared: &ClientShared,
-    p: Pending,
+    p: Option<Pending>,
     outcome: Result<Vec<u8>, TaskError>,
     ran: Option<(&RanBy, Duration, Option<TaskUsage>)>,
 ) {
+    let Some(p) = p else {
+        shared.duplicates.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
     let usage = ran.and_then(|(_, _, u)| u);
     if let (Some(submitted), Some(tracer)) = (p.submitted, shared.tracer.get()) {
         let ran = ran.map(|(by, d, _)| (by, d));

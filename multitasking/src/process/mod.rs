@@ -39,10 +39,11 @@
 //! slot so that the reason the supervisor parked for no longer holds: a
 //! call with a deadline started, the worker must retire, the caller read
 //! the last reply of a closed pool; see `Parked`). While callers spin for
-//! a slot's replies, and for a millisecond after the last of them, its
-//! supervisor leaves the socket to them and looks every millisecond
-//! instead (the last spinner rings it if a call is left unanswered), so
-//! that a reply wakes nobody but the caller. It does what nobody else did: reads a
+//! a slot's replies and no call is queued (and, while the worker is idle,
+//! for a millisecond after the last of them), its supervisor leaves the
+//! socket to them and looks every millisecond instead (the last spinner
+//! rings it if a call is left unanswered), so that a reply wakes nobody
+//! but the caller. It does what nobody else did: reads a
 //! reply nobody was waiting for and starts the next call, kills the worker
 //! past the task timeout or above the memory limit (RSS polled every
 //! 20 ms), and, when the socket reaches end-of-file, reaps the worker,

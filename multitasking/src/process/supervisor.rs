@@ -389,10 +389,10 @@ struct SlotIo {
     /// [`Parked`]); `None` while it is awake or has been rung.
     parked: Option<Parked>,
     /// Callers spinning for a call of this slot, reading its replies
-    /// themselves ([`Terminate::helping`]): while there are some, the
-    /// supervisor does not watch the socket, so that a reply wakes no one
-    /// (on two CPUs the wake-up of a third party cost a round trip a
-    /// fifth of its time).
+    /// themselves ([`Terminate::helping`]): while there are some and no
+    /// call is queued, the supervisor does not watch the socket, so that a
+    /// reply wakes no one else (on two CPUs the wake-up of a third party
+    /// cost a round trip a fifth of its time).
     helpers: usize,
     /// When the last helper stopped: a caller that submits and waits again
     /// and again is between two spins now and then, and a supervisor that
@@ -929,25 +929,23 @@ pub(crate) fn supervise(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        // With callers reading the socket, look again soon rather than
-        // when it turns readable; the last of them rings if it leaves a
-        // call unanswered.
-        // Only one call at a time, waited for as it runs (the queue is
-        // empty): a call in flight that no one spins for is watched at
-        // once, and an idle worker shortly after a helper left is not (its
-        // next call will most likely be waited for by whoever submits it).
-        // With calls queued, the supervisor watches as ever: the caller
-        // waits for one future while the slot runs the next, and leaving
-        // those replies to it cost a ring per call.
+        // The socket is left to callers that spin for its replies only
+        // while no call is queued (one call at a time, waited for as it
+        // runs); then the supervisor looks again within HELPED_LOOK, and
+        // the last helper rings it if it leaves a call unanswered. An idle
+        // worker shortly after a helper left is left too: its next call
+        // will most likely be waited for by whoever submits it. With calls
+        // queued it watches: the caller waits for one future while the
+        // slot runs the next, and leaving those replies to it cost a ring
+        // per call.
         let recently_helped = io.helped.is_some_and(|t| t.elapsed() < HELPED_LOOK);
         let helped = io.helpers > 0 || (io.state.call().is_none() && recently_helped);
         let watching = !(helped && shared.rx.is_empty());
-        let wake = match watching {
-            true => wake,
-            false => {
-                let soon = Instant::now() + HELPED_LOOK;
-                Some(wake.map_or(soon, |w| w.min(soon)))
-            }
+        let wake = if watching {
+            wake
+        } else {
+            let soon = Instant::now() + HELPED_LOOK;
+            Some(wake.map_or(soon, |w| w.min(soon)))
         };
         io.parked = Some(Parked {
             wake,

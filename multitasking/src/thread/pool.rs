@@ -44,14 +44,11 @@ struct Job {
     submitted: Option<Instant>,
     /// A preview of its input, when tracing a named task.
     input: Option<String>,
-    /// Does it.
-    run: Run,
+    /// Does it: applies a [`Go`] to its promise, and calls the hook with
+    /// "the task did not fail" just before the promise resolves, so that
+    /// whoever sees the future finished also sees the trace event.
+    run: JobFn,
 }
-
-/// A job's body: applies a [`Go`] to its promise, and calls the hook with
-/// "the task did not fail" just before the promise resolves, so that
-/// whoever sees the future finished also sees the trace event.
-pub(super) type Run = JobFn;
 
 /// A job's body boxed, as a scope makes it before erasing its lifetime.
 pub(super) type BoxedRun = Box<dyn FnOnce(Go, &mut dyn FnMut(bool)) + Send>;
@@ -288,7 +285,7 @@ impl PoolShared {
         task: &'static str,
         input: I,
         preview: impl FnOnce(&I) -> Option<String>,
-        job: impl FnOnce(I) -> Run,
+        job: impl FnOnce(I) -> JobFn,
     ) -> Result<(), SubmitError<I>> {
         let closed = self.closed.read().unwrap_or_else(|p| p.into_inner());
         if *closed {
@@ -476,7 +473,7 @@ impl ThreadPool {
         &self,
         task: &'static str,
         input: I,
-        job: impl FnOnce(I) -> Run,
+        job: impl FnOnce(I) -> JobFn,
     ) -> Result<(), SubmitError<I>> {
         self.shared.send(task, input, |_| None, job)
     }

@@ -27,10 +27,30 @@ type Slot = MaybeUninit<[usize; INLINE / size_of::<usize>()]>;
 pub(crate) struct JobFn {
     /// The closure, or a `Box` of it.
     slot: Slot,
-    /// Takes the closure out of `slot` and calls it.
+    /// How to call or drop what `slot` holds: one pointer, so that a job
+    /// with its trace box fits a cache line.
+    table: &'static Table,
+}
+
+/// The functions of one closure type.
+struct Table {
+    /// Takes the closure out of the slot and calls it.
     call: unsafe fn(&mut Slot, Go, &mut dyn FnMut(bool)),
-    /// Drops the closure in `slot` without calling it.
+    /// Drops the closure in the slot without calling it.
     drop: unsafe fn(&mut Slot),
+}
+
+/// The [`Table`] of closures of type `F`.
+struct TableOf<F>(std::marker::PhantomData<F>);
+
+impl<F> TableOf<F>
+where
+    F: FnOnce(Go, &mut dyn FnMut(bool)),
+{
+    const TABLE: &'static Table = &Table {
+        call: call_slot::<F>,
+        drop: drop_slot::<F>,
+    };
 }
 
 // SAFETY: a `JobFn` is only made from a closure that is `Send` (see
@@ -63,8 +83,7 @@ impl JobFn {
         unsafe { slot.as_mut_ptr().cast::<F>().write(f) };
         JobFn {
             slot,
-            call: call_slot::<F>,
-            drop: drop_slot::<F>,
+            table: TableOf::<F>::TABLE,
         }
     }
 
@@ -73,7 +92,7 @@ impl JobFn {
         let mut me = ManuallyDrop::new(self);
         // SAFETY: the slot holds the closure `call` was made for, not yet
         // taken: `self` is consumed here and its drop does not run.
-        unsafe { (me.call)(&mut me.slot, go, done) }
+        unsafe { (me.table.call)(&mut me.slot, go, done) }
     }
 }
 
@@ -82,7 +101,7 @@ impl Drop for JobFn {
         // SAFETY: a `JobFn` that is dropped was never called (`call`
         // consumes it without its drop), so the slot still holds its
         // closure.
-        unsafe { (self.drop)(&mut self.slot) }
+        unsafe { (self.table.drop)(&mut self.slot) }
     }
 }
 
@@ -114,6 +133,11 @@ unsafe fn drop_slot<F>(slot: &mut Slot) {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn a_job_takes_seven_words() {
+        assert_eq!(size_of::<JobFn>(), 7 * size_of::<usize>());
+    }
 
     #[test]
     fn small_and_large_closures_run_once_and_drop_once() {

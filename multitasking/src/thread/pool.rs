@@ -15,8 +15,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
-
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{run_chunk_here, ChunkFuture, Executor, RawExecutor, Shutdown};
 use crate::future::{Promise, TaskFuture};
@@ -25,6 +23,7 @@ use crate::task::{Task, TaskEntry};
 use crate::trace::{Span, SpanWorker, Tracer};
 
 use super::job::JobFn;
+use super::queue::JobQueue;
 
 /// What a worker does with a job.
 pub(super) enum Go {
@@ -37,17 +36,24 @@ pub(super) enum Go {
 }
 
 /// A job: runs, cancels or fails its task as told, and resolves its future.
+/// 64 bytes: what only a trace needs is boxed, and only when tracing.
 struct Job {
-    /// The task's name, for the trace.
-    task: &'static str,
-    /// When it was submitted, when tracing.
-    submitted: Option<Instant>,
-    /// A preview of its input, when tracing a named task.
-    input: Option<String>,
+    /// What the trace records of it, when tracing.
+    traced: Option<Box<Traced>>,
     /// Does it: applies a [`Go`] to its promise, and calls the hook with
     /// "the task did not fail" just before the promise resolves, so that
     /// whoever sees the future finished also sees the trace event.
     run: JobFn,
+}
+
+/// What a traced job carries for its span.
+struct Traced {
+    /// The task's name.
+    task: &'static str,
+    /// When it was submitted.
+    submitted: Instant,
+    /// A preview of its input, for a named task.
+    input: Option<String>,
 }
 
 /// A job's body boxed, as a scope makes it before erasing its lifetime.
@@ -87,6 +93,10 @@ enum Msg {
     /// One worker is to exit.
     Stop,
 }
+
+// A queue slot is a message and the ring's stamp: keep the message to a
+// cache line.
+const _: () = assert!(std::mem::size_of::<Msg>() <= 64);
 
 /// Runs in each worker thread before its first task.
 type Initializer = Arc<dyn Fn() + Send + Sync>;
@@ -155,13 +165,11 @@ impl ThreadPoolBuilder {
             Some(n) => n,
             None => default_threads(),
         };
-        let (tx, rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(PoolShared {
             closed: RwLock::new(false),
             broken: Mutex::new(None),
             is_broken: AtomicBool::new(false),
-            tx,
-            rx,
+            queue: JobQueue::new(),
             busy: AtomicUsize::new(0),
             idle: AtomicUsize::new(0),
             started: AtomicUsize::new(0),
@@ -197,10 +205,8 @@ pub(super) struct PoolShared {
     /// True once `broken` is set: read on every submit and task, without
     /// the lock.
     is_broken: AtomicBool,
-    /// Jobs in.
-    tx: Sender<Msg>,
-    /// Jobs out; also drained by `shutdown` to cancel queued work.
-    rx: Receiver<Msg>,
+    /// Jobs, in and out; also drained by `shutdown` to cancel queued work.
+    queue: JobQueue<Msg>,
     /// Tasks running now.
     busy: AtomicUsize,
     /// Tokens of workers free to take a job: a worker adds one when it is
@@ -305,13 +311,15 @@ impl PoolShared {
                 },
             });
         }
-        let submitted = self.tracer.is_enabled().then(Instant::now);
-        let input_preview = submitted.and_then(|_| preview(&input));
-        // The receiver lives in `self`, so the send can't fail.
-        let _ = self.tx.send(Msg::Run(Job {
-            task,
-            submitted,
-            input: input_preview,
+        let traced = self.tracer.is_enabled().then(|| {
+            Box::new(Traced {
+                task,
+                submitted: Instant::now(),
+                input: preview(&input),
+            })
+        });
+        self.queue.push(Msg::Run(Job {
+            traced,
             run: job(input),
         }));
         drop(closed);
@@ -325,20 +333,13 @@ impl PoolShared {
 const WORKER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// The next message for a worker: spinning a little first, then blocking.
-fn next_job(shared: &PoolShared) -> Result<Msg, crossbeam_channel::RecvError> {
+fn next_job(shared: &PoolShared) -> Msg {
     let mut got = None;
-    crate::sync::spin_for(WORKER_SPIN, || match shared.rx.try_recv() {
-        Ok(m) => {
-            got = Some(Ok(m));
-            true
-        }
-        Err(crossbeam_channel::TryRecvError::Empty) => false,
-        Err(crossbeam_channel::TryRecvError::Disconnected) => {
-            got = Some(Err(crossbeam_channel::RecvError));
-            true
-        }
+    crate::sync::spin_for(WORKER_SPIN, || {
+        got = shared.queue.try_pop();
+        got.is_some()
     });
-    got.unwrap_or_else(|| shared.rx.recv())
+    got.unwrap_or_else(|| shared.queue.pop())
 }
 
 impl PoolShared {
@@ -370,12 +371,12 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
         // `grow`); one started for a job gives none before it.
         let mut counted = false;
         let msg = next_job(shared);
-        let Ok(Msg::Run(mut job)) = msg else { break };
+        let Msg::Run(mut job) = msg else { break };
         let broken = shared.why_broken();
         // Relaxed: `busy` is a gauge for observers; it orders nothing.
         shared.busy.fetch_add(1, Ordering::Relaxed);
         let go = broken.map_or(Go::Run, Go::Broken);
-        let started = job.submitted.map(|_| {
+        let started = job.traced.as_ref().map(|_| {
             (
                 Instant::now(),
                 crate::trace::thread_cpu(),
@@ -384,19 +385,19 @@ fn worker_loop(shared: &PoolShared, init: Option<Initializer>) {
         });
         // Runs when the body returned, before the promise resolves.
         let mut done = |ok: bool| {
-            if let (Some(submitted), Some((started, cpu, allocated))) = (job.submitted, started) {
+            if let (Some(traced), Some((started, cpu, allocated))) = (job.traced.take(), started) {
                 let me = name.get_or_insert_with(|| {
                     std::thread::current().name().unwrap_or("worker").into()
                 });
                 shared.tracer.record_span(Span {
-                    task: job.task,
+                    task: traced.task,
                     worker: SpanWorker::Named(me.clone()),
                     pid: std::process::id(),
-                    times: (submitted, started, Instant::now()),
+                    times: (traced.submitted, started, Instant::now()),
                     ok,
                     peak_rss: None,
                     cpu: Some(crate::trace::thread_cpu().saturating_sub(cpu)),
-                    input: job.input.take(),
+                    input: traced.input,
                     allocated: allocated
                         .zip(crate::alloc::thread_allocated())
                         .map(|(a, b)| b.saturating_sub(a)),
@@ -573,7 +574,7 @@ impl ThreadPool {
 
     /// Tasks queued and not yet started.
     pub fn queued(&self) -> usize {
-        self.shared.rx.len()
+        self.shared.queue.len()
     }
 }
 
@@ -617,11 +618,11 @@ impl Executor for ThreadPool {
             if !*closed {
                 *closed = true;
                 if how.cancel_futures {
-                    cancelled.extend(self.shared.rx.try_iter());
+                    cancelled = self.shared.queue.drain();
                 }
                 // Workers start under the read lock: none starts now.
                 for _ in 0..self.started() {
-                    let _ = self.shared.tx.send(Msg::Stop);
+                    self.shared.queue.push(Msg::Stop);
                 }
             }
         }

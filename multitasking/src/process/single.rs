@@ -98,7 +98,7 @@ impl<T: Task> Process<T> {
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let call = ToWorker::Call {
             id: 1,
-            task: T::NAME.to_string(),
+            task: T::NAME.into(),
             signature: T::SIGNATURE,
             payload,
             measure: crate::process::wire::MEASURE_NONE,

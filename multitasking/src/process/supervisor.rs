@@ -121,6 +121,9 @@ pub(crate) struct Worker {
     switch: Arc<KillSwitch>,
     /// Tasks it ran.
     tasks: u64,
+    /// The handle its calls' futures hold, made for its first call and
+    /// shared by the rest (one allocation per worker, not per call).
+    control: Option<Arc<Control>>,
     /// Its peak RSS as last read, and when: `/proc` is read at most every
     /// `RSS_EVERY` for traces.
     rss: Option<(Instant, u64)>,
@@ -251,6 +254,7 @@ pub(crate) fn await_hello(
                 reason: Mutex::new(None),
             }),
             tasks: 0,
+            control: None,
             rss: None,
         }),
         Ok(FromWorker::InitFailed { error }) => failed(
@@ -548,8 +552,9 @@ impl Bell {
 struct Control {
     /// The worker's kill switch.
     switch: Arc<KillSwitch>,
-    /// The slot the call runs in.
-    slot: Arc<Slot>,
+    /// The slot the call runs in (weak: the slot holds its worker, which
+    /// holds this).
+    slot: Weak<Slot>,
     /// The pool, if it is still there.
     pool: Weak<PoolShared>,
 }
@@ -560,10 +565,10 @@ impl Terminate for Control {
     }
 
     fn helping(&self, start: bool) {
-        let Some(pool) = self.pool.upgrade() else {
+        let (Some(pool), Some(slot)) = (self.pool.upgrade(), self.slot.upgrade()) else {
             return;
         };
-        let mut io = self.slot.lock();
+        let mut io = slot.lock();
         if start {
             io.helpers += 1;
         } else {
@@ -574,22 +579,22 @@ impl Terminate for Control {
             let unwatched = io.parked.is_some_and(|p| !p.watching);
             if io.helpers == 0 && unwatched && io.state.call().is_some() {
                 io.parked = None;
-                self.slot.ring();
+                slot.ring();
             }
         }
-        self.slot.release(io, &pool);
+        slot.release(io, &pool);
     }
 
     fn progress(&self) {
-        let Some(pool) = self.pool.upgrade() else {
+        let (Some(pool), Some(slot)) = (self.pool.upgrade(), self.slot.upgrade()) else {
             return;
         };
         // Someone else drives the slot: they will deliver.
-        let Ok(mut io) = self.slot.io.try_lock() else {
+        let Ok(mut io) = slot.io.try_lock() else {
             return;
         };
-        self.slot.pump(&mut io, &pool);
-        self.slot.release(io, &pool);
+        slot.pump(&mut io, &pool);
+        slot.release(io, &pool);
     }
 }
 
@@ -686,15 +691,17 @@ impl Slot {
 
     /// Writes `job` to the idle worker.
     fn start(self: &Arc<Self>, io: &mut SlotIo, mut job: Job, shared: &Arc<PoolShared>) {
-        let SlotState::Idle(w) = &io.state else {
+        let SlotState::Idle(w) = &mut io.state else {
             unreachable!("start on a slot that is not idle");
         };
-        let control = Arc::new(Control {
-            switch: w.switch.clone(),
-            slot: self.clone(),
-            pool: Arc::downgrade(shared),
+        let control = w.control.get_or_insert_with(|| {
+            Arc::new(Control {
+                switch: w.switch.clone(),
+                slot: Arc::downgrade(self),
+                pool: Arc::downgrade(shared),
+            })
         });
-        if !job.deliver.start(Some(control)) {
+        if !job.deliver.start(Some(control.clone())) {
             // Cancelled while queued.
             return;
         }
@@ -702,7 +709,7 @@ impl Slot {
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let call = ToWorker::Call {
             id,
-            task: job.task.to_string(),
+            task: std::borrow::Cow::Borrowed(job.task),
             signature: job.signature,
             payload: std::mem::take(&mut job.payload),
             measure: if shared.config.measure {

@@ -14,6 +14,7 @@
 //! on a machine whose idle CPUs halt, a blocking hand-off costs 20-25 µs
 //! each way, while a round trip of a small task should cost a few.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -47,8 +48,8 @@ pub(crate) enum ToWorker {
     Call {
         /// The call's id, echoed in the reply.
         id: u64,
-        /// The task's registered name.
-        task: String,
+        /// The task's registered name (borrowed when sent by a pool).
+        task: Cow<'static, str>,
         /// The caller's signature hash of the task.
         signature: u64,
         /// The encoded `Vec<Input>`.
@@ -160,8 +161,16 @@ fn announced(want: &Option<usize>) -> String {
 }
 
 /// Encodes `msg` as one frame (length, version, body).
+#[cfg(test)]
 pub(crate) fn encode_frame<M: Serialize>(msg: &M) -> Result<Vec<u8>, WireError> {
-    let mut buf = vec![0u8; HEADER + 1];
+    encode_frame_into(msg, Vec::new())
+}
+
+/// Encodes `msg` as one frame into `buf`, which is cleared first (a
+/// connection reuses its write buffer: no allocation per frame).
+fn encode_frame_into<M: Serialize>(msg: &M, mut buf: Vec<u8>) -> Result<Vec<u8>, WireError> {
+    buf.clear();
+    buf.resize(HEADER + 1, 0);
     buf[HEADER] = VERSION;
     let buf = postcard::to_extend(msg, buf).map_err(|e| WireError::Malformed(e.to_string()))?;
     let body = u32::try_from(buf.len() - HEADER).map_err(|_| WireError::TooLarge {
@@ -212,6 +221,9 @@ pub(crate) struct Conn {
     /// How long a frame in progress may wait for its next byte
     /// ([`FRAME_STALL`]; shorter in unit tests).
     stall: Duration,
+    /// The last frame sent, kept for its memory: the next is encoded into
+    /// it.
+    wbuf: Vec<u8>,
 }
 
 impl Conn {
@@ -226,6 +238,7 @@ impl Conn {
             cap,
             last_read: Instant::now(),
             stall: FRAME_STALL,
+            wbuf: Vec::new(),
         })
     }
 
@@ -260,14 +273,20 @@ impl Conn {
 
     /// Sends `msg` as one frame.
     pub(crate) fn send<M: Serialize>(&mut self, msg: &M) -> Result<(), WireError> {
-        let frame = encode_frame(msg)?;
-        if frame.len() - HEADER > self.cap {
-            return Err(WireError::TooLarge {
+        let frame = encode_frame_into(msg, std::mem::take(&mut self.wbuf))?;
+        let sent = if frame.len() - HEADER > self.cap {
+            Err(WireError::TooLarge {
                 size: frame.len() - HEADER,
                 cap: self.cap,
-            });
+            })
+        } else {
+            self.write_all(&frame)
+        };
+        // A large frame's memory is given back; a small one's is kept.
+        if frame.capacity() <= READ_CHUNK {
+            self.wbuf = frame;
         }
-        self.write_all(&frame)
+        sent
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> Result<(), WireError> {
@@ -524,13 +543,26 @@ mod tests {
         for want in &expect {
             assert_eq!(&b.recv::<ToWorker>(deadline).unwrap(), want);
         }
-        let _a = writer.join().unwrap();
+        let mut a = writer.join().unwrap();
         assert!(b.fill().is_ok());
         assert!(
             b.buf.len() <= READ_CHUNK * 4,
             "buffer kept {} bytes",
             b.buf.len()
         );
+        // The writer keeps a small frame's buffer for the next, not a
+        // large one's; a kept buffer carries nothing into the next frame.
+        assert!(
+            a.wbuf.capacity() <= READ_CHUNK,
+            "kept {}",
+            a.wbuf.capacity()
+        );
+        a.send(&call(6, 1000)).unwrap();
+        assert!(a.wbuf.capacity() >= 1000);
+        a.send(&call(7, 2)).unwrap();
+        for want in [call(6, 1000), call(7, 2)] {
+            assert_eq!(b.recv::<ToWorker>(deadline).unwrap(), want);
+        }
     }
 
     #[test]

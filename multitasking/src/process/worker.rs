@@ -138,7 +138,7 @@ fn serve() -> i32 {
                     id,
                     usage,
                     outcome: Err(TaskError::TooLarge {
-                        task: name,
+                        task: name.into_owned(),
                         size,
                         limit: cap,
                     }),

@@ -395,3 +395,40 @@ fn a_pool_dropped_in_a_panic_cancels_what_has_not_started() {
         ran.load(Ordering::SeqCst)
     );
 }
+
+#[test]
+fn bursts_past_the_queue_ring_all_run_beside_sleeping_workers() {
+    // Each burst overflows the queue's ring into its spill while the
+    // workers wake from sleep: every task must run, within the bound.
+    let pool = Arc::new(ThreadPool::new(2).unwrap());
+    let ran = Arc::new(AtomicUsize::new(0));
+    let burst = 2 * super::queue::LANE + 1;
+    let submitters: Vec<_> = (0..2)
+        .map(|_| {
+            let (pool, ran) = (pool.clone(), ran.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let futs: Vec<_> = (0..burst)
+                        .map(|_| {
+                            let ran = ran.clone();
+                            pool.spawn(move || ran.fetch_add(1, Ordering::Relaxed))
+                                .unwrap()
+                        })
+                        .collect();
+                    for f in futs {
+                        f.result_timeout(LIMIT)
+                            .expect("a task of a burst waited 20 s beside idle workers")
+                            .unwrap();
+                    }
+                    // Long enough for both workers to stop spinning.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().unwrap();
+    }
+    assert_eq!(ran.load(Ordering::Relaxed), 2 * 20 * burst);
+    assert_eq!(pool.queued(), 0);
+}

@@ -15,10 +15,12 @@
 //! FIFO holds for each submitting thread: once anything is spilled every
 //! push spills, until the whole spill has been moved into the ring. A
 //! worker blocks on the ring only after finding the ring and the spill
-//! empty under the spill's lock; a push that spills moves what it can into
-//! the ring under the same lock, so a ring that drained between the push
-//! finding it full and spilling gets the job, and a worker asleep on it
-//! wakes. No job waits beside a sleeping worker.
+//! empty under the spill's lock; the push that puts the first item into an
+//! empty spill moves what it can into the ring under the same lock, so a
+//! ring that drained between that push finding it full and spilling gets
+//! the job, and a worker asleep on it wakes (later pushes find a worker
+//! that saw the spill, see [`JobQueue::push`]). No job waits beside a
+//! sleeping worker.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,7 +64,7 @@ impl<T> JobQueue<T> {
     }
 
     fn spill(&self) -> std::sync::MutexGuard<'_, VecDeque<T>> {
-        self.spill.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock_std(&self.spill)
     }
 
     /// Adds `item` at the back.

@@ -352,6 +352,77 @@ pub(crate) fn stream_reply(v: Value) -> Vec<Entry> {
     out
 }
 
+/// One call in a packed task entry (see [`pack_calls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct CallHead<'a> {
+    /// The client's call id.
+    pub(crate) id: std::borrow::Cow<'a, str>,
+    /// The task's name.
+    pub(crate) task: std::borrow::Cow<'a, str>,
+    /// Its signature hash.
+    pub(crate) sig: u64,
+    /// Its payload's length in `data`, after the previous calls' payloads.
+    pub(crate) len: u64,
+}
+
+/// The most calls one packed task entry may hold: a client packs no more
+/// (see [`ClusterPool::with_calls_per_entry`](crate::ClusterPool::with_calls_per_entry)),
+/// and an entry claiming more is refused as malformed rather than
+/// expanded.
+pub(crate) const MAX_PACKED_CALLS: usize = 1024;
+
+/// Packs calls of one client into the fields of one task entry: `calls`
+/// (postcard: each call without its payload) and `data` (the payloads,
+/// end to end). One entry for a batch of calls makes Redis append, hand
+/// out, track and delete one entry instead of one per call.
+pub(crate) fn pack_calls<'a>(
+    calls: impl Iterator<Item = (CallHead<'a>, &'a [u8])>,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut heads = Vec::new();
+    let mut data = Vec::new();
+    for (head, payload) in calls {
+        data.extend_from_slice(payload);
+        heads.push(head);
+    }
+    (postcard::to_stdvec(&heads).unwrap_or_default(), data)
+}
+
+/// Unpacks the calls of a packed task entry, each with its payload; an
+/// error (the entry is malformed) if `calls` does not decode, holds none
+/// or more than [`MAX_PACKED_CALLS`], or the payloads do not add up to
+/// `data`.
+pub(crate) fn unpack_calls(e: &Entry) -> Result<Vec<(CallHead<'static>, Vec<u8>)>, String> {
+    let calls = e.fields.get("calls").ok_or("no calls field")?;
+    let data = e.fields.get("data").ok_or("no data field")?;
+    let heads: Vec<CallHead<'static>> =
+        postcard::from_bytes(calls).map_err(|err| format!("undecodable calls: {err}"))?;
+    if heads.is_empty() || heads.len() > MAX_PACKED_CALLS {
+        return Err(format!(
+            "{} calls in one entry (1 to {MAX_PACKED_CALLS} are taken)",
+            heads.len()
+        ));
+    }
+    let mut at = 0usize;
+    let mut out = Vec::with_capacity(heads.len());
+    for head in heads {
+        let end = usize::try_from(head.len)
+            .ok()
+            .and_then(|len| at.checked_add(len))
+            .filter(|end| *end <= data.len())
+            .ok_or_else(|| format!("call {}'s payload runs past the data field", head.id))?;
+        let payload = data[at..end].to_vec();
+        at = end;
+        out.push((head, payload));
+    }
+    if at != data.len() {
+        return Err(format!(
+            "{} bytes of data belong to no call",
+            data.len() - at
+        ));
+    }
+    Ok(out)
+}
+
 /// One result in a packed batch (see [`pack_results`]).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Packed {
@@ -561,5 +632,63 @@ mod packing_tests {
         assert!(broker_error(&got[0].1), "{:?}", got[0]);
         // A batch that does not decode.
         assert!(unpack_results(&entry(vec![0xff; 9], Vec::new())).is_err());
+    }
+
+    fn call(id: &str, len: u64) -> CallHead<'static> {
+        CallHead {
+            id: id.to_string().into(),
+            task: "t".into(),
+            sig: 7,
+            len,
+        }
+    }
+
+    fn packed(calls: Vec<u8>, data: Vec<u8>) -> Entry {
+        let mut e = Entry {
+            id: "1-0".to_string(),
+            ..Entry::default()
+        };
+        e.fields.insert("calls".to_string(), calls);
+        e.fields.insert("data".to_string(), data);
+        e
+    }
+
+    #[test]
+    fn calls_pack_and_unpack_and_a_forged_pack_is_refused_whole() {
+        let (calls, data) = pack_calls(
+            [
+                (call("a", 3), &b"abc"[..]),
+                (call("b", 0), &b""[..]),
+                (call("c", 2), &b"de"[..]),
+            ]
+            .into_iter(),
+        );
+        let got = unpack_calls(&packed(calls.clone(), data.clone())).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                (call("a", 3), b"abc".to_vec()),
+                (call("b", 0), Vec::new()),
+                (call("c", 2), b"de".to_vec()),
+            ]
+        );
+        let refused = |e: Entry, why: &str| {
+            let err = unpack_calls(&e).unwrap_err();
+            assert!(err.contains(why), "{err}");
+        };
+        // Data short of what the lengths say, or longer: nothing runs.
+        refused(packed(calls.clone(), b"abcd".to_vec()), "runs past");
+        refused(packed(calls, b"abcdefg".to_vec()), "belong to no call");
+        let huge = postcard::to_stdvec(&vec![call("a", u64::MAX)]).unwrap();
+        refused(packed(huge, b"x".to_vec()), "runs past");
+        refused(packed(vec![0xff; 9], Vec::new()), "undecodable");
+        let none = postcard::to_stdvec(&Vec::<CallHead>::new()).unwrap();
+        refused(packed(none, Vec::new()), "0 calls");
+        let many: Vec<CallHead> = (0..=MAX_PACKED_CALLS).map(|_| call("x", 0)).collect();
+        refused(
+            packed(postcard::to_stdvec(&many).unwrap(), Vec::new()),
+            "1025 calls",
+        );
+        refused(Entry::default(), "no calls field");
     }
 }

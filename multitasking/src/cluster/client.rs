@@ -22,14 +22,17 @@
 //! client's results do not stay in Redis.
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::cluster::broker::{stream_reply, unpack_results, Broker, Entry, Fault, Fnv, Link};
+use crate::cluster::broker::{
+    pack_calls, stream_reply, unpack_results, Broker, CallHead, Entry, Fault, Fnv, Link,
+    MAX_PACKED_CALLS,
+};
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
 use crate::cluster::seal::{self, Seal};
 use crate::error::{Error, SubmitError, TaskError};
@@ -64,18 +67,56 @@ const DEFAULT_EXPIRY: Duration = Duration::from_secs(600);
 /// How long a cancel waits for the writer to learn a call's entry id.
 const WITHDRAW_PATIENCE: Duration = Duration::from_secs(5);
 
-/// Deletes task entries no worker has claimed: KEYS[1] the task stream,
-/// ARGV[1] the group, then entry ids. Returns, per entry, 1 if deleted, 0
-/// if a worker holds it (or it is gone). Atomic: a worker's XREADGROUP
-/// claims an entry wholly before or after it.
+/// Takes calls back from task entries no worker has claimed: KEYS[1] the
+/// task stream, KEYS[2] the withdrawn hash; ARGV[1] the group, then per
+/// call its entry id, its position in a packed entry ('' for an entry of
+/// its own) and the calls that entry holds. Returns, per call, 1 if taken
+/// back, 0 if a worker holds its entry (or it is gone). An entry of its
+/// own is deleted; a call of a packed entry is added to the entry's field
+/// in the withdrawn hash, which the worker that claims the entry reads
+/// after its claim, and the entry is deleted once all its calls are
+/// withdrawn. Before any worker joined the queue there is no group, and
+/// nothing is claimed. Atomic: a worker's XREADGROUP claims an entry
+/// wholly before or after it.
 const WITHDRAW_LUA: &str = r"
 local out = {}
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  if #redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1) > 0 then
+local exists = {}
+local function claimed(id)
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if type(p) == 'table' and p.err then
+    -- No group yet: no worker ever joined, so none has claimed it.
+    if string.find(p.err, 'NOGROUP', 1, true) then return false end
+    error(p.err)
+  end
+  return #p > 0
+end
+for i = 2, #ARGV, 3 do
+  local id, part, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  if claimed(id) then
     out[#out + 1] = 0
-  else
+  elseif part == '' then
     out[#out + 1] = redis.call('XDEL', KEYS[1], id)
+  else
+    if exists[id] == nil then
+      exists[id] = #redis.call('XRANGE', KEYS[1], id, id) > 0
+    end
+    if not exists[id] then
+      out[#out + 1] = 0
+    else
+      local had = redis.call('HGET', KEYS[2], id) or ''
+      if string.find(',' .. had, ',' .. part .. ',', 1, true) == nil then
+        had = had .. part .. ','
+      end
+      local _, count = string.gsub(had, ',', '')
+      if count >= n then
+        redis.call('XDEL', KEYS[1], id)
+        redis.call('HDEL', KEYS[2], id)
+        exists[id] = false
+      else
+        redis.call('HSET', KEYS[2], id, had)
+      end
+      out[#out + 1] = 1
+    end
   end
 end
 return out
@@ -100,6 +141,28 @@ if #last > 0 then tail = last[1][1] end
 return {tail, gone}
 ";
 
+/// Where in the task stream a call is: an entry of its own, or one of the
+/// calls of a packed entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spot {
+    /// The task stream entry.
+    entry: String,
+    /// In a packed entry: the call's position, and how many calls the
+    /// entry holds.
+    part: Option<(u32, u32)>,
+}
+
+impl Spot {
+    /// How workers name the call: the entry id, or `<entry>#<position>`
+    /// (the terminate set's members).
+    fn member(&self) -> String {
+        match self.part {
+            None => self.entry.clone(),
+            Some((i, _)) => format!("{}#{i}", self.entry),
+        }
+    }
+}
+
 /// Where a call is on its way to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Place {
@@ -107,16 +170,17 @@ enum Place {
     Outbox,
     /// In a pipeline the writer is sending; its entry id is on its way.
     Writing,
-    /// Entry `entry` of the task stream since `since`: a cancel asks the
-    /// broker to delete it, which fails once a worker has claimed it.
+    /// In the task stream at `spot` since `since`: a cancel asks the
+    /// broker to take it back, which fails once a worker has claimed its
+    /// entry.
     Queued {
-        /// The task stream entry.
-        entry: String,
+        /// Its entry, and where in it.
+        spot: Spot,
         /// When the writer learned the entry id.
         since: Instant,
     },
     /// A cancel is asking the broker about it; the audit leaves it alone.
-    Withdrawing(String),
+    Withdrawing(Spot),
 }
 
 /// A call waiting for its result.
@@ -179,6 +243,11 @@ struct ClientShared {
     workers: usize,
     /// Results dropped because their call was already resolved.
     duplicates: AtomicU64,
+    /// Results read so far, for the writer's [`Packing`].
+    finished: AtomicU64,
+    /// Most calls per task entry, if fixed (see
+    /// [`ClusterPool::with_calls_per_entry`]); 0 to follow the rate.
+    per_entry: AtomicUsize,
     /// Records each task, once set.
     tracer: std::sync::OnceLock<Tracer>,
     /// The queue's keys, once set: tasks are signed, results checked.
@@ -290,6 +359,8 @@ impl ClusterPool {
                 workers
             },
             duplicates: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            per_entry: AtomicUsize::new(0),
             tracer: std::sync::OnceLock::new(),
             seal: std::sync::OnceLock::new(),
             expiry_ms: AtomicU64::new(DEFAULT_EXPIRY.as_millis() as u64),
@@ -407,6 +478,26 @@ impl ClusterPool {
             p.shared
                 .broker_timeout_ms
                 .store(timeout.as_millis().max(1) as u64, Ordering::Relaxed);
+        }
+        self
+    }
+
+    /// How many calls the pool writes in one task stream entry, at most.
+    /// By default (0) it packs as many as come back in about a
+    /// millisecond at the rate results arrive, up to 64: calls of short
+    /// tasks travel many to an entry, costing the broker one append, one
+    /// claim and one deletion for all of them, and calls of long tasks one
+    /// to an entry, so that workers share them out one by one (a worker
+    /// claims an entry whole). 1 never packs; a larger number packs up to
+    /// that many whenever calls wait together to be written (at most 1024).
+    /// Every promise holds within an entry: a cancel that succeeds means
+    /// the call never runs, each call has its own time limit, terminate
+    /// and result.
+    pub fn with_calls_per_entry(self, calls: usize) -> Self {
+        for p in self.shards() {
+            p.shared
+                .per_entry
+                .store(calls.min(MAX_PACKED_CALLS), Ordering::Relaxed);
         }
         self
     }
@@ -589,7 +680,7 @@ impl ClientShared {
     fn withdraw(&self, ids: &[String]) -> Vec<bool> {
         let mut out = vec![false; ids.len()];
         let mut taken: Vec<Box<dyn Deliver>> = Vec::new();
-        let mut asks: Vec<(usize, String)> = Vec::new();
+        let mut asks: Vec<(usize, Spot)> = Vec::new();
         {
             let deadline = Instant::now() + WITHDRAW_PATIENCE;
             let mut pending = lock(&self.pending);
@@ -615,9 +706,9 @@ impl ClientShared {
                             out[i] = true;
                         }
                     }
-                    Place::Queued { entry, .. } => {
-                        p.place = Place::Withdrawing(entry.clone());
-                        asks.push((i, entry));
+                    Place::Queued { spot, .. } => {
+                        p.place = Place::Withdrawing(spot.clone());
+                        asks.push((i, spot));
                     }
                     // Still being written after the wait, or another cancel
                     // is asking: this one can't say the task won't run.
@@ -626,18 +717,24 @@ impl ClientShared {
             }
         }
         if !asks.is_empty() {
-            let entries: Vec<&str> = asks.iter().map(|(_, e)| e.as_str()).collect();
+            let script = redis::Script::new(WITHDRAW_LUA);
             let verdicts = lock(&self.cancels)
                 .run(|con| {
-                    redis::Script::new(WITHDRAW_LUA)
-                        .key(self.keys.tasks())
-                        .arg(GROUP)
-                        .arg(&entries)
-                        .invoke::<Vec<i64>>(con)
+                    let mut call = script.prepare_invoke();
+                    call.key(self.keys.tasks())
+                        .key(self.keys.withdrawn())
+                        .arg(GROUP);
+                    for (_, spot) in &asks {
+                        let (part, of) = spot
+                            .part
+                            .map_or((String::new(), 1), |(i, n)| (i.to_string(), n));
+                        call.arg(&spot.entry).arg(part).arg(of);
+                    }
+                    call.invoke::<Vec<i64>>(con)
                 })
                 .ok();
             let mut pending = lock(&self.pending);
-            for (n, (i, entry)) in asks.into_iter().enumerate() {
+            for (n, (i, spot)) in asks.into_iter().enumerate() {
                 let id = &ids[i];
                 let verdict = verdicts.as_ref().and_then(|v| v.get(n).copied());
                 if verdict == Some(1) {
@@ -648,9 +745,9 @@ impl ClientShared {
                     continue;
                 }
                 if let Some(p) = pending.get_mut(id) {
-                    if p.place == Place::Withdrawing(entry.clone()) {
+                    if p.place == Place::Withdrawing(spot.clone()) {
                         p.place = Place::Queued {
-                            entry,
+                            spot,
                             since: Instant::now(),
                         };
                         // A worker has it: running, whatever its notice says.
@@ -670,7 +767,8 @@ impl ClientShared {
 
 impl ClientShared {
     /// Asks the workers holding calls `ids` to stop them (the queue's
-    /// terminate set, which workers holding tasks read every 100 ms): true
+    /// terminate set of [`Spot::member`]s, which workers holding tasks
+    /// read every 100 ms): true
     /// if the request for at least one is with the broker. A worker kills
     /// the task in its local pool, and the call fails with
     /// [`TaskError::Terminated`].
@@ -679,7 +777,7 @@ impl ClientShared {
             let pending = lock(&self.pending);
             ids.iter()
                 .filter_map(|id| match pending.get(id).map(|p| &p.place) {
-                    Some(Place::Queued { entry, .. }) => Some(entry.clone()),
+                    Some(Place::Queued { spot, .. }) => Some(spot.member()),
                     _ => None,
                 })
                 .collect()
@@ -750,6 +848,7 @@ impl Terminate for Control {
 fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
     let mut link = Link::new(&shared.broker, Duration::from_secs(5));
     let tasks = shared.keys.tasks();
+    let mut packing = Packing::new();
     loop {
         let first = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(c) => c,
@@ -783,54 +882,29 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
         if batch.is_empty() {
             continue;
         }
+        // Calls in entries: several to an entry while tasks finish fast
+        // (see `Packing`), each alone otherwise.
+        let most = match shared.per_entry.load(Ordering::Relaxed) {
+            0 => packing.calls(shared.finished.load(Ordering::Relaxed)),
+            fixed => fixed,
+        };
+        let groups = Packing::groups(&batch, most);
         let began = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let written = loop {
             if let Some(why) = lock(&shared.gone).clone() {
                 break Err(why);
             }
-            let timeout_ms = shared.task_timeout_ms.load(Ordering::Relaxed);
-            let timeout = if timeout_ms > 0 {
-                timeout_ms.to_string()
-            } else {
-                String::new()
-            };
-            let seal = shared.seal.get();
-            let exp = (seal::now_ms() + shared.expiry_ms.load(Ordering::Relaxed)).to_string();
             let r = link.run(|con| {
                 let mut p = redis::pipe();
-                for c in &batch {
-                    let sig = c.signature.to_string();
-                    let add = p.cmd("XADD");
-                    add.arg(&tasks).arg("*");
-                    if timeout_ms > 0 {
-                        add.arg("timeout_ms").arg(&timeout);
-                    }
-                    if let Some(seal) = seal {
-                        let mac = seal.sign(&seal::task_parts(
-                            &tasks,
-                            [
-                                c.id.as_bytes(),
-                                c.task.as_bytes(),
-                                sig.as_bytes(),
-                                shared.results.as_bytes(),
-                                &c.payload,
-                                timeout.as_bytes(),
-                                exp.as_bytes(),
-                            ],
-                        ));
-                        add.arg("exp").arg(&exp).arg("mac").arg(mac);
-                    }
-                    add.arg("id")
-                        .arg(&c.id)
-                        .arg("task")
-                        .arg(c.task)
-                        .arg("sig")
-                        .arg(&sig)
-                        .arg("reply")
-                        .arg(&shared.results)
-                        .arg("payload")
-                        .arg(&c.payload[..]);
+                let adder = Adder {
+                    shared,
+                    tasks: &tasks,
+                    timeout_ms: shared.task_timeout_ms.load(Ordering::Relaxed),
+                    exp: (seal::now_ms() + shared.expiry_ms.load(Ordering::Relaxed)).to_string(),
+                };
+                for g in &groups {
+                    adder.add(&mut p, &batch[g.clone()]);
                 }
                 p.query::<Vec<String>>(con)
             });
@@ -858,12 +932,18 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
             match &written {
                 Ok(entries) => {
                     let now = Instant::now();
-                    for (c, entry) in batch.iter().zip(entries) {
-                        if let Some(p) = pending.get_mut(&c.id) {
-                            p.place = Place::Queued {
-                                entry: entry.clone(),
-                                since: now,
-                            };
+                    for (g, entry) in groups.iter().zip(entries) {
+                        let n = g.len() as u32;
+                        for (i, c) in batch[g.clone()].iter().enumerate() {
+                            if let Some(p) = pending.get_mut(&c.id) {
+                                p.place = Place::Queued {
+                                    spot: Spot {
+                                        entry: entry.clone(),
+                                        part: (n > 1).then_some((i as u32, n)),
+                                    },
+                                    since: now,
+                                };
+                            }
                         }
                     }
                 }
@@ -879,6 +959,168 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
                 }));
             }
         }
+    }
+}
+
+/// Most calls in one packed task entry.
+const PACK_CALLS: usize = 64;
+/// Most payload bytes in one packed task entry: a call that would take a
+/// pack past it starts the next one (and a larger call goes alone).
+const PACK_BYTES: usize = 256 << 10;
+/// The share of the queue's throughput one packed entry may hold.
+const PACK_FOR: Duration = Duration::from_millis(1);
+/// The window over which the rate of results is measured.
+const PACK_WINDOW: Duration = Duration::from_millis(50);
+
+/// How many calls the writer packs into one task entry: as many as come
+/// back in [`PACK_FOR`] at the rate this client's results arrive
+/// (measured over windows of [`PACK_WINDOW`]: up at once, down by
+/// halves), at most [`PACK_CALLS`]. A worker claims an entry whole, so
+/// packing trades how evenly calls spread over workers for what each
+/// costs the broker (one append, one claim and one deletion per entry).
+/// Calls of long tasks, a few hundred a second, go one to an entry and
+/// spread one by one; no-op calls at tens of thousands a second go up to
+/// 64 to an entry, a millisecond's worth. Before any result is back,
+/// nothing is packed.
+struct Packing {
+    /// Results per second, smoothed.
+    rate: f64,
+    /// The window's start and the results counted then.
+    window: (Instant, u64),
+}
+
+impl Packing {
+    fn new() -> Packing {
+        Packing {
+            rate: 0.0,
+            window: (Instant::now(), 0),
+        }
+    }
+
+    /// Calls per entry, given the results counted so far.
+    fn calls(&mut self, finished: u64) -> usize {
+        let (since, at) = self.window;
+        let elapsed = since.elapsed();
+        if elapsed >= PACK_WINDOW {
+            let rate = finished.saturating_sub(at) as f64 / elapsed.as_secs_f64();
+            self.rate = if rate > self.rate {
+                rate
+            } else {
+                (self.rate + rate) / 2.0
+            };
+            self.window = (Instant::now(), finished);
+        }
+        ((self.rate * PACK_FOR.as_secs_f64()) as usize).clamp(1, PACK_CALLS)
+    }
+
+    /// The calls of `batch` in entries of at most `most` calls and
+    /// [`PACK_BYTES`], as ranges of it, in order.
+    fn groups(batch: &[Outgoing], most: usize) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::with_capacity(batch.len().div_ceil(most));
+        let mut from = 0;
+        while from < batch.len() {
+            let mut to = from + 1;
+            let mut bytes = batch[from].payload.len();
+            while to < batch.len()
+                && to - from < most
+                && bytes + batch[to].payload.len() <= PACK_BYTES
+            {
+                bytes += batch[to].payload.len();
+                to += 1;
+            }
+            out.push(from..to);
+            from = to;
+        }
+        out
+    }
+}
+
+/// Adds calls to a pipeline as task entries: one call with its own
+/// fields, several packed (see the module docs of `cluster`), signed on a
+/// signed queue.
+struct Adder<'a> {
+    /// The client.
+    shared: &'a ClientShared,
+    /// The task stream.
+    tasks: &'a str,
+    /// The time limit the calls carry, in ms; 0 for none.
+    timeout_ms: u64,
+    /// When a signed entry expires (Unix ms), as text.
+    exp: String,
+}
+
+impl Adder<'_> {
+    /// Adds one XADD of `calls` (at least one) to `p`.
+    fn add(&self, p: &mut redis::Pipeline, calls: &[Outgoing]) {
+        let shared = self.shared;
+        let timeout = if self.timeout_ms > 0 {
+            self.timeout_ms.to_string()
+        } else {
+            String::new()
+        };
+        let seal = shared.seal.get();
+        let add = p.cmd("XADD");
+        add.arg(self.tasks).arg("*");
+        if self.timeout_ms > 0 {
+            add.arg("timeout_ms").arg(&timeout);
+        }
+        if let [c] = calls {
+            let sig = c.signature.to_string();
+            if let Some(seal) = seal {
+                let mac = seal.sign(&seal::task_parts(
+                    self.tasks,
+                    [
+                        c.id.as_bytes(),
+                        c.task.as_bytes(),
+                        sig.as_bytes(),
+                        shared.results.as_bytes(),
+                        &c.payload,
+                        timeout.as_bytes(),
+                        self.exp.as_bytes(),
+                    ],
+                ));
+                add.arg("exp").arg(&self.exp).arg("mac").arg(mac);
+            }
+            add.arg("id")
+                .arg(&c.id)
+                .arg("task")
+                .arg(c.task)
+                .arg("sig")
+                .arg(&sig)
+                .arg("reply")
+                .arg(&shared.results)
+                .arg("payload")
+                .arg(&c.payload[..]);
+            return;
+        }
+        let (heads, data) = pack_calls(calls.iter().map(|c| {
+            let head = CallHead {
+                id: c.id.as_str().into(),
+                task: c.task.into(),
+                sig: c.signature,
+                len: c.payload.len() as u64,
+            };
+            (head, &c.payload[..])
+        }));
+        if let Some(seal) = seal {
+            let mac = seal.sign(&seal::packed_parts(
+                self.tasks,
+                [
+                    &heads,
+                    shared.results.as_bytes(),
+                    &data,
+                    timeout.as_bytes(),
+                    self.exp.as_bytes(),
+                ],
+            ));
+            add.arg("exp").arg(&self.exp).arg("mac").arg(mac);
+        }
+        add.arg("calls")
+            .arg(heads)
+            .arg("reply")
+            .arg(&shared.results)
+            .arg("data")
+            .arg(data);
     }
 }
 
@@ -1027,6 +1269,10 @@ fn take_result(shared: &ClientShared, e: &Entry) {
                 }
             }
             Ok(results) => {
+                // Relaxed: a count the writer only paces itself by.
+                shared
+                    .finished
+                    .fetch_add(results.len() as u64, Ordering::Relaxed);
                 // One lock of the pending calls for the whole batch (the
                 // submitting thread takes it for every call).
                 let taken: Vec<_> = {
@@ -1134,8 +1380,8 @@ fn audit(shared: &ClientShared, link: &mut Link, last: &str, suspects: &mut Vec<
     let asked: Vec<(String, String)> = lock(&shared.pending)
         .iter()
         .filter_map(|(id, p)| match &p.place {
-            Place::Queued { entry, since } if since.elapsed() >= AUDIT_EVERY => {
-                Some((id.clone(), entry.clone()))
+            Place::Queued { spot, since } if since.elapsed() >= AUDIT_EVERY => {
+                Some((id.clone(), spot.entry.clone()))
             }
             _ => None,
         })
@@ -1145,7 +1391,10 @@ fn audit(shared: &ClientShared, link: &mut Link, last: &str, suspects: &mut Vec<
     if asked.is_empty() {
         return;
     }
-    let entries: Vec<&str> = asked.iter().map(|(_, e)| e.as_str()).collect();
+    // The calls of a packed entry share it: each entry is asked about once.
+    let mut entries: Vec<&str> = asked.iter().map(|(_, e)| e.as_str()).collect();
+    entries.sort_unstable();
+    entries.dedup();
     let Ok((tail, gone)) = link.run(|con| {
         redis::Script::new(AUDIT_LUA)
             .key(shared.keys.tasks())
@@ -1155,10 +1404,14 @@ fn audit(shared: &ClientShared, link: &mut Link, last: &str, suspects: &mut Vec<
     }) else {
         return;
     };
-    for i in gone {
-        let Some((id, _)) = asked.get(i.wrapping_sub(1)) else {
+    let gone: std::collections::HashSet<&str> = gone
+        .into_iter()
+        .filter_map(|i| entries.get(i.wrapping_sub(1)).copied())
+        .collect();
+    for (id, entry) in &asked {
+        if !gone.contains(entry.as_str()) {
             continue;
-        };
+        }
         if tail.is_empty() || id_at_most(&tail, last) {
             lose(shared, id);
         } else {

@@ -53,6 +53,13 @@ impl Keys {
         format!("mt:{{{}}}:terminate", self.queue)
     }
 
+    /// Calls withdrawn from packed task entries no worker had claimed
+    /// (hash: entry id to the withdrawn calls' positions, `3,0,`); the
+    /// worker that claims such an entry skips them.
+    pub(crate) fn withdrawn(&self) -> String {
+        format!("mt:{{{}}}:withdrawn", self.queue)
+    }
+
     /// Finished tasks, as workers publish them for dashboards (capped).
     pub(crate) fn spans(&self) -> String {
         format!("mt:{{{}}}:spans", self.queue)

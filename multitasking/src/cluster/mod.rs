@@ -136,10 +136,11 @@
 //! ```text
 //!   client: ~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del
 //!           +evalsha +script|load +xpending +xrange +xrevrange +zadd
-//!           +zremrangebyscore
+//!           +zremrangebyscore +hget +hset +hdel
 //!   worker: ~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack
 //!           +xdel +xadd +xclaim +xpending +xrange +expire +evalsha
-//!           +script|load +zmscore +zrem +set +del +sadd +srem
+//!           +script|load +zmscore +zrem +set +del +sadd +srem +hlen +hmget
+//!           +hdel
 //! ```
 //!
 //! `multitask status` reads with `+smembers +get +xlen +xpending`, its

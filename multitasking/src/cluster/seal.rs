@@ -10,6 +10,8 @@
 //! ```text
 //!   task     "mt-task-1"    task stream key, id, task, sig, reply, payload,
 //!                           timeout_ms, exp (Unix ms after which it is void)
+//!   tasks    "mt-tasks-1"   task stream key, calls, reply, data, timeout_ms,
+//!                           exp (a packed entry: several calls of a client)
 //!   results  "mt-result-1"  reply stream key, batch, data, worker, host, pid
 //!   started  "mt-started-1" reply stream key, id, worker, host, pid, held_us
 //!   error    "mt-error-1"   reply stream key, id, task, error
@@ -113,6 +115,8 @@ pub(crate) const TASK_FIELDS: [&str; 7] =
 
 /// The domain word of task entries.
 pub(crate) const TASK: &[u8] = b"mt-task-1";
+/// The domain word of packed task entries (several calls in one).
+pub(crate) const TASKS: &[u8] = b"mt-tasks-1";
 /// The domain word of packed result entries.
 pub(crate) const RESULTS: &[u8] = b"mt-result-1";
 /// The domain word of started notices.
@@ -125,6 +129,13 @@ pub(crate) const ERROR: &[u8] = b"mt-error-1";
 pub(crate) fn task_parts<'a>(stream: &'a str, values: [&'a [u8]; 7]) -> [&'a [u8]; 9] {
     let [a, b, c, d, e, f, g] = values;
     [TASK, stream.as_bytes(), a, b, c, d, e, f, g]
+}
+
+/// The parts signed for a packed task entry on `stream`: its fields
+/// calls, reply, data, timeout_ms and exp.
+pub(crate) fn packed_parts<'a>(stream: &'a str, values: [&'a [u8]; 5]) -> [&'a [u8]; 7] {
+    let [calls, reply, data, timeout, exp] = values;
+    [TASKS, stream.as_bytes(), calls, reply, data, timeout, exp]
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -90,7 +90,9 @@ fn dead_letters_one(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
             reason: field(id, "reason"),
             deliveries: field(id, "deliveries"),
             worker: field(id, "worker"),
-            payload_bytes: raw_field(id, "t:payload").map(|p| p.len()),
+            payload_bytes: raw_field(id, "t:payload")
+                .or_else(|| raw_field(id, "t:data"))
+                .map(|p| p.len()),
         })
         .collect())
 }
@@ -140,6 +142,17 @@ fn requeue_one<K: AsRef<[u8]>>(
     };
     let field = |name: &str| raw_field(dead, &format!("t:{name}"));
     let refuse = |why: String| Err(Error::Broker(format!("dead letter {entry}: {why}")));
+    if field("calls").is_some() {
+        return requeue_packed(
+            &mut con,
+            &broker,
+            &queue,
+            entry,
+            dead,
+            seal.as_ref(),
+            expiry,
+        );
+    }
     let (Some(task), Some(sig), Some(payload)) = (field("task"), field("sig"), field("payload"))
     else {
         return refuse(
@@ -211,6 +224,102 @@ fn requeue_one<K: AsRef<[u8]>>(
         .arg(&payload);
     p.cmd("XDEL").arg(queue.dead()).arg(entry);
     let (id, _): (String, u64) = p.query(&mut con).map_err(|e| broker.error(&e))?;
+    Ok(Some(id))
+}
+
+/// [`requeue_one`] for a dead letter of calls of a packed task entry: the
+/// calls it names (field `parts`; all if absent) go back as one packed
+/// entry with fresh call ids and no reply stream.
+fn requeue_packed(
+    con: &mut redis::Connection,
+    broker: &Broker,
+    queue: &Keys,
+    entry: &str,
+    dead: &redis::streams::StreamId,
+    seal: Option<&Seal>,
+    expiry: Duration,
+) -> Result<Option<String>, Error> {
+    let refuse = |why: String| Err(Error::Broker(format!("dead letter {entry}: {why}")));
+    let field = |name: &str| raw_field(dead, &format!("t:{name}")).unwrap_or_default();
+    let tasks = queue.tasks();
+    let original = ["calls", "reply", "data", "timeout_ms", "exp"].map(field);
+    match (seal, raw_field(dead, "t:mac")) {
+        (None, Some(_)) => {
+            return refuse(
+                "its task was signed: give the queue's keys to requeue it (MULTITASK_CLUSTER_KEY)"
+                    .to_string(),
+            )
+        }
+        (Some(_), None) => {
+            return refuse(
+                "its task was not signed; a requeue does not sign what no key holder signed"
+                    .to_string(),
+            )
+        }
+        (Some(seal), Some(mac)) => {
+            let values = original.each_ref().map(Vec::as_slice);
+            if !seal.verify(&seal::packed_parts(&tasks, values), &mac) {
+                return refuse(
+                    "its task's signature does not check under these keys (forged, altered, or \
+                     signed with another key); it is not requeued"
+                        .to_string(),
+                );
+            }
+        }
+        (None, None) => {}
+    }
+    let mut packed = crate::cluster::broker::Entry::default();
+    packed
+        .fields
+        .insert("calls".to_string(), original[0].clone());
+    packed
+        .fields
+        .insert("data".to_string(), original[2].clone());
+    let calls = match crate::cluster::broker::unpack_calls(&packed) {
+        Ok(calls) => calls,
+        Err(why) => return refuse(format!("its task entry is malformed: {why}")),
+    };
+    let parts = raw_field(dead, "parts").unwrap_or_default();
+    let parts = String::from_utf8_lossy(&parts);
+    let chosen: Vec<usize> = parts.split(',').filter_map(|i| i.parse().ok()).collect();
+    let fresh = format!("requeued:{entry}:{:x}", crate::cluster::client::random());
+    let (heads, data) = crate::cluster::broker::pack_calls(
+        calls
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| chosen.is_empty() || chosen.contains(i))
+            .map(|(i, (head, payload))| {
+                let head = crate::cluster::broker::CallHead {
+                    id: format!("{fresh}:{i}").into(),
+                    ..head.clone()
+                };
+                (head, &payload[..])
+            }),
+    );
+    let timeout = &original[3];
+    let mut p = redis::pipe();
+    p.atomic();
+    let add = p.cmd("XADD");
+    add.arg(&tasks).arg("*");
+    if !timeout.is_empty() {
+        add.arg("timeout_ms").arg(timeout);
+    }
+    if let Some(seal) = seal {
+        let exp = (seal::now_ms() + expiry.as_millis() as u64).to_string();
+        let mac = seal.sign(&seal::packed_parts(
+            &tasks,
+            [&heads, b"", &data, timeout, exp.as_bytes()],
+        ));
+        add.arg("exp").arg(exp).arg("mac").arg(mac);
+    }
+    add.arg("calls")
+        .arg(heads)
+        .arg("reply")
+        .arg("")
+        .arg("data")
+        .arg(data);
+    p.cmd("XDEL").arg(queue.dead()).arg(entry);
+    let (id, _): (String, u64) = p.query(con).map_err(|e| broker.error(&e))?;
     Ok(Some(id))
 }
 

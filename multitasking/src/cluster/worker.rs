@@ -37,7 +37,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::cluster::allow::Allowed;
 use crate::cluster::broker::{
-    entries, is_permanent, pack_results, stream_reply, Broker, Entry, Link, Packed, ToPack,
+    entries, is_permanent, pack_results, stream_reply, unpack_calls, Broker, CallHead, Entry, Link,
+    Packed, ToPack,
 };
 use crate::cluster::client::random;
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
@@ -294,6 +295,7 @@ impl WorkerBuilder {
                     pool: pool.clone(),
                     concurrency: self.concurrency,
                     inflight: Mutex::new(HashMap::new()),
+                    parts: Mutex::new(HashMap::new()),
                     freed: Condvar::new(),
                     stop: stop.clone(),
                     visibility: self.visibility,
@@ -351,6 +353,67 @@ struct Held {
     /// When the worker first saw it running in the local pool (a held
     /// task may wait there behind others).
     running_since: Option<Instant>,
+}
+
+/// A packed entry a worker holds.
+#[derive(Debug)]
+struct Parts {
+    /// Its calls still to finish (or be dead-lettered).
+    left: usize,
+    /// True if the withdrawn hash holds a field for it, to be deleted with
+    /// the entry.
+    withdrawn: bool,
+}
+
+/// What finishing a held call does to its task entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Ack {
+    /// The entry is acknowledged and deleted with this call's result: it
+    /// was the entry's last call.
+    entry: bool,
+    /// Its field in the withdrawn hash goes too.
+    withdrawn: bool,
+}
+
+/// The task stream entry of held key `key` (see [`Core::inflight`]).
+fn entry_of(key: &str) -> &str {
+    key.split_once('#').map_or(key, |(entry, _)| entry)
+}
+
+impl Core {
+    /// Counts held call `key` finished: an entry of its own is
+    /// acknowledged with it, a packed entry with its last call. Decided
+    /// once per call, when its outcome is first to be written, so that
+    /// exactly one call acknowledges its entry.
+    fn finish(&self, key: &str) -> Ack {
+        let Some((entry, _)) = key.split_once('#') else {
+            return Ack {
+                entry: true,
+                withdrawn: false,
+            };
+        };
+        let mut parts = lock(&self.parts);
+        let Some(p) = parts.get_mut(entry) else {
+            // Not counted (it can't be): leave the entry pending rather
+            // than delete calls still running; it is taken over later.
+            return Ack::default();
+        };
+        p.left = p.left.saturating_sub(1);
+        if p.left > 0 {
+            return Ack::default();
+        }
+        let withdrawn = p.withdrawn;
+        parts.remove(entry);
+        Ack {
+            entry: true,
+            withdrawn,
+        }
+    }
+
+    /// True if the worker holds entry `entry` or any call of it.
+    fn holds(&self, entry: &str) -> bool {
+        lock(&self.inflight).contains_key(entry) || lock(&self.parts).contains_key(entry)
+    }
 }
 
 /// Why a worker stops a task it holds.
@@ -433,8 +496,11 @@ enum Note {
 /// A finished task, on its way to the completer.
 #[derive(Debug)]
 struct Done {
-    /// The task stream entry.
+    /// Its held key (see [`Core::inflight`]).
     entry: String,
+    /// What writing its outcome does to its entry; decided when the
+    /// completer first takes it.
+    ack: Ack,
     /// Its lease.
     lease: Lease,
     /// The encoded chunk, or why it failed.
@@ -460,8 +526,12 @@ struct Core {
     pool: Arc<dyn RawExecutor>,
     /// Tasks at once.
     concurrency: usize,
-    /// Tasks held, by stream entry id.
+    /// Tasks held, by [`Held`] key: the stream entry id, or
+    /// `<entry>#<position>` for a call of a packed entry.
     inflight: Mutex<HashMap<String, Held>>,
+    /// The packed entries held, by entry id: how many of their calls are
+    /// still to finish. Taken after `inflight` when both are.
+    parts: Mutex<HashMap<String, Parts>>,
     /// Signalled when a task leaves `inflight`.
     freed: Condvar,
     /// Set to drain.
@@ -656,6 +726,9 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
     // and are read again from there (id 0) before new ones.
     let mut recover = false;
     let mut ahead = Ahead::new(core.prefetch);
+    // Calls per entry fetched lately (packed entries hold several): the
+    // count asked for is in entries, the free slots in calls.
+    let mut per_entry = 1.0f64;
     while !core.stop.is_stopped() {
         let slots = core.concurrency + ahead.tasks(core.finished.load(Ordering::Relaxed));
         let free = {
@@ -666,34 +739,51 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
             }
             slots - held.len()
         };
+        let want = ((free as f64 / per_entry).ceil() as usize).clamp(1, free);
+        // The withdrawn hash's size comes after the claim, in the same
+        // round trip: a cancel that the broker ran before the claim shows
+        // there (see `withdrawn_of`).
         let reply = link.run(|con| {
             let mut c = redis::cmd("XREADGROUP");
             c.arg("GROUP").arg(GROUP).arg(&core.consumer).arg("COUNT");
             if recover {
                 // Held tasks are in the pending list too.
-                c.arg(slots + free);
+                c.arg(slots + want);
             } else {
-                c.arg(free).arg("BLOCK").arg(block.as_millis() as u64);
+                c.arg(want).arg("BLOCK").arg(block.as_millis() as u64);
             }
             c.arg("STREAMS")
                 .arg(core.keys.tasks())
-                .arg(if recover { "0" } else { ">" })
-                .query::<redis::Value>(con)
+                .arg(if recover { "0" } else { ">" });
+            redis::pipe()
+                .add_command(c)
+                .cmd("HLEN")
+                .arg(core.keys.withdrawn())
+                .query::<(redis::Value, u64)>(con)
         });
         match reply {
-            Ok(v) => {
+            Ok((v, withdrawing)) => {
                 let mut fetched = stream_reply(v);
                 if recover {
-                    let held = lock(&core.inflight);
-                    fetched.retain(|e| !held.contains_key(&e.id));
-                    drop(held);
-                    recover = fetched.len() > free;
-                    fetched.truncate(free);
+                    fetched.retain(|e| !core.holds(&e.id));
+                    recover = fetched.len() > want;
+                    fetched.truncate(want);
                 }
                 if !fetched.is_empty() {
-                    for e in fetched {
-                        start(&core, &mut link, e, &tx);
+                    let Some(withdrawn) = withdrawn_of(&core, &mut link, &fetched, withdrawing > 0)
+                    else {
+                        // Which calls were taken back is unknown: none of
+                        // these runs until it is (they are read again
+                        // from the pending list).
+                        recover = true;
+                        continue;
+                    };
+                    let entries = fetched.len();
+                    let mut calls = 0;
+                    for (e, w) in fetched.into_iter().zip(withdrawn) {
+                        calls += start(&core, &mut link, e, w.as_deref(), &tx);
                     }
+                    per_entry = (per_entry + calls as f64 / entries as f64) / 2.0;
                     let _ = tx.send(Note::Held);
                 }
             }
@@ -731,8 +821,82 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Checks a fetched task and hands it to the pool, or dead-letters it.
-fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
+/// The fields of `entries` in the withdrawn hash: for each, the
+/// positions of the calls of a packed entry that its client took back
+/// before the claim. Asked only if the hash is not empty (`any`, read
+/// after the claim) and only about packed entries; `None` if the broker
+/// could not be asked.
+fn withdrawn_of(
+    core: &Core,
+    link: &mut Link,
+    entries: &[Entry],
+    any: bool,
+) -> Option<Vec<Option<String>>> {
+    let packed: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.fields.contains_key("calls"))
+        .map(|e| e.id.as_str())
+        .collect();
+    if !any || packed.is_empty() {
+        return Some(vec![None; entries.len()]);
+    }
+    let found: Vec<Option<String>> = link
+        .run(|con| {
+            redis::cmd("HMGET")
+                .arg(core.keys.withdrawn())
+                .arg(&packed)
+                .query(con)
+        })
+        .ok()?;
+    let mut found = found.into_iter();
+    Some(
+        entries
+            .iter()
+            .map(|e| {
+                if e.fields.contains_key("calls") {
+                    found.next().flatten()
+                } else {
+                    None
+                }
+            })
+            .collect(),
+    )
+}
+
+/// A call a worker took, ready to run.
+struct Call {
+    /// The key it is held by (see [`Core::inflight`]).
+    key: String,
+    /// Its lease.
+    lease: Lease,
+    /// Its encoded input.
+    payload: Vec<u8>,
+    /// Its time limit, from its entry.
+    timeout: Option<Duration>,
+}
+
+/// The time limit a task entry carries.
+fn timeout_of(e: &Entry) -> Option<Duration> {
+    e.text("timeout_ms")
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+}
+
+/// Checks a fetched task entry and hands its calls to the pool, or
+/// dead-letters them; `withdrawn` is the entry's field in the withdrawn
+/// hash, read after the claim (a packed entry's calls whose clients took
+/// them back). Returns the calls the entry held.
+fn start(
+    core: &Arc<Core>,
+    link: &mut Link,
+    e: Entry,
+    withdrawn: Option<&str>,
+    tx: &Sender<Note>,
+) -> usize {
+    if e.fields.contains_key("calls") {
+        return start_packed(core, link, e, withdrawn, tx);
+    }
     let fields = (
         e.text("id"),
         e.text("task"),
@@ -752,7 +916,7 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
             message: "malformed task entry: it needs id, task, sig, reply and payload".to_string(),
         };
         dead_letter(core, link, &e.id, &lease, &error, 1);
-        return;
+        return 1;
     };
     let lease = Lease {
         id: id.to_string(),
@@ -760,7 +924,8 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
         task: name.to_string(),
     };
     if let Some(seal) = &core.seal {
-        if let Err((why, trusted)) = check_task(core, seal, &e) {
+        let checked = check_task(core, seal, &e).and_then(|exp| not_a_replay(core, id, &e.id, exp));
+        if let Err((why, trusted)) = checked {
             let error = TaskError::Rejected {
                 task: name.to_string(),
                 reason: format!("worker {}: task entry {}: {why}", core.me, e.id),
@@ -771,42 +936,206 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
                 ..lease
             };
             dead_letter(core, link, &e.id, &lease, &error, 1);
-            return;
+            return 1;
         }
     }
-    let entry = match task::resolve(name, sig, &core.me) {
-        Ok(entry) if !core.allowed.admits(&entry) => {
-            let error = TaskError::NotAllowed {
-                task: name.to_string(),
-                worker: core.me.clone(),
-            };
-            dead_letter(core, link, &e.id, &lease, &error, 1);
-            return;
-        }
-        Ok(entry) => entry,
+    let found = match admit(core, name, sig) {
+        Ok(found) => found,
         Err(error) => {
             dead_letter(core, link, &e.id, &lease, &error, 1);
-            return;
+            return 1;
         }
     };
+    let call = Call {
+        key: e.id.clone(),
+        lease,
+        payload: payload.clone(),
+        timeout: timeout_of(&e),
+    };
+    run_call(core, call, found, tx);
+    1
+}
+
+/// The task `name` with signature `sig`, if this worker serves it.
+fn admit(core: &Core, name: &str, sig: u64) -> Result<task::TaskEntry, TaskError> {
+    match task::resolve(name, sig, &core.me) {
+        Ok(found) if !core.allowed.admits(&found) => Err(TaskError::NotAllowed {
+            task: name.to_string(),
+            worker: core.me.clone(),
+        }),
+        other => other,
+    }
+}
+
+/// Checks a packed task entry (several calls of one client) and hands its
+/// calls to the pool. An entry that is malformed or fails its signature
+/// check is dead-lettered whole; its calls' client, if its reply key can be
+/// trusted, gets the error for each. A call that can't run here (unknown,
+/// not allowed, a replay) is dead-lettered with the reason, its position
+/// named; the others run. The entry is acknowledged once its last call is
+/// written (see [`Core::finish`]).
+fn start_packed(
+    core: &Arc<Core>,
+    link: &mut Link,
+    e: Entry,
+    withdrawn: Option<&str>,
+    tx: &Sender<Note>,
+) -> usize {
+    let calls = match unpack_calls(&e) {
+        Ok(calls) => calls,
+        Err(why) => {
+            let error = |_: usize, task: &str| TaskError::Codec {
+                task: task.to_string(),
+                message: format!("malformed packed task entry: {why}"),
+            };
+            // Whose calls these were is unknown: their client finds them
+            // lost.
+            dead_packed(core, link, &e.id, "", &[], &error, 1, Ack::whole());
+            return 1;
+        }
+    };
+    let reply = e.text("reply").unwrap_or("").to_string();
+    let mut exp = 0;
+    if let Some(seal) = &core.seal {
+        match check_packed(core, seal, &e) {
+            Ok(at) => exp = at,
+            Err((why, trusted)) => {
+                let error = |_: usize, task: &str| TaskError::Rejected {
+                    task: task.to_string(),
+                    reason: format!("worker {}: task entry {}: {why}", core.me, e.id),
+                };
+                let all: Vec<(usize, &CallHead<'_>)> =
+                    calls.iter().map(|(h, _)| h).enumerate().collect();
+                // Only a signed entry says truly where its answers go.
+                let reply = if trusted { reply.as_str() } else { "" };
+                dead_packed(core, link, &e.id, reply, &all, &error, 1, Ack::whole());
+                return calls.len();
+            }
+        }
+    }
+    let n = calls.len();
+    let skip: Vec<usize> = withdrawn
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|i| i.parse::<usize>().ok())
+        .collect();
+    let timeout = timeout_of(&e);
+    // Refused calls, and whether their client may be told (not for a
+    // replay, as for an entry of its own).
+    let mut refused: Vec<(usize, TaskError, bool)> = Vec::new();
+    let mut ready = Vec::new();
+    for (i, (head, _)) in calls.iter().enumerate() {
+        if skip.contains(&i) {
+            continue;
+        }
+        if core.seal.is_some() {
+            if let Err((why, trusted)) = not_a_replay(core, &head.id, &e.id, exp) {
+                let reason = format!("worker {}: task entry {}: {why}", core.me, e.id);
+                let task = head.task.to_string();
+                refused.push((i, TaskError::Rejected { task, reason }, trusted));
+                continue;
+            }
+        }
+        match admit(core, &head.task, head.sig) {
+            Ok(found) => ready.push((i, found)),
+            Err(error) => refused.push((i, error, true)),
+        }
+    }
+    // Counted before any call can finish.
+    if !ready.is_empty() {
+        lock(&core.parts).insert(
+            e.id.clone(),
+            Parts {
+                left: ready.len(),
+                withdrawn: withdrawn.is_some(),
+            },
+        );
+    }
+    if !refused.is_empty() || ready.is_empty() {
+        // Refused calls first, while the entry is still there to be kept
+        // with them (for a requeue); the entry goes with them if no call
+        // is left to run.
+        let ack = Ack {
+            entry: ready.is_empty(),
+            withdrawn: ready.is_empty() && withdrawn.is_some(),
+        };
+        // One dead letter per task and kind of refusal (the calls of a
+        // replay each name their own id).
+        let kind = |i: usize, e: &TaskError, told: bool| {
+            (calls[i].0.task.clone(), std::mem::discriminant(e), told)
+        };
+        let mut by_error: Vec<(_, Vec<(usize, &CallHead<'_>)>)> = Vec::new();
+        for (i, error, told) in &refused {
+            let k = kind(*i, error, *told);
+            match by_error.iter_mut().find(|(e, _)| *e == k) {
+                Some((_, v)) => v.push((*i, &calls[*i].0)),
+                None => by_error.push((k, vec![(*i, &calls[*i].0)])),
+            }
+        }
+        if by_error.is_empty() {
+            // Every call was withdrawn: the entry only goes.
+            let none = |_: usize, task: &str| TaskError::Cancelled {
+                task: task.to_string(),
+            };
+            dead_packed(core, link, &e.id, &reply, &[], &none, 0, ack);
+        }
+        let last = by_error.len().saturating_sub(1);
+        let error = |i: usize, task: &str| {
+            refused.iter().find(|(j, _, _)| *j == i).map_or_else(
+                || TaskError::Lost {
+                    task: task.to_string(),
+                    reason: String::new(),
+                },
+                |(_, e, _)| e.clone(),
+            )
+        };
+        for (k, ((_, _, told), which)) in by_error.iter().enumerate() {
+            let ack = if k == last { ack } else { Ack::default() };
+            let reply = if *told { reply.as_str() } else { "" };
+            dead_packed(core, link, &e.id, reply, which, &error, 1, ack);
+        }
+    }
+    let mut calls = calls;
+    for (i, found) in ready {
+        let (head, payload) = std::mem::take(&mut calls[i]);
+        let call = Call {
+            key: format!("{}#{i}", e.id),
+            lease: Lease {
+                id: head.id.into_owned(),
+                reply: reply.clone(),
+                task: head.task.into_owned(),
+            },
+            payload,
+            timeout,
+        };
+        run_call(core, call, found, tx);
+    }
+    n
+}
+
+/// Holds `call` and submits it to the local pool, whose outcome goes to
+/// the completer.
+fn run_call(core: &Arc<Core>, call: Call, found: task::TaskEntry, tx: &Sender<Note>) {
+    let Call {
+        key,
+        lease,
+        payload,
+        timeout,
+    } = call;
     let held = Held {
         lease: lease.clone(),
         since: Instant::now(),
         announced: false,
         run: None,
-        timeout: e
-            .text("timeout_ms")
-            .and_then(|ms| ms.parse::<u64>().ok())
-            .filter(|&ms| ms > 0)
-            .map(Duration::from_millis),
+        timeout,
         stopping: None,
         input: (core.spans && payload.len() <= PREVIEW_KEEP)
-            .then(|| (payload.clone(), entry.preview)),
+            .then(|| (payload.clone(), found.preview)),
         running_since: None,
     };
-    lock(&core.inflight).insert(e.id.clone(), held);
-    let entry_id = e.id.clone();
-    match core.pool.submit_raw(entry, payload.clone()) {
+    lock(&core.inflight).insert(key.clone(), held);
+    let entry_id = key.clone();
+    match core.pool.submit_raw(found, payload) {
         Ok(fut) => {
             let tx = tx.clone();
             let fut = Arc::new(fut);
@@ -816,6 +1145,7 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
             fut.add_done_callback(move |r| {
                 let _ = tx.send(Note::Done(Box::new(Done {
                     entry: entry_id,
+                    ack: Ack::default(),
                     lease,
                     outcome: r.clone(),
                     run: Some(run),
@@ -823,13 +1153,14 @@ fn start(core: &Arc<Core>, link: &mut Link, e: Entry, tx: &Sender<Note>) {
                 })));
             });
             // Gone already if the task finished and was written meanwhile.
-            if let Some(h) = lock(&core.inflight).get_mut(&e.id) {
+            if let Some(h) = lock(&core.inflight).get_mut(&key) {
                 h.run = Some(fut);
             }
         }
         Err(refused) => {
             let _ = tx.send(Note::Done(Box::new(Done {
                 entry: entry_id,
+                ack: Ack::default(),
                 lease,
                 outcome: Err(refused.error),
                 run: None,
@@ -855,18 +1186,33 @@ fn signed_by_a_client(core: &Core, e: &Entry) -> bool {
 }
 
 /// Checks task entry `e` on a signed queue: signed with a key of `seal`,
-/// not expired, not a replay of a call taken from another entry. On
-/// failure, why, and whether its reply key can be trusted (only if its
-/// signature holds).
-fn check_task(core: &Core, seal: &Seal, e: &Entry) -> Result<(), (String, bool)> {
+/// not expired; its expiry (Unix ms). On failure, why, and whether its
+/// reply key can be trusted (only if its signature holds).
+fn check_task(core: &Core, seal: &Seal, e: &Entry) -> Result<u64, (String, bool)> {
+    let stream = core.keys.tasks();
+    check_sealed(seal, e, &seal::task_parts(&stream, signed_fields(e)))
+}
+
+/// As [`check_task`], for a packed entry.
+fn check_packed(core: &Core, seal: &Seal, e: &Entry) -> Result<u64, (String, bool)> {
+    let stream = core.keys.tasks();
+    let field = |f: &str| e.fields.get(f).map_or(&[][..], Vec::as_slice);
+    let parts = seal::packed_parts(
+        &stream,
+        ["calls", "reply", "data", "timeout_ms", "exp"].map(field),
+    );
+    check_sealed(seal, e, &parts)
+}
+
+/// Checks that `e`'s `mac` signs `parts` and that it has not expired.
+fn check_sealed(seal: &Seal, e: &Entry, parts: &[&[u8]]) -> Result<u64, (String, bool)> {
     let Some(mac) = e.fields.get("mac") else {
         return Err((
             "unsigned, and this worker takes only tasks signed with the queue's key".to_string(),
             false,
         ));
     };
-    let stream = core.keys.tasks();
-    if !seal.verify(&seal::task_parts(&stream, signed_fields(e)), mac) {
+    if !seal.verify(parts, mac) {
         return Err((
             "its signature does not check: forged, altered, or signed with another key".to_string(),
             false,
@@ -886,19 +1232,27 @@ fn check_task(core: &Core, seal: &Seal, e: &Entry) -> Result<(), (String, bool)>
             true,
         ));
     }
-    let id = e.text("id").unwrap_or_default();
+    Ok(exp)
+}
+
+/// Remembers signed call `id`, taken from entry `entry` and valid until
+/// `exp`; refuses it if it came before from another entry (a replay; the
+/// same entry again is a redelivery). The reply key of a replay is not
+/// trusted: the copy may point it anywhere.
+fn not_a_replay(core: &Core, id: &str, entry: &str, exp: u64) -> Result<(), (String, bool)> {
+    let now = seal::now_ms();
     let mut seen = lock(&core.seen);
     if seen.pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
         seen.calls.retain(|_, (_, exp)| *exp >= now);
         seen.pruned = Some(Instant::now());
     }
     match seen.calls.get(id) {
-        Some((entry, _)) if *entry != e.id => Err((
-            format!("a replay: call {id} came already, as entry {entry}"),
+        Some((first, _)) if first != entry => Err((
+            format!("a replay: call {id} came already, as entry {first}"),
             false,
         )),
         _ => {
-            seen.calls.insert(id.to_string(), (e.id.clone(), exp));
+            seen.calls.insert(id.to_string(), (entry.to_string(), exp));
             Ok(())
         }
     }
@@ -976,36 +1330,55 @@ fn add_notices(p: &mut redis::Pipeline, core: &Core, host: &str, leases: &[(Leas
 /// name prefixed `t:`, so that [`requeue_dead_letter`](crate::cluster::requeue_dead_letter)
 /// can put it back), fails it for its client, and removes it from the task
 /// stream, in one script: KEYS[1] the task stream, KEYS[2] the dead-letter
-/// stream, KEYS[3] (if given) the client's result stream; ARGV[1] the
-/// entry, ARGV[2] the group, ARGV[3] the result stream's time to live,
-/// ARGV[4] how many (name, value) pairs of the dead letter's own fields
-/// follow, then those, then the reply entry's (name, value) pairs. A reply
-/// stream that refuses the write (another type) does not stop the rest.
+/// stream, KEYS[3] the withdrawn hash, KEYS[4] (if given) the client's
+/// result stream; ARGV[1] the entry, ARGV[2] the group, ARGV[3] the result
+/// stream's time to live, ARGV[4] '1' to acknowledge and delete the entry
+/// (and its withdrawn field), '0' to leave it (a packed entry whose other
+/// calls still run), ARGV[5] how many (name, value) pairs of the dead
+/// letter's own fields follow (none: no dead letter, only the
+/// acknowledgement), then those, then the reply entry's (name, value)
+/// pairs. A reply stream that refuses the write (another type) does not
+/// stop the rest.
 const DEAD_LUA: &str = r"
-local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-local n = tonumber(ARGV[4])
-local dead = {}
-for i = 5, 4 + 2 * n do dead[#dead + 1] = ARGV[i] end
-if #found > 0 then
-  local f = found[1][2]
-  for i = 1, #f, 2 do
-    dead[#dead + 1] = 't:' .. f[i]
-    dead[#dead + 1] = f[i + 1]
+local n = tonumber(ARGV[5])
+if n > 0 then
+  local dead = {}
+  for i = 6, 5 + 2 * n do dead[#dead + 1] = ARGV[i] end
+  local found = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+  if #found > 0 then
+    local f = found[1][2]
+    for i = 1, #f, 2 do
+      dead[#dead + 1] = 't:' .. f[i]
+      dead[#dead + 1] = f[i + 1]
+    end
   end
+  redis.call('XADD', KEYS[2], '*', unpack(dead))
 end
-redis.call('XADD', KEYS[2], '*', unpack(dead))
-if #KEYS == 3 then
+if #KEYS == 4 then
   local r = {}
-  for i = 5 + 2 * n, #ARGV do r[#r + 1] = ARGV[i] end
-  local ok = redis.pcall('XADD', KEYS[3], '*', unpack(r))
+  for i = 6 + 2 * n, #ARGV do r[#r + 1] = ARGV[i] end
+  local ok = redis.pcall('XADD', KEYS[4], '*', unpack(r))
   if type(ok) ~= 'table' or not ok.err then
-    redis.pcall('EXPIRE', KEYS[3], ARGV[3])
+    redis.pcall('EXPIRE', KEYS[4], ARGV[3])
   end
 end
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
+if ARGV[4] == '1' then
+  redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
+  redis.call('XDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
 return 1
 ";
+
+impl Ack {
+    /// An entry given up whole.
+    fn whole() -> Ack {
+        Ack {
+            entry: true,
+            withdrawn: true,
+        }
+    }
+}
 
 /// Moves a task to the dead-letter stream with `error` as the reason (and
 /// the task entry itself, for a requeue), fails it for its client, and
@@ -1023,13 +1396,16 @@ fn dead_letter(
     let script = redis::Script::new(DEAD_LUA);
     let _ = link.run(|con| {
         let mut call = script.prepare_invoke();
-        call.key(core.keys.tasks()).key(core.keys.dead());
+        call.key(core.keys.tasks())
+            .key(core.keys.dead())
+            .key(core.keys.withdrawn());
         if !lease.reply.is_empty() {
             call.key(&lease.reply);
         }
         call.arg(entry)
             .arg(GROUP)
             .arg(RESULTS_TTL.as_secs())
+            .arg(1)
             .arg(6)
             .arg("entry")
             .arg(entry)
@@ -1066,16 +1442,128 @@ fn dead_letter(
     });
 }
 
+/// Dead-letters calls `which` (positions and heads) of packed entry
+/// `entry` with `error(position, task)` as the reason: one dead letter keeping the whole
+/// entry and naming the positions (field `parts`; none means every call),
+/// and for their client at `reply` (if trusted: not empty) one packed
+/// result entry failing each. `ack` says whether the entry goes too (no
+/// call of it is left to run). With `which` empty and `deliveries` 0,
+/// only acknowledges.
+#[allow(clippy::too_many_arguments)]
+fn dead_packed(
+    core: &Core,
+    link: &mut Link,
+    entry: &str,
+    reply: &str,
+    which: &[(usize, &CallHead<'_>)],
+    error: &dyn Fn(usize, &str) -> TaskError,
+    deliveries: u64,
+    ack: Ack,
+) {
+    let first = which.first().map(|(_, h)| h);
+    let reason = which
+        .first()
+        .map_or_else(|| error(0, "?"), |(i, h)| error(*i, &h.task))
+        .to_string();
+    let parts = which
+        .iter()
+        .map(|(i, _)| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let host = crate::info::host_name();
+    let pid = std::process::id().to_string();
+    let reply_entry = (!reply.is_empty() && !which.is_empty()).then(|| {
+        let heads: Vec<ToPack<'_>> = which
+            .iter()
+            .map(|(i, h)| {
+                let head = Packed {
+                    id: h.id.to_string(),
+                    task: h.task.to_string(),
+                    error: Some(error(*i, &h.task)),
+                    len: 0,
+                    ran_us: 0,
+                    usage: None,
+                };
+                (head, None)
+            })
+            .collect();
+        let (batch, data) = pack_results(&heads);
+        let mac = core.seal.as_ref().map_or_else(Vec::new, |s| {
+            s.sign(&[
+                seal::RESULTS,
+                reply.as_bytes(),
+                &batch,
+                &data,
+                core.me.as_bytes(),
+                host.as_bytes(),
+                pid.as_bytes(),
+            ])
+        });
+        (batch, data, mac)
+    });
+    let script = redis::Script::new(DEAD_LUA);
+    let _ = link.run(|con| {
+        let mut call = script.prepare_invoke();
+        call.key(core.keys.tasks())
+            .key(core.keys.dead())
+            .key(core.keys.withdrawn());
+        if reply_entry.is_some() {
+            call.key(reply);
+        }
+        call.arg(entry)
+            .arg(GROUP)
+            .arg(RESULTS_TTL.as_secs())
+            .arg(if ack.entry { 1 } else { 0 });
+        if deliveries == 0 {
+            call.arg(0);
+        } else {
+            call.arg(7)
+                .arg("entry")
+                .arg(entry)
+                .arg("id")
+                .arg(first.map_or("", |h| &h.id))
+                .arg("task")
+                .arg(first.map_or("?", |h| &h.task))
+                .arg("reason")
+                .arg(&reason)
+                .arg("deliveries")
+                .arg(deliveries)
+                .arg("worker")
+                .arg(&core.me)
+                .arg("parts")
+                .arg(&parts);
+        }
+        if let Some((batch, data, mac)) = &reply_entry {
+            call.arg("batch")
+                .arg(batch)
+                .arg("data")
+                .arg(data)
+                .arg("mac")
+                .arg(mac)
+                .arg("worker")
+                .arg(&core.me)
+                .arg("host")
+                .arg(&host)
+                .arg("pid")
+                .arg(&pid);
+        }
+        call.invoke::<()>(con)
+    });
+}
+
 /// Most finished tasks written in one round trip.
 const COMPLETE_BATCH: usize = 256;
 
 /// Writes one client's results and then acknowledges and deletes their
 /// tasks, so that no task is acknowledged without its result: KEYS[1] the
-/// task stream, KEYS[2] the client's result stream; ARGV[1] the group,
-/// ARGV[2] the result stream's time to live (s), ARGV[3..5] worker, host
-/// and pid, ARGV[6] how many packed entries, then their (batch, data,
-/// mac) triples (mac empty on an unsigned queue), then the task entry ids. A result that can't be written (the
-/// reply key holds another type) is returned as the error, the tasks
+/// task stream, KEYS[2] the client's result stream, KEYS[3] the withdrawn
+/// hash; ARGV[1] the group, ARGV[2] the result stream's time to live (s),
+/// ARGV[3..5] worker, host and pid, ARGV[6] how many packed entries, then
+/// their (batch, data, mac) triples (mac empty on an unsigned queue), then
+/// how many task entries to acknowledge and delete, those, and then the
+/// entries whose withdrawn fields go (a packed entry is acknowledged with
+/// its last call's result, not before). A result that can't be written
+/// (the reply key holds another type) is returned as the error, the tasks
 /// untouched: the worker then dead-letters them.
 const COMPLETE_LUA: &str = r"
 local n = tonumber(ARGV[6])
@@ -1086,10 +1574,17 @@ for i = 0, n - 1 do
   if type(r) == 'table' and r.err then return r end
 end
 if n > 0 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+local at = 7 + 3 * n
+local m = tonumber(ARGV[at])
 local ids = {}
-for i = 7 + 3 * n, #ARGV do ids[#ids + 1] = ARGV[i] end
-redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
-redis.call('XDEL', KEYS[1], unpack(ids))
+for i = at + 1, at + m do ids[#ids + 1] = ARGV[i] end
+if m > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ids))
+  redis.call('XDEL', KEYS[1], unpack(ids))
+end
+local gone = {}
+for i = at + m + 1, #ARGV do gone[#gone + 1] = ARGV[i] end
+if #gone > 0 then redis.call('HDEL', KEYS[3], unpack(gone)) end
 return 1
 ";
 
@@ -1171,6 +1666,7 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         if !batch.is_empty() {
             let mut held = lock(&core.inflight);
             for mut done in batch.drain(..) {
+                done.ack = core.finish(&done.entry);
                 let (ran, input) = held
                     .get_mut(&done.entry)
                     .map_or((Duration::ZERO, None), |h| {
@@ -1262,6 +1758,9 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
             failing = None;
             backoff = Duration::from_millis(50);
         }
+        // The call that takes its packed entry away goes last, so that
+        // the others' dead letters still find the entry to keep.
+        refused.sort_by_key(|(i, _)| unwritten[*i].0.ack.entry);
         for (i, why) in &refused {
             let (done, _) = &unwritten[*i];
             let lease = Lease {
@@ -1277,7 +1776,28 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
                 "multitask: worker {}: task {} dead-lettered: {why}",
                 core.me, lease.id
             );
-            dead_letter(core, &mut link, &done.entry, &lease, &error, 1);
+            match done.entry.split_once('#') {
+                Some((entry, part)) => {
+                    let head = CallHead {
+                        id: lease.id.as_str().into(),
+                        task: lease.task.as_str().into(),
+                        ..CallHead::default()
+                    };
+                    let at = part.parse().unwrap_or(0);
+                    let error = |_: usize, _: &str| error.clone();
+                    dead_packed(
+                        core,
+                        &mut link,
+                        entry,
+                        "",
+                        &[(at, &head)],
+                        &error,
+                        1,
+                        done.ack,
+                    );
+                }
+                None => dead_letter(core, &mut link, &done.entry, &lease, &error, 1),
+            }
             finished.push(*i);
         }
         if failing.is_some_and(|since| since.elapsed() >= core.broker_timeout) {
@@ -1546,9 +2066,10 @@ fn add_results(
     let cmd = p
         .cmd("EVALSHA")
         .arg(sha)
-        .arg(2)
+        .arg(3)
         .arg(core.keys.tasks())
         .arg(&reply)
+        .arg(core.keys.withdrawn())
         .arg(GROUP)
         .arg(RESULTS_TTL.as_secs())
         .arg(&core.me)
@@ -1570,8 +2091,18 @@ fn add_results(
         });
         cmd.arg(packed).arg(data).arg(mac);
     }
-    for &i in members {
-        cmd.arg(&unwritten[i].0.entry);
+    let acked = || {
+        members
+            .iter()
+            .map(|&i| &unwritten[i].0)
+            .filter(|d| d.ack.entry)
+    };
+    cmd.arg(acked().count());
+    for done in acked() {
+        cmd.arg(entry_of(&done.entry));
+    }
+    for done in acked().filter(|d| d.ack.withdrawn) {
+        cmd.arg(entry_of(&done.entry));
     }
 }
 
@@ -1601,7 +2132,12 @@ fn maintain_loop(core: &Arc<Core>, tx: &Sender<Note>) {
             beat = Instant::now();
         }
         if renew.elapsed() >= renew_every {
-            let ids: Vec<String> = lock(&core.inflight).keys().cloned().collect();
+            let mut ids: Vec<String> = lock(&core.inflight)
+                .keys()
+                .map(|key| entry_of(key).to_string())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
             if !ids.is_empty() {
                 let _ = link.run(|con| {
                     redis::cmd("XCLAIM")
@@ -1668,6 +2204,66 @@ fn heartbeat(core: &Core, link: &mut Link) -> usize {
     running
 }
 
+/// Dead-letters packed entry `e` (id `entry`), delivered `deliveries`
+/// times and never completed (last held by `consumer`): one dead letter,
+/// and each call that was not withdrawn fails for its client.
+fn give_up_packed(
+    core: &Core,
+    link: &mut Link,
+    entry: &str,
+    e: &Entry,
+    consumer: &str,
+    deliveries: u64,
+) {
+    let trusted = match &core.seal {
+        None => true,
+        Some(seal) => match check_packed(core, seal, e) {
+            Ok(_) => true,
+            Err((_, trusted)) => trusted,
+        },
+    };
+    let reply = if trusted {
+        e.text("reply").unwrap_or("")
+    } else {
+        ""
+    };
+    let calls = unpack_calls(e).unwrap_or_default();
+    let withdrawn = withdrawn_of(core, link, std::slice::from_ref(e), true)
+        .and_then(|w| w.into_iter().next().flatten())
+        .unwrap_or_default();
+    let skip: Vec<usize> = withdrawn
+        .split(',')
+        .filter_map(|i| i.parse().ok())
+        .collect();
+    let which: Vec<(usize, &CallHead<'_>)> = calls
+        .iter()
+        .map(|(h, _)| h)
+        .enumerate()
+        .filter(|(i, _)| !skip.contains(i))
+        .collect();
+    let error = |_: usize, task: &str| TaskError::Broker {
+        task: task.to_string(),
+        message: format!(
+            "delivered {deliveries} times and never completed (last held by {consumer}): {}",
+            TaskError::WorkerDied {
+                task: task.to_string(),
+                pid: 0,
+                cause: ExitCause::Unknown,
+            }
+        ),
+    };
+    dead_packed(
+        core,
+        link,
+        entry,
+        reply,
+        &which,
+        &error,
+        deliveries,
+        Ack::whole(),
+    );
+}
+
 /// Takes over tasks idle past the visibility timeout in other consumers'
 /// hands; dead-letters those delivered too often.
 fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
@@ -1688,7 +2284,7 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
     for (entry, consumer, _idle, deliveries) in v {
         // Our own entries idle that long are ones whose results were given
         // up (the broker was away); those we still hold are renewed.
-        if consumer == core.consumer && lock(&core.inflight).contains_key(&entry) {
+        if consumer == core.consumer && core.holds(&entry) {
             continue;
         }
         if deliveries >= u64::from(core.max_deliveries) {
@@ -1702,6 +2298,10 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
                 continue;
             };
             let e = entries(found).into_iter().next().unwrap_or_default();
+            if e.fields.contains_key("calls") {
+                give_up_packed(core, link, &entry, &e, &consumer, deliveries);
+                continue;
+            }
             let reply = if signed_by_a_client(core, &e) {
                 e.text("reply").unwrap_or("")
             } else {
@@ -1740,8 +2340,14 @@ fn reclaim_idle(core: &Arc<Core>, link: &mut Link, tx: &Sender<Note>) {
         }) else {
             continue;
         };
-        for e in entries(claimed) {
-            start(core, link, e, tx);
+        let claimed = entries(claimed);
+        // Cancels before the first claim count: the withdrawn hash holds
+        // them until the entry goes.
+        let Some(withdrawn) = withdrawn_of(core, link, &claimed, true) else {
+            continue;
+        };
+        for (e, w) in claimed.into_iter().zip(withdrawn) {
+            start(core, link, e, w.as_deref(), tx);
         }
         let _ = tx.send(Note::Held);
     }

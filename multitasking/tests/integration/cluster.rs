@@ -1117,10 +1117,11 @@ fn the_documented_acl_rules_are_enough() {
     let mut con = raw(&format!("redis://127.0.0.1:{}/0", redis.port));
     // As in cluster/mod.rs, "Permissions".
     let client_rules = "~mt:* resetchannels -@all +ping +xadd +xread +xdel +expire +del \
-        +evalsha +script|load +xpending +xrange +xrevrange +zadd +zremrangebyscore";
+        +evalsha +script|load +xpending +xrange +xrevrange +zadd +zremrangebyscore \
+        +hget +hset +hdel";
     let worker_rules = "~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack \
         +xdel +xadd +xclaim +xpending +xrange +expire +evalsha +script|load +zmscore +zrem \
-        +set +del +sadd +srem";
+        +set +del +sadd +srem +hlen +hmget +hdel";
     for (user, rules) in [("app", client_rules), ("runner", worker_rules)] {
         let mut args = vec!["SETUSER", user, "on", ">pw"];
         args.extend(rules.split_whitespace());
@@ -1144,6 +1145,19 @@ fn the_documented_acl_rules_are_enough() {
     // Written by now, most likely: the cancel then runs the withdraw script.
     std::thread::sleep(Duration::from_millis(50));
     assert!(queued.cancel(), "a queued task cancels");
+    // Calls packed in one entry: the cancel goes to the withdrawn hash,
+    // which the worker reads after its claim.
+    let packing = ClusterPool::connect_with(&at("app"), 2)
+        .unwrap()
+        .with_calls_per_entry(8);
+    let packed: Vec<_> = (0..8u64)
+        .map(|i| packing.submit(double, i).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        packed[5].cancel(),
+        "a queued call of a packed entry cancels"
+    );
     for f in &busy {
         assert!(f.terminate());
         let r = f
@@ -1152,6 +1166,12 @@ fn the_documented_acl_rules_are_enough() {
         assert!(matches!(r, Err(TaskError::Terminated { .. })), "{r:?}");
     }
     assert_eq!(get(&pool.submit(double, 2).unwrap()), Ok(4));
+    for (i, f) in (0..8u64).zip(&packed) {
+        match get(f) {
+            Err(TaskError::Cancelled { .. }) => assert_eq!(i, 5),
+            r => assert_eq!(r, Ok(i * 2)),
+        }
+    }
     // An operator reads the status, the dead letters and the spans, and
     // requeues and discards a dead letter, with the rules documented.
     let operator_rules = "~mt:* resetchannels -@all +smembers +get +xlen +xpending \
@@ -2172,4 +2192,329 @@ fn a_sharded_queue_survives_a_master_that_dies_and_comes_back() {
     drop(pool);
     drop(worker);
     assert!(t.elapsed() < LIMIT, "stopping took {:?}", t.elapsed());
+}
+
+/// The task stream of `queue` and its entries that pack several calls.
+fn packed_entries(con: &mut redis::Connection, queue: &str) -> (usize, usize) {
+    let entries = stream_entries(con, &format!("mt:{{{queue}}}:tasks"));
+    let packed = entries
+        .iter()
+        .filter(|(_, f)| f.contains_key("calls"))
+        .count();
+    (entries.len(), packed)
+}
+
+/// Waits until the task stream of `queue` has stopped growing: the
+/// writer has written what was submitted.
+fn written(con: &mut redis::Connection, queue: &str) -> (usize, usize) {
+    let mut last = (usize::MAX, 0);
+    wait_for("the calls never reached the task stream", || {
+        let now = packed_entries(con, queue);
+        let settled = now == last && now.0 > 0;
+        last = now;
+        std::thread::sleep(Duration::from_millis(50));
+        settled
+    });
+    last
+}
+
+/// Size of the queue's withdrawn hash.
+fn withdrawn_fields(con: &mut redis::Connection, queue: &str) -> u64 {
+    redis::cmd("HLEN")
+        .arg(format!("mt:{{{queue}}}:withdrawn"))
+        .query(con)
+        .unwrap()
+}
+
+#[test]
+fn packed_calls_cancel_one_by_one_and_each_runs_once() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed");
+    let url = queue_url(&base, &queue);
+    let mut con = raw(&base);
+    let path = fresh_file("packed");
+    let p = path.display().to_string();
+    // No worker yet: every call waits in the task stream.
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_calls_per_entry(16);
+    let futs: Vec<_> = (0..64u64)
+        .map(|i| pool.submit(mark, (p.clone(), i, 0)).unwrap())
+        .collect();
+    let (entries, packed) = written(&mut con, &queue);
+    assert!(
+        packed > 0 && entries < 64,
+        "{entries} entries, {packed} packed"
+    );
+    // A third of them, from every entry: each cancel holds.
+    for (i, f) in futs.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
+        assert!(f.cancel(), "call {i} was queued, so it cancels");
+    }
+    assert!(withdrawn_fields(&mut con, &queue) > 0);
+    // Every call of a second client: its entries go as their last call is
+    // withdrawn, and so do their fields in the withdrawn hash.
+    let fields = withdrawn_fields(&mut con, &queue);
+    let other = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_calls_per_entry(16);
+    let gone: Vec<_> = (100..140u64)
+        .map(|i| other.submit(mark, (p.clone(), i, 0)).unwrap())
+        .collect();
+    let (with_other, _) = written(&mut con, &queue);
+    assert!(with_other > entries);
+    for f in &gone {
+        assert!(f.cancel());
+    }
+    assert_eq!(packed_entries(&mut con, &queue).0, entries);
+    assert_eq!(withdrawn_fields(&mut con, &queue), fields);
+    // A worker takes the rest: the withdrawn calls never run, the others
+    // once each, and nothing is left behind.
+    let worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let outcomes: Vec<_> = (0..64u64).zip(futs.iter().map(get)).collect();
+    drop(worker);
+    assert_eq!(check_marks(&path, &outcomes), 22);
+    assert_eq!(
+        packed_entries(&mut con, &queue).0,
+        0,
+        "every entry acknowledged"
+    );
+    assert_eq!(
+        withdrawn_fields(&mut con, &queue),
+        0,
+        "no withdrawn field left"
+    );
+    assert_eq!(status(&url).unwrap().dead_letters, 0);
+    assert_eq!(pool.pending() + other.pending(), 0);
+}
+
+#[test]
+fn a_packed_call_is_terminated_or_timed_out_alone() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed-stop");
+    let url = queue_url(&base, &queue);
+    let mut con = raw(&base);
+    let _worker = InProcessWorker::start(&url, 4, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 4)
+        .unwrap()
+        .with_calls_per_entry(16);
+    let futs: Vec<_> = (0..16)
+        .map(|_| pool.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    wait_for("no four tasks ever ran", || {
+        futs.iter().filter(|f| f.running()).count() >= 4
+    });
+    let (_, packed) = packed_entries(&mut con, &queue);
+    assert!(packed > 0, "nothing was packed");
+    let running = futs.iter().position(TaskFuture::running).unwrap();
+    assert!(futs[running].terminate());
+    let r = futs[running]
+        .result_timeout(LIMIT)
+        .expect("a terminated packed call hung");
+    assert!(matches!(r, Err(TaskError::Terminated { .. })), "{r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let done = futs.iter().filter(|f| f.done()).count();
+    assert_eq!(done, 1, "only the terminated call ended");
+    pool.terminate_workers();
+    // Killed where a worker holds them, cancelled where none has claimed
+    // their entry yet.
+    for (_, f) in futs.iter().enumerate().filter(|(i, _)| *i != running) {
+        let r = f.result_timeout(LIMIT).expect("terminate_workers hung");
+        assert!(
+            matches!(
+                r,
+                Err(TaskError::Terminated { .. } | TaskError::Cancelled { .. })
+            ),
+            "{r:?}"
+        );
+    }
+    wait_for("an entry stayed on the task stream", || {
+        packed_entries(&mut con, &queue).0 == 0
+    });
+    // Each packed call carries the pool's time limit on its own.
+    let timed = ClusterPool::connect_with(&url, 4)
+        .unwrap()
+        .with_calls_per_entry(4)
+        .with_task_timeout(Duration::from_millis(300));
+    let futs: Vec<_> = (0..4)
+        .map(|_| timed.submit(sleep_ms, 20_000).unwrap())
+        .collect();
+    for f in &futs {
+        let r = f
+            .result_timeout(LIMIT)
+            .expect("a timed-out packed call hung");
+        assert!(matches!(r, Err(TaskError::TimedOut { .. })), "{r:?}");
+    }
+    assert_eq!(get(&timed.submit(double, 4).unwrap()), Ok(8), "it goes on");
+}
+
+#[test]
+fn a_worker_killed_mid_a_packed_entry_loses_nothing() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed-kill");
+    let url = queue_url(&base, &queue);
+    let mut con = raw(&base);
+    let mut child = spawn_worker_child(&url);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_calls_per_entry(10);
+    let futs: Vec<_> = (0..10)
+        .map(|_| pool.submit(sleep_ms, 400).unwrap())
+        .collect();
+    let deadline = Instant::now() + LIMIT;
+    while !futs.iter().any(|f| f.running()) {
+        assert!(Instant::now() < deadline, "the child never started a task");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(packed_entries(&mut con, &queue).1 > 0, "nothing was packed");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _rescuer = InProcessWorker::start(&url, 2, Duration::from_secs(1));
+    for f in &futs {
+        assert_eq!(get(f), Ok(400), "every call completes");
+    }
+    assert_eq!(pool.pending(), 0, "each call resolved once");
+    assert_eq!(status(&url).unwrap().dead_letters, 0);
+    wait_for("an entry stayed on the task stream", || {
+        packed_entries(&mut con, &queue).0 == 0
+    });
+}
+
+#[test]
+fn packed_calls_a_worker_refuses_die_alone_and_are_requeued_together() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed-dead");
+    let url = queue_url(&base, &queue);
+    let mut con = raw(&base);
+    let path = fresh_file("packed-dead");
+    let p = path.display().to_string();
+    let no_keys: &[&[u8]] = &[];
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_calls_per_entry(16);
+    // Written before a worker runs, so that they pack: doubles a worker
+    // serves, marks it does not.
+    let doubles: Vec<_> = (0..8u64)
+        .map(|i| {
+            let d = pool.submit(double, i).unwrap();
+            let m = pool.submit(mark, (p.clone(), i, 0)).unwrap();
+            (d, m)
+        })
+        .collect();
+    let (_, packed) = written(&mut con, &queue);
+    assert!(packed > 0, "nothing was packed");
+    {
+        let _refuses = InProcessWorker::of(Worker::builder(&url).concurrency(2).allow(["double"]));
+        for (i, (d, m)) in (0..8u64).zip(&doubles) {
+            assert_eq!(get(d), Ok(i * 2));
+            let r = get(m);
+            assert!(matches!(r, Err(TaskError::NotAllowed { .. })), "{r:?}");
+        }
+    }
+    assert!(marks(&path).is_empty(), "a refused call never ran");
+    // One dead letter per entry that held refused calls, each naming its
+    // task and keeping the entry.
+    let dead = multitasking::cluster::dead_letters(&url, 100).unwrap();
+    assert!(!dead.is_empty() && dead.len() <= 8, "{dead:?}");
+    for d in &dead {
+        assert_eq!(d.task, <mark as Task>::NAME, "{d:?}");
+        assert!(d.reason.contains("not allowed"), "{d:?}");
+        assert!(d.payload_bytes.is_some_and(|b| b > 0), "{d:?}");
+    }
+    let _serves = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    for d in &dead {
+        multitasking::cluster::requeue_dead_letter(&url, &d.entry, no_keys, LIMIT)
+            .unwrap()
+            .expect("the dead letter is there");
+    }
+    // Only the refused calls run again, each once; the doubles do not.
+    wait_for("the requeued calls never ran", || marks(&path).len() >= 8);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ran = marks(&path);
+    ran.sort_unstable();
+    assert_eq!(ran, (0..8).collect::<Vec<_>>());
+    dead_now(&url, 0);
+    wait_for("an entry stayed on the task stream", || {
+        packed_entries(&mut con, &queue).0 == 0
+    });
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn signed_packed_entries_run_and_forged_or_replayed_ones_die() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed-signed");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_key(KEY_NEW)
+        .unwrap()
+        .with_calls_per_entry(8);
+    let futs: Vec<_> = (0..8u64).map(|i| pool.submit(double, i).unwrap()).collect();
+    written(&mut con, &queue);
+    let copy = stream_entries(&mut con, &tasks)
+        .into_iter()
+        .map(|(_, f)| f)
+        .find(|f| f.contains_key("calls"))
+        .expect("a packed entry");
+    let _worker = InProcessWorker::of(Worker::builder(&url).concurrency(2).keys([KEY_NEW]));
+    for (i, f) in (0..8u64).zip(&futs) {
+        assert_eq!(get(f), Ok(i * 2));
+    }
+    // Replayed whole; its data altered; its signature stripped.
+    xadd(&mut con, &tasks, &copy);
+    let mut altered = copy.clone();
+    altered.get_mut("data").unwrap()[0] ^= 1;
+    xadd(&mut con, &tasks, &altered);
+    let mut unsigned = copy.clone();
+    unsigned.remove("mac");
+    xadd(&mut con, &tasks, &unsigned);
+    let dead = dead_now(&url, 3);
+    let text = format!("{dead:?}");
+    for says in ["a replay", "does not check", "unsigned"] {
+        assert!(text.contains(says), "{says}: {text}");
+    }
+    // None of them reached the client as a result: a replay's reply key
+    // and a forgery's are not trusted.
+    assert_eq!(pool.duplicates_dropped(), 0);
+    assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10), "it goes on");
+    wait_for("an entry stayed on the task stream", || {
+        packed_entries(&mut con, &queue).0 == 0
+    });
+}
+
+#[test]
+fn malformed_packed_entries_are_dead_lettered_and_the_worker_goes_on() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed-junk");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    let _worker = InProcessWorker::start(&url, 2, Duration::from_secs(30));
+    let pool = ClusterPool::connect_with(&url, 2).unwrap();
+    let results = format!("mt:{{{queue}}}:results:nobody");
+    for (calls, data) in [
+        (vec![0xff; 12], Vec::new()),
+        // One call of 5 bytes, with 2 bytes of data.
+        (vec![1, 1, b'a', 1, b't', 0, 5], b"xy".to_vec()),
+        // No call at all.
+        (vec![0], Vec::new()),
+    ] {
+        let mut junk = Fields::new();
+        junk.insert("calls".into(), calls);
+        junk.insert("data".into(), data);
+        junk.insert("reply".into(), results.as_bytes().to_vec());
+        xadd(&mut con, &tasks, &junk);
+    }
+    let dead = dead_now(&url, 3);
+    assert!(
+        dead.iter()
+            .all(|d| d.reason.contains("malformed packed task entry")),
+        "{dead:?}"
+    );
+    assert_eq!(get(&pool.submit(double, 21).unwrap()), Ok(42), "it goes on");
+    wait_for("an entry stayed on the task stream", || {
+        packed_entries(&mut con, &queue).0 == 0
+    });
 }

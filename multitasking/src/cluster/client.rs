@@ -243,8 +243,8 @@ struct ClientShared {
     workers: usize,
     /// Results dropped because their call was already resolved.
     duplicates: AtomicU64,
-    /// Results read so far, for the writer's [`Packing`].
-    finished: AtomicU64,
+    /// Results read so far by task, for the writer's [`Packing`].
+    finished: Mutex<HashMap<&'static str, u64>>,
     /// Most calls per task entry, if fixed (see
     /// [`ClusterPool::with_calls_per_entry`]); 0 to follow the rate.
     per_entry: AtomicUsize,
@@ -359,7 +359,7 @@ impl ClusterPool {
                 workers
             },
             duplicates: AtomicU64::new(0),
-            finished: AtomicU64::new(0),
+            finished: Mutex::new(HashMap::new()),
             per_entry: AtomicUsize::new(0),
             tracer: std::sync::OnceLock::new(),
             seal: std::sync::OnceLock::new(),
@@ -884,11 +884,11 @@ fn write_calls(shared: &ClientShared, rx: &Receiver<Outgoing>) {
         }
         // Calls in entries: several to an entry while tasks finish fast
         // (see `Packing`), each alone otherwise.
-        let most = match shared.per_entry.load(Ordering::Relaxed) {
-            0 => packing.calls(shared.finished.load(Ordering::Relaxed)),
-            fixed => fixed,
-        };
-        let groups = Packing::groups(&batch, most);
+        let groups = packing.groups(
+            &batch,
+            shared.per_entry.load(Ordering::Relaxed),
+            &lock(&shared.finished),
+        );
         let began = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let written = loop {
@@ -972,57 +972,79 @@ const PACK_FOR: Duration = Duration::from_millis(1);
 /// The window over which the rate of results is measured.
 const PACK_WINDOW: Duration = Duration::from_millis(50);
 
-/// How many calls the writer packs into one task entry: as many as come
-/// back in [`PACK_FOR`] at the rate this client's results arrive
-/// (measured over windows of [`PACK_WINDOW`]: up at once, down by
-/// halves), at most [`PACK_CALLS`]. A worker claims an entry whole, so
-/// packing trades how evenly calls spread over workers for what each
-/// costs the broker (one append, one claim and one deletion per entry).
-/// Calls of long tasks, a few hundred a second, go one to an entry and
-/// spread one by one; no-op calls at tens of thousands a second go up to
-/// 64 to an entry, a millisecond's worth. Before any result is back,
-/// nothing is packed.
+/// How many calls the writer packs into one task entry: calls of one
+/// task, as many as come back in [`PACK_FOR`] at the rate this client's
+/// results of that task arrive (measured over windows of [`PACK_WINDOW`]:
+/// up at once, down by halves), at most [`PACK_CALLS`]. A worker claims
+/// an entry whole, so packing trades how evenly calls spread over
+/// workers for what each costs the broker (one append, one claim and one
+/// deletion per entry). Calls of a long task, a few hundred a second, go
+/// one to an entry and spread one by one, even right after a burst of a
+/// short one; no-op calls at tens of thousands a second go up to 64 to an
+/// entry, a millisecond's worth. A task with no result back yet is not
+/// packed.
 struct Packing {
-    /// Results per second, smoothed.
-    rate: f64,
-    /// The window's start and the results counted then.
-    window: (Instant, u64),
+    /// Per task: results per second, smoothed, and the window's start
+    /// and the results counted then.
+    rates: HashMap<&'static str, (f64, Instant, u64)>,
 }
 
 impl Packing {
     fn new() -> Packing {
         Packing {
-            rate: 0.0,
-            window: (Instant::now(), 0),
+            rates: HashMap::new(),
         }
     }
 
-    /// Calls per entry, given the results counted so far.
-    fn calls(&mut self, finished: u64) -> usize {
-        let (since, at) = self.window;
-        let elapsed = since.elapsed();
+    /// Calls per entry for `task`, given its results counted so far.
+    fn calls(&mut self, task: &'static str, finished: u64) -> usize {
+        let now = Instant::now();
+        let (rate, since, at) = self.rates.entry(task).or_insert((0.0, now, finished));
+        let elapsed = now.duration_since(*since);
         if elapsed >= PACK_WINDOW {
-            let rate = finished.saturating_sub(at) as f64 / elapsed.as_secs_f64();
-            self.rate = if rate > self.rate {
-                rate
+            let fresh = finished.saturating_sub(*at) as f64 / elapsed.as_secs_f64();
+            *rate = if fresh > *rate {
+                fresh
             } else {
-                (self.rate + rate) / 2.0
+                (*rate + fresh) / 2.0
             };
-            self.window = (Instant::now(), finished);
+            (*since, *at) = (now, finished);
         }
-        ((self.rate * PACK_FOR.as_secs_f64()) as usize).clamp(1, PACK_CALLS)
+        ((*rate * PACK_FOR.as_secs_f64()) as usize).clamp(1, PACK_CALLS)
     }
 
-    /// The calls of `batch` in entries of at most `most` calls and
-    /// [`PACK_BYTES`], as ranges of it, in order.
-    fn groups(batch: &[Outgoing], most: usize) -> Vec<std::ops::Range<usize>> {
-        let mut out = Vec::with_capacity(batch.len().div_ceil(most));
+    /// The calls of `batch` in entries, as ranges of it, in order: runs of
+    /// one task, of at most as many calls as [`Packing::calls`] says (or
+    /// as the pool is told, [`ClusterPool::with_calls_per_entry`]) and
+    /// [`PACK_BYTES`].
+    fn groups(
+        &mut self,
+        batch: &[Outgoing],
+        fixed: usize,
+        finished: &HashMap<&'static str, u64>,
+    ) -> Vec<std::ops::Range<usize>> {
+        let mut most: Vec<(&'static str, usize)> = Vec::new();
+        for c in batch {
+            if !most.iter().any(|(t, _)| *t == c.task) {
+                let n = match fixed {
+                    0 => self.calls(c.task, finished.get(c.task).copied().unwrap_or(0)),
+                    n => n,
+                };
+                most.push((c.task, n));
+            }
+        }
+        let most_of =
+            |task: &'static str| most.iter().find(|(t, _)| *t == task).map_or(1, |(_, n)| *n);
+        let mut out = Vec::new();
         let mut from = 0;
         while from < batch.len() {
+            let task = batch[from].task;
+            let most = most_of(task);
             let mut to = from + 1;
             let mut bytes = batch[from].payload.len();
             while to < batch.len()
                 && to - from < most
+                && batch[to].task == task
                 && bytes + batch[to].payload.len() <= PACK_BYTES
             {
                 bytes += batch[to].payload.len();
@@ -1269,10 +1291,6 @@ fn take_result(shared: &ClientShared, e: &Entry) {
                 }
             }
             Ok(results) => {
-                // Relaxed: a count the writer only paces itself by.
-                shared
-                    .finished
-                    .fetch_add(results.len() as u64, Ordering::Relaxed);
                 // One lock of the pending calls for the whole batch (the
                 // submitting thread takes it for every call).
                 let taken: Vec<_> = {
@@ -1282,6 +1300,20 @@ fn take_result(shared: &ClientShared, e: &Entry) {
                         .map(|(head, outcome)| (pending.remove(&head.id), head, outcome))
                         .collect()
                 };
+                // Counted by task, for the writer's packing: a batch holds
+                // the results of few tasks, most often one.
+                let mut counts: Vec<(&'static str, u64)> = Vec::new();
+                for p in taken.iter().filter_map(|(p, _, _)| p.as_ref()) {
+                    match counts.iter_mut().find(|(t, _)| *t == p.task) {
+                        Some((_, n)) => *n += 1,
+                        None => counts.push((p.task, 1)),
+                    }
+                }
+                let mut finished = lock(&shared.finished);
+                for (task, n) in counts {
+                    *finished.entry(task).or_insert(0) += n;
+                }
+                drop(finished);
                 for (p, head, outcome) in taken {
                     let ran = Duration::from_micros(head.ran_us);
                     deliver(shared, p, outcome, Some((&ran_by, ran, head.usage)));
@@ -1663,6 +1695,46 @@ impl Drop for ClusterPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn call(task: &'static str, bytes: usize) -> Outgoing {
+        Outgoing {
+            id: String::new(),
+            task,
+            signature: 0,
+            payload: vec![0; bytes],
+        }
+    }
+
+    #[test]
+    fn calls_pack_by_their_tasks_rate_and_never_across_tasks() {
+        let mut packing = Packing::new();
+        let mut finished = HashMap::new();
+        let burst: Vec<Outgoing> = (0..200).map(|_| call("short", 8)).collect();
+        // No result back yet: one call to an entry.
+        assert_eq!(packing.groups(&burst, 0, &finished).len(), 200);
+        // 10,000 results in 60 ms: 64 to an entry, the cap.
+        std::thread::sleep(PACK_WINDOW + Duration::from_millis(10));
+        finished.insert("short", 10_000);
+        let groups = packing.groups(&burst, 0, &finished);
+        assert_eq!(
+            groups.iter().map(ExactSizeIterator::len).max(),
+            Some(PACK_CALLS)
+        );
+        assert_eq!(groups.len(), 4);
+        // Another task right after the burst has no rate of its own: its
+        // calls go one to an entry, and no entry mixes the two.
+        let mixed: Vec<Outgoing> = (0..10)
+            .map(|i| call(if i % 5 == 4 { "long" } else { "short" }, 8))
+            .collect();
+        let groups = packing.groups(&mixed, 0, &finished);
+        assert_eq!(groups, vec![0..4, 4..5, 5..9, 9..10]);
+        // Fixed: as many as told, and never past PACK_BYTES.
+        let big: Vec<Outgoing> = (0..6).map(|_| call("short", PACK_BYTES / 2)).collect();
+        assert_eq!(packing.groups(&big, 16, &finished), vec![0..2, 2..4, 4..6]);
+        assert_eq!(packing.groups(&burst, 1, &finished).len(), 200);
+        let huge = vec![call("short", PACK_BYTES * 2), call("short", 1)];
+        assert_eq!(packing.groups(&huge, 16, &finished), vec![0..1, 1..2]);
+    }
 
     #[test]
     fn stream_ids_compare_as_numbers() {

@@ -2254,6 +2254,8 @@ fn packed_calls_cancel_one_by_one_and_each_runs_once() {
     // Every call of a second client: its entries go as their last call is
     // withdrawn, and so do their fields in the withdrawn hash.
     let fields = withdrawn_fields(&mut con, &queue);
+    // (A call that went alone is deleted with its entry.)
+    let entries = packed_entries(&mut con, &queue).0;
     let other = ClusterPool::connect_with(&url, 2)
         .unwrap()
         .with_calls_per_entry(16);
@@ -2380,7 +2382,7 @@ fn a_worker_killed_mid_a_packed_entry_loses_nothing() {
 }
 
 #[test]
-fn packed_calls_a_worker_refuses_die_alone_and_are_requeued_together() {
+fn packed_calls_a_worker_refuses_are_dead_lettered_and_requeued_together() {
     let Some(base) = redis_url() else { return };
     let queue = fresh_queue("packed-dead");
     let url = queue_url(&base, &queue);
@@ -2391,15 +2393,13 @@ fn packed_calls_a_worker_refuses_die_alone_and_are_requeued_together() {
     let pool = ClusterPool::connect_with(&url, 2)
         .unwrap()
         .with_calls_per_entry(16);
-    // Written before a worker runs, so that they pack: doubles a worker
-    // serves, marks it does not.
-    let doubles: Vec<_> = (0..8u64)
-        .map(|i| {
-            let d = pool.submit(double, i).unwrap();
-            let m = pool.submit(mark, (p.clone(), i, 0)).unwrap();
-            (d, m)
-        })
+    // Written before a worker runs, so that they pack (an entry holds
+    // calls of one task): doubles a worker serves, marks it does not.
+    let ds: Vec<_> = (0..8u64).map(|i| pool.submit(double, i).unwrap()).collect();
+    let ms: Vec<_> = (0..8u64)
+        .map(|i| pool.submit(mark, (p.clone(), i, 0)).unwrap())
         .collect();
+    let doubles: Vec<_> = ds.into_iter().zip(ms).collect();
     let (_, packed) = written(&mut con, &queue);
     assert!(packed > 0, "nothing was packed");
     {

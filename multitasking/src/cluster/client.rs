@@ -2,7 +2,8 @@
 //!
 //! `submit` encodes the batch, registers the call as pending, and queues
 //! it for a writer thread, which XADDs every queued call to the task
-//! stream in one pipelined round trip. A reader thread with its own
+//! stream in one pipelined round trip, calls of one task that finish fast
+//! several to an entry (see [`Packing`]). A reader thread with its own
 //! connection blocks on the client's result stream and resolves futures as
 //! results arrive, dropping any result whose call is no longer pending (a
 //! task that ran twice after its worker died: at-least-once delivery,
@@ -10,8 +11,9 @@
 //!
 //! A call's [`Place`] says where it is on its way to a worker; `cancel`
 //! asks the broker to take it back (see [`ClientShared::withdraw`]): a Lua
-//! script deletes the task entry only if no worker has claimed it, so the
-//! cancel and the worker's `XREADGROUP` race in Redis and exactly one wins.
+//! script deletes the task entry (or, for a call in a packed entry, marks
+//! it withdrawn) only if no worker has claimed it, so the cancel and the
+//! worker's `XREADGROUP` race in Redis and exactly one wins.
 //!
 //! No wait is unbounded. The reader audits calls queued for a while: one
 //! whose entry is gone with no result on its way was lost by the broker and

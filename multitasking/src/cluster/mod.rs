@@ -9,7 +9,14 @@
 //! ```text
 //!   mt:{q}:tasks            stream   tasks; consumer group "workers"
 //!                                    fields: id task sig reply payload
+//!                                    [timeout_ms]; or, several calls of
+//!                                    one client and task packed: calls
+//!                                    (postcard: id task sig len per
+//!                                    call) data (payloads) reply
 //!                                    [timeout_ms]
+//!   mt:{q}:withdrawn        hash     packed entries no worker claimed
+//!                                    -> positions of the calls their
+//!                                    client withdrew ("3,0,")
 //!   mt:{q}:results:<client> stream   one per client, expires 10 min after
 //!                                    its last write or renewal; a batch
 //!                                    of results: batch (postcard: id task
@@ -19,15 +26,17 @@
 //!                                    held_us; or one result: id task
 //!                                    payload | error
 //!   mt:{q}:dead             stream   dead letters: entry id task reason
-//!                                    deliveries worker, and the task
-//!                                    entry's fields prefixed t: (for a
-//!                                    requeue)
+//!                                    deliveries worker [parts: the
+//!                                    positions given up, in a packed
+//!                                    entry], and the task entry's fields
+//!                                    prefixed t: (for a requeue)
 //!   mt:{q}:spans            stream   finished tasks for dashboards,
 //!                                    capped: worker host pid spans
 //!                                    (postcard: entry task started_us
 //!                                    finished_us ok cpu_us peak_rss input)
-//!   mt:{q}:terminate        zset     task entries their clients asked to
-//!                                    stop, scored by when (Unix ms)
+//!   mt:{q}:terminate        zset     task entries (<entry>#<position> for
+//!                                    a packed call) their clients asked
+//!                                    to stop, scored by when (Unix ms)
 //!   mt:{q}:worker:<consumer> string  heartbeat (JSON), expires after 10 s
 //!   mt:{q}:workers          set      consumers that joined
 //! ```
@@ -61,6 +70,27 @@
 //! script, which acknowledges nothing if the write fails: a client whose
 //! result stream refuses writes has its tasks dead-lettered, and the
 //! worker's slots are freed.
+//!
+//! ## Packed entries
+//!
+//! Each entry costs the broker an append, a claim (a pending-list
+//! insertion) and a deletion, whatever it holds; so a client writes the
+//! calls of one task that wait together in one entry, as many as come back
+//! in about a millisecond at the rate that task's results arrive, up to 64
+//! ([`ClusterPool::with_calls_per_entry`] fixes the number or turns it
+//! off). A call of a long task, at a few hundred a second, goes alone, so
+//! that workers share such calls out one by one: a worker claims an entry
+//! whole. The worker runs, stops, times and answers each call of a packed
+//! entry on its own, and acknowledges the entry with its last call's
+//! result. Withdrawing one call of an entry no worker has claimed cannot
+//! delete the entry: the withdraw script records the call's position in
+//! the withdrawn hash instead (and deletes the entry once every call of
+//! it is withdrawn), and the worker reads the hash after its claim, in the
+//! same round trip, and skips what it finds there: a cancel the broker ran
+//! before the claim shows, one after it finds the entry claimed. A call a
+//! worker refuses (unknown, not allowed, a replay) is dead-lettered with
+//! the entry and its position, and [`requeue_dead_letter`] puts back the
+//! positions a dead letter names.
 //!
 //! A worker that dies leaves its tasks pending in the group. Other workers
 //! look for entries idle past the visibility timeout (`XPENDING ... IDLE`),

@@ -38,9 +38,10 @@ pub struct ClusterStatus {
     pub queue: String,
     /// Workers that joined, alive or not.
     pub workers: Vec<WorkerStatus>,
-    /// Tasks waiting for a worker.
+    /// Task entries waiting for a worker (a packed entry of several calls
+    /// counts once).
     pub queue_depth: u64,
-    /// Tasks a worker holds and has not completed.
+    /// Task entries a worker holds and has not completed (as above).
     pub in_flight: u64,
     /// Tasks in the dead-letter stream.
     pub dead_letters: u64,
@@ -629,7 +630,9 @@ pub fn dead_letters(url: &str, count: usize) -> Result<Vec<DeadLetter>, Error> {
 /// the queue's keys on a signed queue: the task's original signature is
 /// checked first (a requeue never signs what no key holder signed: an
 /// unsigned, forged or altered entry is refused), then the new entry is
-/// signed with the first key and a fresh expiry of `expiry`.
+/// signed with the first key and a fresh expiry of `expiry`. A dead letter
+/// of calls of a packed entry puts back the calls it names, as one packed
+/// entry with fresh call ids.
 ///
 /// Fails, naming why, for a dead letter without its task entry (written
 /// by an older worker, or an entry that was never a task), and for a

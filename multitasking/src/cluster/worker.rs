@@ -6,12 +6,15 @@
 //! - **fetch** (the caller of [`Worker::run`]): `XREADGROUP ... COUNT free
 //!   BLOCK`, only as many tasks as there are free slots (after a failed
 //!   read, first the entries already delivered to it, whose reply may have
-//!   been lost); each task is checked (known name, same signature) and
-//!   handed to the pool, if the worker's allow-list admits it (see
-//!   [`WorkerBuilder::allow`]; a refused task is dead-lettered);
+//!   been lost), and in the same round trip the size of the withdrawn
+//!   hash (a packed entry's calls withdrawn before the claim, skipped);
+//!   each call is checked (known name, same signature) and handed to the
+//!   pool, if the worker's allow-list admits it (see
+//!   [`WorkerBuilder::allow`]; a refused call is dead-lettered);
 //! - **complete**: for a batch of finished tasks, one script per client
 //!   that XADDs their results packed in one entry, then XACKs and XDELs
-//!   the tasks, so a result is never acknowledged without being stored (a
+//!   the tasks (a packed entry with its last call), so a result is never
+//!   acknowledged without being stored (a
 //!   client stream that refuses the write gets its tasks dead-lettered);
 //!   and, for a task that has run `NOTICE_DELAY` (2 ms), a "started"
 //!   notice to its client (a task that finishes sooner sends only its

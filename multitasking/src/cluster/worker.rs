@@ -387,7 +387,8 @@ impl Core {
     /// Counts held call `key` finished: an entry of its own is
     /// acknowledged with it, a packed entry with its last call. Decided
     /// once per call, when its outcome is first to be written, so that
-    /// exactly one call acknowledges its entry.
+    /// exactly one call acknowledges its entry; the entry stays held (see
+    /// [`Core::holds`]) until that call is written.
     fn finish(&self, key: &str) -> Ack {
         let Some((entry, _)) = key.split_once('#') else {
             return Ack {
@@ -401,15 +402,14 @@ impl Core {
             // than delete calls still running; it is taken over later.
             return Ack::default();
         };
-        p.left = p.left.saturating_sub(1);
-        if p.left > 0 {
+        if p.left == 0 {
+            // Counted out already: a second outcome of one call can't be.
             return Ack::default();
         }
-        let withdrawn = p.withdrawn;
-        parts.remove(entry);
+        p.left -= 1;
         Ack {
-            entry: true,
-            withdrawn,
+            entry: p.left == 0,
+            withdrawn: p.left == 0 && p.withdrawn,
         }
     }
 
@@ -1446,10 +1446,10 @@ fn dead_letter(
 }
 
 /// Dead-letters calls `which` (positions and heads) of packed entry
-/// `entry` with `error(position, task)` as the reason: one dead letter keeping the whole
-/// entry and naming the positions (field `parts`; none means every call),
-/// and for their client at `reply` (if trusted: not empty) one packed
-/// result entry failing each. `ack` says whether the entry goes too (no
+/// `entry` with `error(position, task)` as the reason: one dead letter
+/// keeping the whole entry and naming the positions (field `parts`; none
+/// means every call), and for their client at `reply` (if trusted: not
+/// empty) one packed result entry failing each. `ack` says whether the entry goes too (no
 /// call of it is left to run). With `which` empty and `deliveries` 0,
 /// only acknowledges.
 #[allow(clippy::too_many_arguments)]
@@ -1820,10 +1820,18 @@ fn complete_loop(core: &Core, rx: &Receiver<Note>) {
         finished.sort_unstable();
         finished.dedup();
         let mut held = lock(&core.inflight);
+        let mut parts = lock(&core.parts);
         for &i in finished.iter().rev() {
             let (done, _) = unwritten.swap_remove(i);
             held.remove(&done.entry);
+            // A packed entry is held until its last call is written.
+            if done.ack.entry {
+                if let Some((entry, _)) = done.entry.split_once('#') {
+                    parts.remove(entry);
+                }
+            }
         }
+        drop(parts);
         drop(held);
         core.finished
             .fetch_add(finished.len() as u64, Ordering::Relaxed);

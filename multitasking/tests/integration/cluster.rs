@@ -2518,3 +2518,42 @@ fn malformed_packed_entries_are_dead_lettered_and_the_worker_goes_on() {
         packed_entries(&mut con, &queue).0 == 0
     });
 }
+
+#[test]
+fn calls_of_a_packed_entry_the_broker_lost_fail_as_lost_in_bounded_time() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("packed-lost");
+    let url = queue_url(&base, &queue);
+    let tasks = format!("mt:{{{queue}}}:tasks");
+    let mut con = raw(&base);
+    // No worker: the entries wait, and then one of them vanishes.
+    let pool = ClusterPool::connect_with(&url, 2)
+        .unwrap()
+        .with_calls_per_entry(8);
+    let futs: Vec<_> = (0..8u64).map(|i| pool.submit(double, i).unwrap()).collect();
+    written(&mut con, &queue);
+    let (gone, _) = stream_entries(&mut con, &tasks)
+        .into_iter()
+        .find(|(_, f)| f.contains_key("calls"))
+        .expect("a packed entry");
+    let _: u64 = redis::cmd("XDEL")
+        .arg(&tasks)
+        .arg(&gone)
+        .query(&mut con)
+        .unwrap();
+    let t = Instant::now();
+    // The first call may have gone alone: then its entry is still there
+    // and its future waits for a worker. Every call the vanished entry
+    // held fails as lost.
+    wait_for("the calls of a vanished entry never failed", || {
+        futs.iter().filter(|f| f.done()).count() >= 7
+    });
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    for f in futs.iter().filter(|f| f.done()) {
+        let r = f.result_timeout(Duration::from_secs(1)).expect("done");
+        assert!(matches!(r, Err(TaskError::Lost { .. })), "{r:?}");
+    }
+    for f in &futs {
+        f.cancel();
+    }
+}

@@ -666,7 +666,11 @@ impl Worker {
 
     /// Serves the queue until stopped, then drains and returns. On a Redis
     /// Cluster, serves every shard: each on threads of its own, this
-    /// thread the first; returns when all have drained.
+    /// thread the first; returns when all have drained. A broker that
+    /// refuses the worker's fetch for good (a missing ACL permission, the
+    /// task stream's key holding another type) stops it: it drains and
+    /// fails with a broker error naming the refusal. A broker that is away
+    /// is waited for.
     pub fn run(self) -> Result<(), Error> {
         let mut shards = Vec::new();
         for (i, core) in self.others.into_iter().enumerate() {
@@ -732,6 +736,7 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
     // Calls per entry fetched lately (packed entries hold several): the
     // count asked for is in entries, the free slots in calls.
     let mut per_entry = 1.0f64;
+    let mut refused = None;
     while !core.stop.is_stopped() {
         let slots = core.concurrency + ahead.tasks(core.finished.load(Ordering::Relaxed));
         let free = {
@@ -795,6 +800,13 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
                 let keys = core.keys.clone();
                 let _ = link.run(|con| ensure_group(con, &keys));
             }
+            // A refusal no retry cures (a missing permission, the task
+            // stream's key of another type): the worker stops and says
+            // why, rather than fetch in vain while its clients wait.
+            Err(f) if f.permanent => {
+                refused = Some(f);
+                core.stop.stop();
+            }
             Err(_) => recover = true,
         }
     }
@@ -821,7 +833,14 @@ fn serve_core(core: Arc<Core>) -> Result<(), Error> {
             .arg(&core.consumer)
             .query::<()>(con)
     });
-    Ok(())
+    match refused.map(|f| f.error) {
+        Some(Error::Broker(why)) => Err(Error::Broker(format!(
+            "worker {} stopped: the broker refused its fetch, and no retry cures that: {why}",
+            core.me
+        ))),
+        Some(other) => Err(other),
+        None => Ok(()),
+    }
 }
 
 /// The fields of `entries` in the withdrawn hash: for each, the

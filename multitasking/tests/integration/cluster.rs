@@ -1221,6 +1221,39 @@ fn the_documented_acl_rules_are_enough() {
     assert!(denied.is_empty(), "{denied:?}");
 }
 
+#[test]
+fn a_worker_the_broker_refuses_to_fetch_for_stops_and_says_why() {
+    let Some(redis) = OwnRedis::start(&[]) else {
+        return;
+    };
+    let mut con = raw(&format!("redis://127.0.0.1:{}/0", redis.port));
+    // The documented rules without +hlen: the fetch's second command is
+    // refused.
+    let rules = "~mt:* resetchannels -@all +ping +xgroup|create +xreadgroup +xack \
+        +xdel +xadd +xclaim +xpending +xrange +expire +evalsha +script|load +zmscore +zrem \
+        +set +del +sadd +srem +hmget +hdel";
+    let mut args = vec!["SETUSER", "short", "on", ">pw"];
+    args.extend(rules.split_whitespace());
+    let _: () = redis::cmd("ACL").arg(&args[..]).query(&mut con).unwrap();
+    let url = format!(
+        "redis://short:pw@127.0.0.1:{}/0?queue={}",
+        redis.port,
+        fresh_queue("refused")
+    );
+    let worker = Worker::builder(&url).concurrency(1).build().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(worker.run());
+    });
+    let r = rx
+        .recv_timeout(LIMIT)
+        .expect("a worker refused its fetch kept trying");
+    let e = r.expect_err("a refused worker can't serve").to_string();
+    assert!(e.to_lowercase().contains("noperm"), "{e}");
+    assert!(e.contains("stopped") && e.contains("'hlen'"), "{e}");
+    assert!(!e.contains(":pw@"), "the password shows: {e}");
+}
+
 /// `status` agrees with what runs within a tick, not a heartbeat period:
 /// busy slots while tasks run, none as soon as they are done (it showed
 /// "2 of 2 slots busy" with nothing in flight for up to two seconds).

@@ -36,6 +36,7 @@ use crate::cluster::broker::{
     MAX_PACKED_CALLS,
 };
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
+use crate::cluster::rate::Rate;
 use crate::cluster::seal::{self, Seal};
 use crate::error::{Error, SubmitError, TaskError};
 use crate::executor::{redact, ChunkFuture, Executor, Shutdown, Terminate};
@@ -971,13 +972,9 @@ const PACK_CALLS: usize = 64;
 const PACK_BYTES: usize = 256 << 10;
 /// The share of the queue's throughput one packed entry may hold.
 const PACK_FOR: Duration = Duration::from_millis(1);
-/// The window over which the rate of results is measured.
-const PACK_WINDOW: Duration = Duration::from_millis(50);
-
 /// How many calls the writer packs into one task entry: calls of one
 /// task, as many as come back in [`PACK_FOR`] at the rate this client's
-/// results of that task arrive (measured over windows of [`PACK_WINDOW`]:
-/// up at once, down by halves), at most [`PACK_CALLS`]. A worker claims
+/// results of that task arrive ([`Rate`]), at most [`PACK_CALLS`]. A worker claims
 /// an entry whole, so packing trades how evenly calls spread over
 /// workers for what each costs the broker (one append, one claim and one
 /// deletion per entry). Calls of a long task, a few hundred a second, go
@@ -986,9 +983,8 @@ const PACK_WINDOW: Duration = Duration::from_millis(50);
 /// entry, a millisecond's worth. A task with no result back yet is not
 /// packed.
 struct Packing {
-    /// Per task: results per second, smoothed, and the window's start
-    /// and the results counted then.
-    rates: HashMap<&'static str, (f64, Instant, u64)>,
+    /// The rate of each task's results.
+    rates: HashMap<&'static str, Rate>,
 }
 
 impl Packing {
@@ -1000,19 +996,11 @@ impl Packing {
 
     /// Calls per entry for `task`, given its results counted so far.
     fn calls(&mut self, task: &'static str, finished: u64) -> usize {
-        let now = Instant::now();
-        let (rate, since, at) = self.rates.entry(task).or_insert((0.0, now, finished));
-        let elapsed = now.duration_since(*since);
-        if elapsed >= PACK_WINDOW {
-            let fresh = finished.saturating_sub(*at) as f64 / elapsed.as_secs_f64();
-            *rate = if fresh > *rate {
-                fresh
-            } else {
-                (*rate + fresh) / 2.0
-            };
-            (*since, *at) = (now, finished);
-        }
-        ((*rate * PACK_FOR.as_secs_f64()) as usize).clamp(1, PACK_CALLS)
+        let rate = self
+            .rates
+            .entry(task)
+            .or_insert_with(|| Rate::new(finished));
+        rate.within(PACK_FOR, finished).clamp(1, PACK_CALLS)
     }
 
     /// The calls of `batch` in entries, as ranges of it, in order: runs of
@@ -1714,9 +1702,10 @@ mod tests {
         let burst: Vec<Outgoing> = (0..200).map(|_| call("short", 8)).collect();
         // No result back yet: one call to an entry.
         assert_eq!(packing.groups(&burst, 0, &finished).len(), 200);
-        // 10,000 results in 60 ms: 64 to an entry, the cap.
-        std::thread::sleep(PACK_WINDOW + Duration::from_millis(10));
-        finished.insert("short", 10_000);
+        // 100,000 results in 60 ms (or in a second and a half, on a
+        // loaded machine): 64 to an entry, the cap.
+        std::thread::sleep(crate::cluster::rate::WINDOW + Duration::from_millis(10));
+        finished.insert("short", 100_000);
         let groups = packing.groups(&burst, 0, &finished);
         assert_eq!(
             groups.iter().map(ExactSizeIterator::len).max(),

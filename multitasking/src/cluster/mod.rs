@@ -200,6 +200,7 @@ mod allow;
 mod broker;
 mod client;
 mod keys;
+mod rate;
 mod seal;
 mod shards;
 mod status;

@@ -174,44 +174,29 @@ fn requeue_one<K: AsRef<[u8]>>(
     if !timeout.is_empty() {
         add.arg("timeout_ms").arg(&timeout);
     }
-    match (&seal, &signed) {
-        (None, Some(_)) => {
-            return refuse(
-                "its task was signed: give the queue's keys to requeue it (MULTITASK_CLUSTER_KEY)"
-                    .to_string(),
-            )
-        }
-        (None, None) => {}
-        (Some(_), None) => {
-            return refuse(
-                "its task was not signed; a requeue does not sign what no key holder signed"
-                    .to_string(),
-            )
-        }
-        (Some(seal), Some(mac)) => {
-            let values = original.each_ref().map(Vec::as_slice);
-            if !seal.verify(&seal::task_parts(&tasks, values), mac) {
-                return refuse(
-                    "its task's signature does not check under these keys (forged, altered, or \
-                     signed with another key); it is not requeued"
-                        .to_string(),
-                );
-            }
-            let exp = (seal::now_ms() + expiry.as_millis() as u64).to_string();
-            let mac = seal.sign(&seal::task_parts(
-                &tasks,
-                [
-                    fresh_id.as_bytes(),
-                    &task,
-                    &sig,
-                    b"",
-                    &payload,
-                    &timeout,
-                    exp.as_bytes(),
-                ],
-            ));
-            add.arg("exp").arg(exp).arg("mac").arg(mac);
-        }
+    let values = original.each_ref().map(Vec::as_slice);
+    if let Err(why) = signed_as_it_was(
+        seal.as_ref(),
+        signed.as_deref(),
+        &seal::task_parts(&tasks, values),
+    ) {
+        return refuse(why);
+    }
+    if let Some(seal) = &seal {
+        let exp = (seal::now_ms() + expiry.as_millis() as u64).to_string();
+        let mac = seal.sign(&seal::task_parts(
+            &tasks,
+            [
+                fresh_id.as_bytes(),
+                &task,
+                &sig,
+                b"",
+                &payload,
+                &timeout,
+                exp.as_bytes(),
+            ],
+        ));
+        add.arg("exp").arg(exp).arg("mac").arg(mac);
     }
     add.arg("id")
         .arg(&fresh_id)
@@ -226,6 +211,34 @@ fn requeue_one<K: AsRef<[u8]>>(
     p.cmd("XDEL").arg(queue.dead()).arg(entry);
     let (id, _): (String, u64) = p.query(&mut con).map_err(|e| broker.error(&e))?;
     Ok(Some(id))
+}
+
+/// Whether a dead letter's task may go back as its signature stands:
+/// unsigned on an unsigned queue, or signed (tag `mac` over `parts`) under
+/// one of the keys of `seal`; why not, otherwise. A requeue never signs
+/// what no key holder signed.
+fn signed_as_it_was(
+    seal: Option<&Seal>,
+    mac: Option<&[u8]>,
+    parts: &[&[u8]],
+) -> Result<(), String> {
+    match (seal, mac) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(
+            "its task was signed: give the queue's keys to requeue it (MULTITASK_CLUSTER_KEY)"
+                .to_string(),
+        ),
+        (Some(_), None) => Err(
+            "its task was not signed; a requeue does not sign what no key holder signed"
+                .to_string(),
+        ),
+        (Some(seal), Some(mac)) if seal.verify(parts, mac) => Ok(()),
+        (Some(_), Some(_)) => Err(
+            "its task's signature does not check under these keys (forged, altered, or \
+             signed with another key); it is not requeued"
+                .to_string(),
+        ),
+    }
 }
 
 /// [`requeue_one`] for a dead letter of calls of a packed task entry: the
@@ -244,30 +257,10 @@ fn requeue_packed(
     let field = |name: &str| raw_field(dead, &format!("t:{name}")).unwrap_or_default();
     let tasks = queue.tasks();
     let original = ["calls", "reply", "data", "timeout_ms", "exp"].map(field);
-    match (seal, raw_field(dead, "t:mac")) {
-        (None, Some(_)) => {
-            return refuse(
-                "its task was signed: give the queue's keys to requeue it (MULTITASK_CLUSTER_KEY)"
-                    .to_string(),
-            )
-        }
-        (Some(_), None) => {
-            return refuse(
-                "its task was not signed; a requeue does not sign what no key holder signed"
-                    .to_string(),
-            )
-        }
-        (Some(seal), Some(mac)) => {
-            let values = original.each_ref().map(Vec::as_slice);
-            if !seal.verify(&seal::packed_parts(&tasks, values), &mac) {
-                return refuse(
-                    "its task's signature does not check under these keys (forged, altered, or \
-                     signed with another key); it is not requeued"
-                        .to_string(),
-                );
-            }
-        }
-        (None, None) => {}
+    let values = original.each_ref().map(Vec::as_slice);
+    let mac = raw_field(dead, "t:mac");
+    if let Err(why) = signed_as_it_was(seal, mac.as_deref(), &seal::packed_parts(&tasks, values)) {
+        return refuse(why);
     }
     let mut packed = crate::cluster::broker::Entry::default();
     packed

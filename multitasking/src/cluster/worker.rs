@@ -45,6 +45,7 @@ use crate::cluster::broker::{
 };
 use crate::cluster::client::random;
 use crate::cluster::keys::{Keys, GROUP, RESULTS_TTL};
+use crate::cluster::rate::Rate;
 use crate::cluster::seal::{self, Seal};
 use crate::cluster::status::SpanRecord;
 use crate::error::{Error, ExitCause, TaskError};
@@ -378,6 +379,16 @@ struct Ack {
     withdrawn: bool,
 }
 
+impl Ack {
+    /// An entry given up whole.
+    fn whole() -> Ack {
+        Ack {
+            entry: true,
+            withdrawn: true,
+        }
+    }
+}
+
 /// The task stream entry of held key `key` (see [`Core::inflight`]).
 fn entry_of(key: &str) -> &str {
     key.split_once('#').map_or(key, |(entry, _)| entry)
@@ -442,48 +453,30 @@ const NOTICE_DELAY: Duration = Duration::from_millis(2);
 const QUEUED_RECHECK: Duration = Duration::from_millis(10);
 
 /// How far ahead a worker fetches: enough tasks to cover [`AHEAD_FOR`] at
-/// the rate they finish, measured over windows of [`AHEAD_WINDOW`] and
-/// smoothed, up to a cap.
+/// the rate they finish ([`Rate`]), up to a cap.
 struct Ahead {
     /// The cap.
     max: usize,
-    /// Tasks per second, smoothed.
-    rate: f64,
-    /// The window's start and the finished count then.
-    window: (Instant, u64),
+    /// The rate tasks finish at.
+    rate: Rate,
 }
 
 /// The time the tasks held beyond those running should cover.
 const AHEAD_FOR: Duration = Duration::from_millis(5);
 
-/// The window over which the finish rate is measured.
-const AHEAD_WINDOW: Duration = Duration::from_millis(50);
-
 impl Ahead {
     fn new(max: usize) -> Ahead {
         Ahead {
             max,
-            rate: 0.0,
-            window: (Instant::now(), 0),
+            rate: Rate::new(0),
         }
     }
 
-    /// Tasks to hold beyond those running, given the finished count now.
+    /// Tasks to hold beyond those running, given the finished count now
+    /// (down by halves after a burst: the held ones drain as a long task
+    /// runs).
     fn tasks(&mut self, finished: u64) -> usize {
-        let (since, at) = self.window;
-        let elapsed = since.elapsed();
-        if elapsed >= AHEAD_WINDOW {
-            let rate = finished.saturating_sub(at) as f64 / elapsed.as_secs_f64();
-            // Up at once (a burst of short tasks), down by halves (a long
-            // task after short ones: the held ones drain as it runs).
-            self.rate = if rate > self.rate {
-                rate
-            } else {
-                (self.rate + rate) / 2.0
-            };
-            self.window = (Instant::now(), finished);
-        }
-        ((self.rate * AHEAD_FOR.as_secs_f64()) as usize).min(self.max)
+        self.rate.within(AHEAD_FOR, finished).min(self.max)
     }
 }
 
@@ -1391,16 +1384,6 @@ if ARGV[4] == '1' then
 end
 return 1
 ";
-
-impl Ack {
-    /// An entry given up whole.
-    fn whole() -> Ack {
-        Ack {
-            entry: true,
-            withdrawn: true,
-        }
-    }
-}
 
 /// Moves a task to the dead-letter stream with `error` as the reason (and
 /// the task entry itself, for a requeue), fails it for its client, and

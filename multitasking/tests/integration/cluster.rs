@@ -2251,6 +2251,14 @@ fn written(con: &mut redis::Connection, queue: &str) -> (usize, usize) {
     last
 }
 
+/// Waits until every entry of the task stream of `queue` is gone:
+/// acknowledged and deleted with its last call.
+fn stream_drains(con: &mut redis::Connection, queue: &str) {
+    wait_for("an entry stayed on the task stream", || {
+        packed_entries(con, queue).0 == 0
+    });
+}
+
 /// Size of the queue's withdrawn hash.
 fn withdrawn_fields(con: &mut redis::Connection, queue: &str) -> u64 {
     redis::cmd("HLEN")
@@ -2362,9 +2370,7 @@ fn a_packed_call_is_terminated_or_timed_out_alone() {
             "{r:?}"
         );
     }
-    wait_for("an entry stayed on the task stream", || {
-        packed_entries(&mut con, &queue).0 == 0
-    });
+    stream_drains(&mut con, &queue);
     // Each packed call carries the pool's time limit on its own.
     let timed = ClusterPool::connect_with(&url, 4)
         .unwrap()
@@ -2409,9 +2415,7 @@ fn a_worker_killed_mid_a_packed_entry_loses_nothing() {
     }
     assert_eq!(pool.pending(), 0, "each call resolved once");
     assert_eq!(status(&url).unwrap().dead_letters, 0);
-    wait_for("an entry stayed on the task stream", || {
-        packed_entries(&mut con, &queue).0 == 0
-    });
+    stream_drains(&mut con, &queue);
 }
 
 #[test]
@@ -2466,9 +2470,7 @@ fn packed_calls_a_worker_refuses_are_dead_lettered_and_requeued_together() {
     ran.sort_unstable();
     assert_eq!(ran, (0..8).collect::<Vec<_>>());
     dead_now(&url, 0);
-    wait_for("an entry stayed on the task stream", || {
-        packed_entries(&mut con, &queue).0 == 0
-    });
+    stream_drains(&mut con, &queue);
     let _ = std::fs::remove_file(&path);
 }
 
@@ -2512,9 +2514,7 @@ fn signed_packed_entries_run_and_forged_or_replayed_ones_die() {
     // and a forgery's are not trusted.
     assert_eq!(pool.duplicates_dropped(), 0);
     assert_eq!(get(&pool.submit(double, 5).unwrap()), Ok(10), "it goes on");
-    wait_for("an entry stayed on the task stream", || {
-        packed_entries(&mut con, &queue).0 == 0
-    });
+    stream_drains(&mut con, &queue);
 }
 
 #[test]
@@ -2547,9 +2547,7 @@ fn malformed_packed_entries_are_dead_lettered_and_the_worker_goes_on() {
         "{dead:?}"
     );
     assert_eq!(get(&pool.submit(double, 21).unwrap()), Ok(42), "it goes on");
-    wait_for("an entry stayed on the task stream", || {
-        packed_entries(&mut con, &queue).0 == 0
-    });
+    stream_drains(&mut con, &queue);
 }
 
 #[test]

@@ -5,14 +5,15 @@
 //!    processes (the physical limit; measured both parking in `read` and
 //!    spinning), and against Python's `ProcessPoolExecutor` and
 //!    `multiprocessing.Pool.apply_async` (benches/python/executors.py).
-//! 2. a no-op `map` over 1M items with automatic chunking, in items/s,
+//! 2. many small tasks in flight at once: 100k submits, then every
+//!    result, per task (what a cluster worker's local pool sees).
+//! 3. a no-op `map` over 1M items with automatic chunking, in items/s,
 //!    against `multiprocessing.Pool.map`.
-//! 3. pool start to first result with 2 workers, against Python's pool
+//! 4. pool start to first result with 2 workers, against Python's pool
 //!    start with fork and spawn.
-//! 4. the seed's prime check on eight primes near 4e16, serial against 2
+//! 5. the seed's prime check on eight primes near 4e16, serial against 2
 //!    worker processes.
-//!
-//! 5. what an idle pool costs: the CPU its processes use in 2 s of idling.
+//! 6. what an idle pool costs: the CPU its processes use in 2 s of idling.
 //!
 //! The round trips alternate, round by round (`MT_BENCH_ROUNDS`, default
 //! 5): a figure is the median, with the range.
@@ -186,7 +187,8 @@ fn main() {
         multitasking::usable_cpus()
     );
 
-    // 1. round trip: the pool and the raw ping-pongs in turn, each round.
+    // 1 and 2: the pool's round trips, the raw ping-pongs and the
+    // tasks in flight in turn, each round.
     let rounds = rounds();
     let n = 20_000;
     let pool = ProcessPool::new(2).unwrap();
@@ -194,7 +196,16 @@ fn main() {
         black_box(pool.submit(noop, i).unwrap().result().unwrap());
     }
     let (mut ours, mut raw_block, mut raw_spin) = (Vec::new(), Vec::new(), Vec::new());
+    let mut batched = Vec::new();
+    let in_flight = 100_000u64;
     for _ in 0..rounds {
+        let t = Instant::now();
+        let futures: Vec<_> = (0..in_flight)
+            .map(|i| pool.submit(noop, i).unwrap())
+            .collect();
+        let sum: u64 = futures.into_iter().map(|f| f.result().unwrap()).sum();
+        assert_eq!(sum, in_flight * (in_flight - 1) / 2);
+        batched.push(t.elapsed().as_secs_f64() * 1e6 / in_flight as f64);
         let t = Instant::now();
         for i in 0..n as u64 {
             black_box(pool.submit(noop, i).unwrap().result().unwrap());
@@ -206,6 +217,7 @@ fn main() {
     let (ours_m, ours_t) = spread(ours, 2);
     let (block_m, block_t) = spread(raw_block, 2);
     let (spin_m, spin_t) = spread(raw_spin, 2);
+    let (_, batched_t) = spread(batched, 2);
     let py = python("process_roundtrip,apply_async_roundtrip,pool_map,pool_start,executor_map");
     println!("## round trip of one small task (submit, result, repeat), median (min-max) of {rounds} rounds\n");
     println!("| contender | µs per round trip | vs multitask |");
@@ -235,7 +247,14 @@ fn main() {
         }
     }
 
-    // 2. map over 1M no-op items.
+    println!(
+        "\n## {in_flight} small tasks in flight: submit all, then every result, median (min-max) of {rounds} rounds\n"
+    );
+    println!("| contender | µs per task |");
+    println!("| --- | ---: |");
+    println!("| multitask ProcessPool submit, then result | {batched_t} |");
+
+    // 3. map over 1M no-op items.
     let items = 1_000_000u64;
     let rates: Vec<f64> = (0..rounds.max(5))
         .map(|_| {
@@ -277,7 +296,7 @@ fn main() {
     );
     drop(pool);
 
-    // 3. start to first result.
+    // 4. start to first result.
     let starts: Vec<Duration> = (0..10)
         .map(|_| {
             let t = Instant::now();
@@ -307,7 +326,7 @@ fn main() {
         show(py_figure(&py, "pool_start_spawn", "ms"), "")
     );
 
-    // 4. primes: serial and parallel runs alternate, best of three each,
+    // 5. primes: serial and parallel runs alternate, best of three each,
     // so that a burst of load elsewhere skews neither side.
     let pool = ProcessPool::new(2).unwrap();
     let mut serial = Duration::MAX;

@@ -7,6 +7,7 @@
 //!  pool.submit(t, x) --------> | job queue (FIFO)     |                   | /proc/self/exe   |
 //!  pool.map(t, xs)   encode    -----------+-----------                    | MULTITASK_WORKER |
 //!        |           Vec<Input>           | whoever finds slot k idle     | fd 3 = socket    |
+//!        |                                |                               | fd 4 = call board|
 //!        |                                v                               |                  |
 //!        |  (a) submitter writes ---> slot k: Mutex<SlotState> ======= Call =======> resolve |
 //!        |  (b) waiter reads    <---  (socketpair, framed, versioned)  <=== Reply == (name,  |
@@ -51,6 +52,17 @@
 //! error, and starts a new worker. Only the task the dead worker was
 //! running fails; an idle worker that dies is replaced at once.
 //!
+//! **Calls ahead.** While a worker's calls are short and no other worker
+//! is idle, whoever reads a reply writes the next calls from the queue to
+//! that worker ahead of the one it runs (up to 7, `supervisor::AHEAD`), so
+//! the worker reads its next call without waiting and the pool's side
+//! reads several replies per wake-up. The worker and the pool share a call
+//! board (`board.rs`, a memfd page on fd 4): the worker claims each call
+//! on it before running it, and the pool takes back one not yet claimed
+//! (a `terminate`) with a compare-and-swap on the same word, so exactly one
+//! of the two wins. When a worker dies, the calls it never claimed go back
+//! to the queue, unspent.
+//!
 //! **Workers** are the program itself, re-executed from `/proc/self/exe`
 //! with the socket on fd 3 and `MULTITASK_WORKER` set; `multitasking::init()`
 //! at the top of `main` (or the test-support constructor in test binaries)
@@ -61,11 +73,13 @@
 //! any Rust code: the child goes straight to `exec`.
 //!
 //! Files: `pool.rs` (the handle, builder and executor), `supervisor.rs`
-//! (worker slots, the supervisor thread and a worker's life), `worker.rs`
+//! (worker slots, the supervisor thread and a worker's life), `board.rs`
+//! (the call board), `worker.rs`
 //! (the child's loop), `wire.rs` (the protocol: a length prefix, a version byte and a
 //! postcard message, with a size cap checked before any body is read),
 //! `single.rs` (`Process`), `sys.rs` (the few unsafe system calls).
 
+mod board;
 mod pool;
 mod single;
 mod supervisor;

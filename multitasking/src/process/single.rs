@@ -97,6 +97,7 @@ impl<T: Task> Process<T> {
         let payload = task::encode(T::NAME, T::CODEC, &vec![input])
             .map_err(|e| Error::Protocol(e.to_string()))?;
         let call = ToWorker::Call {
+            seq: 0,
             id: 1,
             task: T::NAME.into(),
             signature: T::SIGNATURE,

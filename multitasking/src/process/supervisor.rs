@@ -1,7 +1,9 @@
 //! The supervisor thread of a process pool's worker slot, and the life of
-//! a worker process: start and hello, one call at a time, timeout and
-//! memory watch, kill, reap, replace. See `process/mod.rs` for the picture.
+//! a worker process: start and hello, its calls (one at a time, or several
+//! short ones written ahead, see [`AHEAD`]), timeout and memory watch,
+//! kill, reap, replace. See `process/mod.rs` for the picture.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -14,10 +16,11 @@ use crossbeam_channel::Sender;
 
 use crate::error::{Error, ExitCause, TaskError};
 use crate::future::Terminate;
+use crate::process::board::{self, Board};
 use crate::process::pool::{Config, Job, PoolShared};
 use crate::process::sys;
 use crate::process::wire::{self, Conn, FromWorker, ToWorker, WireError};
-use crate::process::worker::{ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER, EXIT_NO_INIT};
+use crate::process::worker::{ENV_BOARD, ENV_CAP, ENV_INIT, ENV_NAME, ENV_WORKER, EXIT_NO_INIT};
 use crate::process::DEFAULT_MAX_PAYLOAD;
 use crate::remote::Deliver;
 use crate::trace::{Span, SpanWorker, Tracer};
@@ -29,6 +32,31 @@ const MEMORY_POLL: Duration = Duration::from_millis(20);
 const SPAWN_BACKOFF: Duration = Duration::from_secs(1);
 /// How long a retiring worker gets to exit after its socket closes.
 const RETIRE_GRACE: Duration = Duration::from_secs(2);
+
+/// Most calls written to a busy worker ahead of the one it runs, by
+/// default. While its calls are short (see [`AHEAD_BELOW`]) and no other
+/// worker is idle, the next ones are written to its socket while it runs
+/// the one before: it reads them without waiting, answers several per
+/// wake-up of the pool's side, and neither side parks or spins between
+/// calls. Such a call counts as started (its `cancel` fails, as for calls
+/// Python's executor has put in its call queue); `terminate` takes it
+/// back without killing anything if the worker has not reached it (the
+/// call board, `board.rs`). `ProcessPoolBuilder::calls_ahead` sets it.
+pub(crate) const AHEAD: usize = 7;
+
+/// The most calls ahead a builder may ask for: a board has a word for
+/// every call a worker holds.
+pub(crate) const MAX_AHEAD: usize = board::CALLS - 1;
+
+/// By default calls are written ahead only while the slot's calls took
+/// less than this on average: a call waits behind at most [`AHEAD`] calls
+/// that short, not behind a long one.
+const AHEAD_BELOW: Duration = Duration::from_micros(200);
+
+/// A call larger than this is never written ahead: the socket's buffer
+/// must hold every call written ahead, or the writer would wait for a
+/// worker that is busy running.
+const AHEAD_BYTES: usize = 16 * 1024;
 
 /// Why a worker was killed on purpose.
 #[derive(Debug, Clone, Copy)]
@@ -51,27 +79,34 @@ pub(crate) enum KillReason {
 pub(crate) struct KillSwitch {
     /// The worker's pid.
     pub(crate) pid: u32,
-    /// Why it was killed, if it was.
-    reason: Mutex<Option<KillReason>>,
+    /// Why it was killed, if it was, and for which call (its board
+    /// number; `None`: for everything it held).
+    reason: Mutex<Option<(KillReason, Option<u64>)>>,
 }
 
 impl KillSwitch {
+    /// Kills the worker for everything it holds.
     pub(crate) fn kill(&self, reason: KillReason, signal: rustix::process::Signal) -> bool {
+        self.kill_for(reason, None, signal)
+    }
+
+    /// Kills the worker for call `seq` (the one it runs), or for all it
+    /// holds.
+    fn kill_for(
+        &self,
+        reason: KillReason,
+        seq: Option<u64>,
+        signal: rustix::process::Signal,
+    ) -> bool {
         self.reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(reason);
+            .get_or_insert((reason, seq));
         signal_group(self.pid, signal)
     }
 
-    fn reason(&self) -> Option<KillReason> {
+    fn reason(&self) -> Option<(KillReason, Option<u64>)> {
         *self.reason.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Terminate for KillSwitch {
-    fn terminate(&self) -> bool {
-        self.kill(KillReason::Terminated, rustix::process::Signal::KILL)
     }
 }
 
@@ -117,13 +152,13 @@ pub(crate) struct Worker {
     child: Child,
     /// The control socket.
     conn: Conn,
+    /// Its call board; without one (it could not be made), the worker
+    /// holds one call at a time.
+    board: Option<Board>,
     /// Kills it on demand.
     switch: Arc<KillSwitch>,
     /// Tasks it ran.
     tasks: u64,
-    /// The handle its calls' futures hold, made for its first call and
-    /// shared by the rest (one allocation per worker, not per call).
-    control: Option<Arc<Control>>,
     /// Its peak RSS as last read, and when: `/proc` is read at most every
     /// `RSS_EVERY` for traces.
     rss: Option<(Instant, u64)>,
@@ -160,6 +195,7 @@ impl Config {
             start_timeout: Duration::from_secs(10),
             tracer: Tracer::disabled(),
             measure: false,
+            calls_ahead: Some(0),
         }
     }
 }
@@ -184,6 +220,8 @@ pub(crate) struct Started {
     child: Child,
     /// Its control socket.
     conn: Conn,
+    /// Its call board.
+    board: Option<Board>,
     /// When its start began: `start_timeout` counts from here.
     at: Instant,
 }
@@ -196,6 +234,8 @@ pub(crate) fn start_worker(index: usize, config: &Config) -> Result<Started, Err
         .map_err(|e| Error::io("creating a worker socket", e))?;
     let theirs = std::os::fd::OwnedFd::from(theirs);
     let exe = std::env::current_exe().map_err(|e| Error::io("finding this program", e))?;
+    // Without a board (no memfd here) the worker gets one call at a time.
+    let (board, board_fd) = Board::new().map_or((None, None), |(b, fd)| (Some(b), Some(fd)));
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg0(exe.as_os_str())
         .env(ENV_WORKER, wire::VERSION.to_string())
@@ -209,14 +249,23 @@ pub(crate) fn start_worker(index: usize, config: &Config) -> Result<Started, Err
     if let Some((name, sig)) = config.initializer {
         cmd.env(ENV_INIT, format!("{name}\t{sig}"));
     }
-    sys::configure_child(&mut cmd, &theirs);
+    if board.is_some() {
+        cmd.env(ENV_BOARD, "1");
+    }
+    sys::configure_child(&mut cmd, &theirs, board_fd.as_ref());
     let child = cmd
         .spawn()
         .map_err(|e| Error::io("starting a worker process", e))?;
     drop(theirs);
+    drop(board_fd);
     let conn = Conn::new(ours, config.max_payload)
         .map_err(|e| Error::io("setting up a worker socket", e))?;
-    Ok(Started { child, conn, at })
+    Ok(Started {
+        child,
+        conn,
+        board,
+        at,
+    })
 }
 
 /// Waits for the hello of the worker `index` started as `started`.
@@ -228,6 +277,7 @@ pub(crate) fn await_hello(
     let Started {
         mut child,
         mut conn,
+        board,
         at,
     } = started;
     let deadline = at + config.start_timeout;
@@ -249,12 +299,12 @@ pub(crate) fn await_hello(
         Ok(FromWorker::Hello { pid }) => Ok(Worker {
             child,
             conn,
+            board,
             switch: Arc::new(KillSwitch {
                 pid,
                 reason: Mutex::new(None),
             }),
             tasks: 0,
-            control: None,
             rss: None,
         }),
         Ok(FromWorker::InitFailed { error }) => failed(
@@ -317,7 +367,7 @@ fn retire(mut w: Worker) {
 }
 
 /// Reaps a worker that died or was killed; how it ended.
-fn reap(mut w: Worker) -> (u32, ExitCause, Option<KillReason>) {
+fn reap(mut w: Worker) -> (u32, ExitCause, Option<(KillReason, Option<u64>)>) {
     let pid = w.switch.pid;
     let reason = w.switch.reason();
     drop(w.conn);
@@ -357,7 +407,7 @@ fn death_error(task: &str, pid: u32, cause: ExitCause, reason: Option<KillReason
     }
 }
 
-/// A worker slot: its worker, the call the worker runs, and the bell that
+/// A worker slot: its worker, the calls the worker holds, and the bell that
 /// wakes the slot's supervisor.
 ///
 /// Whoever holds `io` drives the worker: a submitter that finds the slot
@@ -402,6 +452,17 @@ struct SlotIo {
     /// and again is between two spins now and then, and a supervisor that
     /// went back to watching in such a gap was woken by the next reply.
     helped: Option<Instant>,
+    /// The last call's number on a worker's call board: counts across the
+    /// slot's workers, so a stale handle never names a later call.
+    next_seq: u64,
+    /// How long the slot's calls take, smoothed: calls are written ahead
+    /// only while it is under [`AHEAD_BELOW`] (unless the pool fixes how
+    /// many, `calls_ahead`). `None` until a call was
+    /// answered.
+    mean: Option<Duration>,
+    /// A call too large to write ahead, taken from the queue while the
+    /// worker was busy: it goes first once the worker is idle.
+    held: Option<Job>,
 }
 
 /// What a parked supervisor waits for, decided from the slot's state under
@@ -448,18 +509,20 @@ impl Parked {
 ///
 /// ```text
 ///            install (supervisor)       start (whoever dispatches)
-///   Empty --------------------> Idle --------------------------> Busy
-///     ^                          ^  <-- reply (tasks < max) ------ |
-///     |                          |                                 | reply (tasks = max)
-///     |                          |  EOF, protocol error, stall     v
+///   Empty --------------------> Idle --------------------------> Busy --+
+///     ^                          ^  <-- last reply (tasks < max) -- |   | start (ahead)
+///     |                          |                                  | <-+
+///     |                          |                                  | last reply (tasks = max)
+///     |                          |  EOF, protocol error, stall      v
 ///     |  end (supervisor)        +----------------------------> Broken <-- Retiring
 ///     +---- Idle, Retiring, Broken (and Idle of a closed pool)
 /// ```
 ///
 /// Any state with a worker goes to `Broken` when its socket fails or the
-/// worker breaks the protocol (a `Busy` one keeps its call, to fail or
-/// retry it). Only the supervisor leaves `Empty` and enters it; everybody
-/// holding the lock may make the other moves.
+/// worker breaks the protocol (a `Busy` one keeps its calls, to fail,
+/// retry or run again those it never started). Only the supervisor leaves
+/// `Empty` and enters it; everybody holding the lock may make the other
+/// moves.
 #[derive(Default)]
 enum SlotState {
     /// No worker: the supervisor is starting one, ending one, or waiting to
@@ -468,14 +531,15 @@ enum SlotState {
     Empty,
     /// A worker waits for a call.
     Idle(Worker),
-    /// A worker runs a call.
-    Busy(Worker, Call),
+    /// A worker runs a call, and holds the calls after it (never empty; in
+    /// the order written, which is the order the worker answers them).
+    Busy(Worker, VecDeque<Call>),
     /// The worker answered its `max_tasks_per_child`-th call: the
     /// supervisor retires it.
     Retiring(Worker),
     /// The worker can't go on: the supervisor reaps it and fails (or
-    /// queues again) the call it held, if any.
-    Broken(Worker, Option<Call>, Broken),
+    /// queues again) the calls it held.
+    Broken(Worker, VecDeque<Call>, Broken),
 }
 
 impl SlotState {
@@ -490,10 +554,11 @@ impl SlotState {
         }
     }
 
-    /// The call in flight on a working worker.
+    /// The call a working worker runs (or reaches next): its first call
+    /// not withdrawn.
     fn call(&self) -> Option<&Call> {
         match self {
-            SlotState::Busy(_, call) => Some(call),
+            SlotState::Busy(_, calls) => calls.iter().find(|c| c.job.is_some()),
             _ => None,
         }
     }
@@ -506,10 +571,26 @@ type Outcome = (Box<dyn Deliver>, Result<Vec<u8>, TaskError>);
 struct Call {
     /// The id the reply must carry.
     id: u64,
-    /// The job.
-    job: Job,
+    /// Its number on the worker's call board.
+    seq: u64,
+    /// The job; `None` once withdrawn on the board (its future was
+    /// resolved then; the worker's `Skipped` is still to come).
+    job: Option<Job>,
     /// When it was written.
     started: Instant,
+}
+
+impl Call {
+    /// When the call began in its worker, and whether that is known: a
+    /// call on a board that the worker has not reached yet counts from
+    /// `now` (so no timeout can fire early); one not on a board, from its
+    /// write.
+    fn began(&self, w: &Worker, now: Instant) -> (Instant, bool) {
+        match &w.board {
+            Some(b) => b.started(self.seq).map_or((now, false), |at| (at, true)),
+            None => (self.started, true),
+        }
+    }
 }
 
 /// Why a worker can't go on.
@@ -547,9 +628,12 @@ impl Bell {
     }
 }
 
-/// The handle a running task's future holds: kills its worker, and lets a
+/// The handle a running task's future holds: stops the call (takes it back
+/// if its worker has not reached it, else kills the worker), and lets a
 /// caller that spins for the outcome read the reply itself.
 struct Control {
+    /// The call's number on the board.
+    seq: u64,
     /// The worker's kill switch.
     switch: Arc<KillSwitch>,
     /// The slot the call runs in (weak: the slot holds its worker, which
@@ -561,7 +645,45 @@ struct Control {
 
 impl Terminate for Control {
     fn terminate(&self) -> bool {
-        self.switch.terminate()
+        let kill = || {
+            self.switch.kill_for(
+                KillReason::Terminated,
+                Some(self.seq),
+                rustix::process::Signal::KILL,
+            )
+        };
+        let (Some(pool), Some(slot)) = (self.pool.upgrade(), self.slot.upgrade()) else {
+            return kill();
+        };
+        let mut io = slot.lock();
+        let SlotIo { state, outbox, .. } = &mut *io;
+        let stopped = match state {
+            SlotState::Busy(w, calls) if Arc::ptr_eq(&w.switch, &self.switch) => {
+                match calls.iter_mut().find(|c| c.seq == self.seq) {
+                    // Answered meanwhile: nothing runs to be stopped.
+                    None => false,
+                    Some(call) => match (&w.board, call.job.is_some()) {
+                        (_, false) => true,
+                        (Some(b), true) if b.withdraw(self.seq) => {
+                            // It never runs: the worker skips it.
+                            let job = call.job.take().expect("checked");
+                            let error = TaskError::Terminated {
+                                task: job.task.to_string(),
+                                pid: w.switch.pid,
+                            };
+                            outbox.push((job.deliver, Err(error)));
+                            true
+                        }
+                        _ => kill(),
+                    },
+                }
+            }
+            // The worker that had it is gone: the call was failed, or is
+            // queued again to run elsewhere.
+            _ => false,
+        };
+        slot.release(io, &pool);
+        stopped
     }
 
     fn helping(&self, start: bool) {
@@ -665,10 +787,16 @@ impl Slot {
         }
     }
 
-    /// Writes queued calls to the worker while it is idle.
+    /// Writes queued calls to the worker while it is idle, and ahead of
+    /// the call it runs while it has room (see [`AHEAD`]).
     fn dispatch(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
         loop {
-            while matches!(io.state, SlotState::Idle(_)) {
+            if matches!(io.state, SlotState::Idle(_)) {
+                if let Some(job) = io.held.take() {
+                    self.start(io, job, shared);
+                }
+            }
+            while self.has_room(io, shared) {
                 let Ok(job) = shared.rx.try_recv() else {
                     break;
                 };
@@ -689,26 +817,65 @@ impl Slot {
         }
     }
 
-    /// Writes `job` to the idle worker.
+    /// True if the slot's worker takes another call now: it is idle, or it
+    /// is busy with short calls, has room for one more, no other worker
+    /// is idle (the call would wait here while one could run it), and it
+    /// does not reach its `max_tasks_per_child` with the calls it holds.
+    fn has_room(&self, io: &SlotIo, shared: &PoolShared) -> bool {
+        match &io.state {
+            SlotState::Idle(_) => true,
+            SlotState::Busy(w, calls) => {
+                let ahead = match shared.config.calls_ahead {
+                    Some(n) => n.min(MAX_AHEAD),
+                    None if io.mean.is_some_and(|m| m < AHEAD_BELOW) => AHEAD,
+                    None => 0,
+                };
+                io.held.is_none()
+                    && w.board.is_some()
+                    && calls.len() <= ahead
+                    && shared
+                        .config
+                        .max_tasks_per_child
+                        .is_none_or(|max| w.tasks + (calls.len() as u64) < max)
+                    // Relaxed: a hint; a worker that goes idle takes
+                    // calls from the queue itself.
+                    && !shared.slots.iter().any(|s| s.idle.load(Ordering::Relaxed))
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes `job` to the worker, idle or (with room) busy.
     fn start(self: &Arc<Self>, io: &mut SlotIo, mut job: Job, shared: &Arc<PoolShared>) {
-        let SlotState::Idle(w) = &mut io.state else {
-            unreachable!("start on a slot that is not idle");
+        let ahead = matches!(io.state, SlotState::Busy(..));
+        if ahead && job.payload.len() > AHEAD_BYTES {
+            io.held = Some(job);
+            return;
+        }
+        // From 1: a call numbered 0 is not on a board.
+        io.next_seq += 1;
+        let seq = io.next_seq;
+        let (SlotState::Idle(w) | SlotState::Busy(w, _)) = &mut io.state else {
+            unreachable!("start on a slot that takes no call");
         };
-        let control = w.control.get_or_insert_with(|| {
-            Arc::new(Control {
-                switch: w.switch.clone(),
-                slot: Arc::downgrade(self),
-                pool: Arc::downgrade(shared),
-            })
+        let control = Arc::new(Control {
+            seq,
+            switch: w.switch.clone(),
+            slot: Arc::downgrade(self),
+            pool: Arc::downgrade(shared),
         });
-        if !job.deliver.start(Some(control.clone())) {
+        if !job.deliver.start(Some(control)) {
             // Cancelled while queued.
             return;
+        }
+        if let Some(b) = &w.board {
+            b.post(seq);
         }
         // Relaxed: ids need only be unique.
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let call = ToWorker::Call {
             id,
+            seq: if w.board.is_some() { seq } else { 0 },
             task: std::borrow::Cow::Borrowed(job.task),
             signature: job.signature,
             payload: std::mem::take(&mut job.payload),
@@ -720,27 +887,38 @@ impl Slot {
                 wire::MEASURE_NONE
             },
         };
-        let SlotState::Idle(mut w) = Slot::take(io) else {
-            unreachable!("checked above");
+        let (mut w, mut calls) = match Slot::take(io) {
+            SlotState::Idle(w) => (w, VecDeque::new()),
+            SlotState::Busy(w, calls) => (w, calls),
+            _ => unreachable!("checked above"),
         };
         let sent = w.conn.send(&call);
         let ToWorker::Call { payload, .. } = call;
         job.payload = payload;
         let call = Call {
             id,
-            job,
+            seq,
+            job: Some(job),
             started: Instant::now(),
         };
         let next = match sent {
-            Ok(()) => SlotState::Busy(w, call),
+            Ok(()) => {
+                calls.push_back(call);
+                SlotState::Busy(w, calls)
+            }
             Err(WireError::TooLarge { size, cap }) => {
+                let job = call.job.expect("just made");
                 let error = TaskError::TooLarge {
-                    task: call.job.task.to_string(),
+                    task: job.task.to_string(),
                     size,
                     limit: cap,
                 };
-                io.outbox.push((call.job.deliver, Err(error)));
-                SlotState::Idle(w)
+                io.outbox.push((job.deliver, Err(error)));
+                if calls.is_empty() {
+                    SlotState::Idle(w)
+                } else {
+                    SlotState::Busy(w, calls)
+                }
             }
             Err(e @ WireError::Stalled { .. }) => {
                 // It stopped reading part-way through its call: it can't be
@@ -748,51 +926,80 @@ impl Slot {
                 w.switch
                     .kill(KillReason::Terminated, rustix::process::Signal::KILL);
                 let why = format!("worker pid {}: sending the call: {e}", w.switch.pid);
-                SlotState::Broken(w, Some(call), Broken::Protocol(why))
+                calls.push_back(call);
+                SlotState::Broken(w, calls, Broken::Protocol(why))
             }
-            Err(_) => SlotState::Broken(w, Some(call), Broken::Gone),
+            Err(_) => {
+                calls.push_back(call);
+                SlotState::Broken(w, calls, Broken::Gone)
+            }
         };
         self.set(io, next);
     }
 
-    /// Reads what the worker sent: finishes the call and starts the next.
+    /// Reads what the worker sent: finishes its calls and starts the next.
     fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
-        let pending = io.state.call().map(|c| c.id);
+        while let Some(read) = self.pump_one(io, shared) {
+            if !read {
+                break;
+            }
+        }
+        self.dispatch(io, shared);
+    }
+
+    /// Reads one message of the worker, if one is there: `Some(true)` if
+    /// one was handled and the worker goes on, `Some(false)` if there was
+    /// none, `None` if the worker is broken (or there is none).
+    fn pump_one(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) -> Option<bool> {
+        let front = match &io.state {
+            SlotState::Busy(_, calls) => calls.front().map(|c| (c.id, c.job.is_some())),
+            _ => None,
+        };
         let w = match &mut io.state {
             SlotState::Idle(w) | SlotState::Busy(w, _) | SlotState::Retiring(w) => w,
-            SlotState::Empty | SlotState::Broken(..) => return,
+            SlotState::Empty | SlotState::Broken(..) => return None,
         };
         let pid = w.switch.pid;
         let broken = match w.conn.try_recv::<FromWorker>() {
-            Ok(None) => return,
-            Ok(Some(FromWorker::Reply { id, outcome, usage })) if pending == Some(id) => {
-                let SlotState::Busy(mut w, mut call) = Slot::take(io) else {
-                    unreachable!("a call is pending only on a busy slot");
-                };
+            Ok(None) => return Some(false),
+            Ok(Some(FromWorker::Reply { id, outcome, usage })) if front == Some((id, true)) => {
+                let (mut w, mut call, calls) = Slot::pop(io);
+                let now = Instant::now();
+                let (began, _) = call.began(&w, now);
+                let took = now.saturating_duration_since(began);
+                io.mean = Some(io.mean.map_or(took, |m| (m * 7 + took) / 8));
                 trace(shared, &mut call, outcome.is_ok(), usage, &mut w);
+                let job = call.job.expect("checked: not withdrawn");
                 if let Some(u) = usage {
-                    call.job.deliver.set_usage(crate::TaskUsage {
+                    job.deliver.set_usage(crate::TaskUsage {
                         cpu: std::time::Duration::from_nanos(u.cpu_ns),
                         peak_rss: u.peak_rss,
                         allocated: u.allocated,
                     });
                 }
-                io.outbox.push((call.job.deliver, outcome));
+                io.outbox.push((job.deliver, outcome));
                 w.tasks += 1;
                 let spent = shared
                     .config
                     .max_tasks_per_child
                     .is_some_and(|max| w.tasks >= max);
-                self.set(
-                    io,
-                    if spent {
-                        SlotState::Retiring(w)
-                    } else {
-                        SlotState::Idle(w)
-                    },
-                );
-                self.dispatch(io, shared);
-                return;
+                let next = match (calls.is_empty(), spent) {
+                    (false, _) => SlotState::Busy(w, calls),
+                    (true, true) => SlotState::Retiring(w),
+                    (true, false) => SlotState::Idle(w),
+                };
+                self.set(io, next);
+                return Some(true);
+            }
+            Ok(Some(FromWorker::Skipped { id })) if front == Some((id, false)) => {
+                let (w, _, calls) = Slot::pop(io);
+                let next = if calls.is_empty() {
+                    SlotState::Idle(w)
+                } else {
+                    SlotState::Busy(w, calls)
+                };
+                self.set(io, next);
+                return Some(true);
             }
             Ok(Some(other)) => Broken::Protocol(format!(
                 "worker pid {pid} broke the protocol: sent {other:?}"
@@ -800,16 +1007,27 @@ impl Slot {
             Err(WireError::Eof) | Err(WireError::Io(_)) => Broken::Gone,
             Err(e) => Broken::Protocol(format!("worker pid {pid}: {e}")),
         };
-        let (w, call) = match Slot::take(io) {
-            SlotState::Idle(w) | SlotState::Retiring(w) => (w, None),
-            SlotState::Busy(w, call) => (w, Some(call)),
+        let (w, calls) = match Slot::take(io) {
+            SlotState::Idle(w) | SlotState::Retiring(w) => (w, VecDeque::new()),
+            SlotState::Busy(w, calls) => (w, calls),
             SlotState::Empty | SlotState::Broken(..) => unreachable!("checked above"),
         };
         if matches!(broken, Broken::Protocol(_)) {
             w.switch
                 .kill(KillReason::Terminated, rustix::process::Signal::KILL);
         }
-        self.set(io, SlotState::Broken(w, call, broken));
+        self.set(io, SlotState::Broken(w, calls, broken));
+        None
+    }
+
+    /// Takes a busy slot's state apart: its worker, its first call, and
+    /// the calls after it. The caller `set`s the next state.
+    fn pop(io: &mut SlotIo) -> (Worker, Call, VecDeque<Call>) {
+        let SlotState::Busy(w, mut calls) = Slot::take(io) else {
+            unreachable!("a call is pending only on a busy slot");
+        };
+        let call = calls.pop_front().expect("a busy slot holds a call");
+        (w, call, calls)
     }
 }
 
@@ -822,16 +1040,21 @@ fn trace(
     usage: Option<wire::Usage>,
     w: &mut Worker,
 ) {
-    if let Some(submitted) = call.job.submitted {
+    let now = Instant::now();
+    let (began, known) = call.began(w, now);
+    let Some(job) = &mut call.job else {
+        return;
+    };
+    if let Some(submitted) = job.submitted {
         shared.config.tracer.record_span(Span {
-            task: call.job.task,
+            task: job.task,
             worker: SpanWorker::Pid,
             pid: w.switch.pid,
-            times: (submitted, call.started, Instant::now()),
+            times: (submitted, if known { began } else { call.started }, now),
             ok,
             peak_rss: usage.and_then(|u| u.peak_rss).or_else(|| w.peak_rss()),
             cpu: usage.map(|u| std::time::Duration::from_nanos(u.cpu_ns)),
-            input: call.job.input.take(),
+            input: job.input.take(),
             allocated: usage.and_then(|u| u.allocated),
         });
     }
@@ -886,17 +1109,23 @@ pub(crate) fn supervise(
         let due = supervisor_due(&io, &shared);
         if io.state.worker().is_some() && matches!(due, Due::Now) {
             // The worker goes: handle it outside the lock.
-            let (w, call, broken) = match Slot::take(&mut io) {
-                SlotState::Idle(w) | SlotState::Retiring(w) => (w, None, None),
-                SlotState::Busy(w, call) => (w, Some(call), None),
-                SlotState::Broken(w, call, broken) => (w, call, Some(broken)),
+            let (w, calls, broken) = match Slot::take(&mut io) {
+                SlotState::Idle(w) | SlotState::Retiring(w) => (w, VecDeque::new(), None),
+                SlotState::Busy(w, calls) => (w, calls, None),
+                SlotState::Broken(w, calls, broken) => (w, calls, Some(broken)),
                 SlotState::Empty => unreachable!("checked above"),
             };
             slot.set(&mut io, SlotState::Empty);
+            // A call held for this worker goes back to the queue: it was
+            // never written, and another worker may take it.
+            if let Some(job) = io.held.take() {
+                // The receiver lives in `shared`, so the send can't fail.
+                let _ = shared.tx.send(job);
+            }
             slot.release(io, &shared);
             watch = None;
             set_live(None);
-            end_worker(w, call, broken, &shared);
+            end_worker(w, calls, broken, &shared);
             continue;
         }
         if io.state.worker().is_none() {
@@ -947,7 +1176,8 @@ pub(crate) fn supervise(
         // per call.
         let recently_helped = io.helped.is_some_and(|t| t.elapsed() < HELPED_LOOK);
         let helped = io.helpers > 0 || (io.state.call().is_none() && recently_helped);
-        let watching = !(helped && shared.rx.is_empty());
+        let ahead = matches!(&io.state, SlotState::Busy(_, calls) if calls.len() > 1);
+        let watching = !(helped && shared.rx.is_empty() && !ahead);
         let wake = if watching {
             wake
         } else {
@@ -998,8 +1228,12 @@ fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
         };
     };
     let config = &shared.config;
-    let timeout = config.task_timeout.map(|after| call.started + after);
-    let memory = config.memory_limit.map(|_| call.started + MEMORY_POLL);
+    let SlotState::Busy(w, _) = &io.state else {
+        unreachable!("a call runs only on a busy slot");
+    };
+    let (began, _) = call.began(w, Instant::now());
+    let timeout = config.task_timeout.map(|after| began + after);
+    let memory = config.memory_limit.map(|_| began + MEMORY_POLL);
     [timeout, memory, stall]
         .into_iter()
         .flatten()
@@ -1015,25 +1249,31 @@ fn stall_of(io: &SlotIo) -> Option<Instant> {
 /// Kills the running call's worker past the timeout or the memory limit;
 /// when the supervisor must look again.
 fn deadlines(io: &mut SlotIo, config: &Config) -> Option<Instant> {
-    let SlotState::Busy(w, call) = &mut io.state else {
+    let SlotState::Busy(w, calls) = &io.state else {
         return None;
     };
+    let call = calls.iter().find(|c| c.job.is_some())?;
     let now = Instant::now();
+    let (began, known) = call.began(w, now);
     let mut wake = None;
     if let Some(after) = config.task_timeout {
-        let at = call.started + after;
-        if now >= at {
-            w.switch
-                .kill(KillReason::Timeout(after), rustix::process::Signal::KILL);
+        let at = began + after;
+        if now >= at && known {
+            w.switch.kill_for(
+                KillReason::Timeout(after),
+                Some(call.seq),
+                rustix::process::Signal::KILL,
+            );
         } else {
-            wake = Some(at);
+            wake = Some(at.max(now + Duration::from_millis(1)));
         }
     }
     if let Some(limit) = config.memory_limit {
         if let Some((rss, _)) = crate::info::rss_of(w.switch.pid) {
             if rss > limit {
-                w.switch.kill(
+                w.switch.kill_for(
                     KillReason::Memory { limit, peak: rss },
+                    known.then_some(call.seq),
                     rustix::process::Signal::KILL,
                 );
             }
@@ -1064,44 +1304,59 @@ fn park(bell: &Bell, watch: Option<&UnixStream>, wake: Option<Instant>) {
 }
 
 /// A worker leaves its slot: retired (its socket closed, reaped), or dead
-/// (reaped; its call failed with the reason, or queued again for a retry).
-fn end_worker(w: Worker, mut call: Option<Call>, broken: Option<Broken>, shared: &PoolShared) {
-    let mut w = w;
-    match broken {
-        None => {
-            // Retiring or closing: the call, if any, was answered.
-            debug_assert!(call.is_none());
-            retire(w);
+/// (reaped; the call it ran failed with the reason, or queued again for a
+/// retry). Calls it held and never started are queued again as they were
+/// (they did not run, so no retry is spent), except when the whole pool is
+/// being stopped: then they fail as the running one does.
+fn end_worker(mut w: Worker, calls: VecDeque<Call>, broken: Option<Broken>, shared: &PoolShared) {
+    let Some(broken) = broken else {
+        // Retiring or closing: every call was answered.
+        debug_assert!(calls.is_empty());
+        retire(w);
+        return;
+    };
+    let board = w.board.take();
+    // Without a board a worker holds one call, and it ran.
+    let ran = |call: &Call| board.as_ref().is_none_or(|b| !b.is_queued(call.seq));
+    let mut calls = calls;
+    for call in calls.iter_mut().filter(|c| c.job.is_some()) {
+        if ran(call) {
+            trace(shared, call, false, None, &mut w);
         }
-        Some(Broken::Protocol(message)) => {
-            if let Some(call) = &mut call {
-                trace(shared, call, false, None, &mut w);
-            }
-            let _ = reap(w);
-            if let Some(call) = call {
-                call.job.deliver.finish(Err(TaskError::Codec {
-                    task: call.job.task.to_string(),
-                    message,
-                }));
-            }
+    }
+    let (pid, cause, reason) = reap(w);
+    // The worker is gone: no call changes on its board any more.
+    for call in calls {
+        let ran = ran(&call);
+        let Some(mut job) = call.job else {
+            // Withdrawn: its future was resolved then.
+            continue;
+        };
+        let stop_all = matches!(reason, Some((KillReason::Terminated, None)));
+        if !ran && !stop_all {
+            // The receiver lives in `shared`, so the send can't fail.
+            let _ = shared.tx.send(job);
+            continue;
         }
-        Some(Broken::Gone) => {
-            if let Some(call) = &mut call {
-                trace(shared, call, false, None, &mut w);
-            }
-            let (pid, cause, reason) = reap(w);
-            let Some(call) = call else {
-                return;
-            };
-            let mut job = call.job;
-            if reason.is_none() && job.attempts < shared.config.max_retries {
-                job.attempts += 1;
-                // The receiver lives in `shared`, so the send can't fail.
-                let _ = shared.tx.send(job);
-                return;
-            }
-            job.deliver
-                .finish(Err(death_error(job.task, pid, cause, reason)));
+        if let Broken::Protocol(message) = &broken {
+            job.deliver.finish(Err(TaskError::Codec {
+                task: job.task.to_string(),
+                message: message.clone(),
+            }));
+            continue;
         }
+        // The reason is this call's if the worker was killed for it, or
+        // for everything it held; a worker killed for a call that had just
+        // finished took this one with it, which is a death like any other.
+        let reason = reason
+            .filter(|(_, target)| target.is_none_or(|seq| seq == call.seq))
+            .map(|(why, _)| why);
+        if reason.is_none() && job.attempts < shared.config.max_retries {
+            job.attempts += 1;
+            let _ = shared.tx.send(job);
+            continue;
+        }
+        job.deliver
+            .finish(Err(death_error(job.task, pid, cause, reason)));
     }
 }

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::TaskError;
 
 /// The protocol version; both sides must agree.
-pub(crate) const VERSION: u8 = 2;
+pub(crate) const VERSION: u8 = 3;
 
 /// Bytes of the length prefix.
 const HEADER: usize = 4;
@@ -48,6 +48,10 @@ pub(crate) enum ToWorker {
     Call {
         /// The call's id, echoed in the reply.
         id: u64,
+        /// The call's number on the worker's call board (`board.rs`),
+        /// which the worker claims before it runs the call; 0 for a call
+        /// that is not on a board.
+        seq: u64,
         /// The task's registered name (borrowed when sent by a pool).
         task: Cow<'static, str>,
         /// The caller's signature hash of the task.
@@ -103,6 +107,12 @@ pub(crate) enum FromWorker {
         outcome: Result<Vec<u8>, TaskError>,
         /// What the call used, when it was asked to measure.
         usage: Option<Usage>,
+    },
+    /// The call was withdrawn on the call board before the worker reached
+    /// it: it did not run.
+    Skipped {
+        /// The call's id.
+        id: u64,
     },
     /// The worker has started and now runs its initializer; `Hello` (or
     /// `InitFailed`) follows. Lets a slow initializer be told from a start
@@ -494,6 +504,7 @@ mod tests {
         let (mut a, mut b) = pair(1 << 20);
         let call = ToWorker::Call {
             id: 7,
+            seq: 3,
             task: "m::is_prime".into(),
             signature: 42,
             payload: vec![1, 2, 3],
@@ -522,6 +533,7 @@ mod tests {
         let (mut a, mut b) = pair(8 << 20);
         let call = |id: u64, len: usize| ToWorker::Call {
             id,
+            seq: id,
             task: "t".into(),
             signature: 0,
             payload: (0..len).map(|i| i as u8).collect(),
@@ -570,6 +582,7 @@ mod tests {
         let (mut a, mut b) = pair(16);
         let big = ToWorker::Call {
             id: 1,
+            seq: 0,
             task: "t".into(),
             signature: 0,
             payload: vec![0; 64],
@@ -646,7 +659,7 @@ mod tests {
             at in any::<prop::sample::Index>(),
             flip in 1u8..=255,
         ) {
-            let frame = encode_frame(&ToWorker::Call { id, task: "t".into(), signature: 1, payload, measure: MEASURE_NONE }).unwrap();
+            let frame = encode_frame(&ToWorker::Call { id, seq: id, task: "t".into(), signature: 1, payload, measure: MEASURE_NONE }).unwrap();
             let mut body = frame[HEADER..].to_vec();
             let i = at.index(body.len());
             body[i] ^= flip;

@@ -8,6 +8,7 @@
 //! worker; a crash costs the worker, and the pool sees it on the socket.
 
 use crate::error::TaskError;
+use crate::process::board::Board;
 use crate::process::sys;
 use crate::process::wire::{
     Conn, FromWorker, ToWorker, Usage, WireError, MEASURE_ALL, MEASURE_NONE,
@@ -22,6 +23,8 @@ pub(crate) const ENV_NAME: &str = "MULTITASK_WORKER_NAME";
 pub(crate) const ENV_CAP: &str = "MULTITASK_WORKER_CAP";
 /// The initializer task: `name` TAB `signature`.
 pub(crate) const ENV_INIT: &str = "MULTITASK_WORKER_INIT";
+/// Set when the pool gave the worker a call board (on `sys::BOARD_FD`).
+pub(crate) const ENV_BOARD: &str = "MULTITASK_WORKER_BOARD";
 
 /// The exit code of a worker start that reached a pool's build (or a
 /// `Process::spawn`) before `init()`: the pool that started it reports
@@ -98,6 +101,16 @@ fn serve() -> i32 {
             return 71;
         }
     };
+    // A pool that gave a board withdraws calls on it: a worker that can't
+    // read it must not run calls at all.
+    let board = match take_env(ENV_BOARD).map(|_| Board::inherited()) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            eprintln!("multitask: worker {me}: mapping the call board: {e}");
+            return 71;
+        }
+    };
 
     if let Some(spec) = init {
         if conn.send(&FromWorker::Initializing).is_err() {
@@ -122,11 +135,26 @@ fn serve() -> i32 {
         };
         let ToWorker::Call {
             id,
+            seq,
             task: name,
             signature,
             payload,
             measure,
         } = msg;
+        if seq != 0 {
+            let Some(board) = &board else {
+                eprintln!(
+                    "multitask: worker {me}: call {id} is on a call board, and none was given"
+                );
+                return 72;
+            };
+            if !board.claim(seq) {
+                if conn.send(&FromWorker::Skipped { id }).is_err() {
+                    return 0;
+                }
+                continue;
+            }
+        }
         let meter = (measure != MEASURE_NONE).then(|| Meter::start(measure == MEASURE_ALL));
         let outcome = run_call(&name, signature, &payload, &me);
         let usage = meter.map(Meter::stop);

@@ -8,6 +8,7 @@ multitasking::enable_test_support!();
 #[global_allocator]
 static ALLOC: multitasking::alloc::CountingAlloc = multitasking::alloc::CountingAlloc::system();
 
+mod ahead;
 mod async_use;
 mod cluster;
 mod conformance;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The promises under load: runs the future, thread, process, failure, trace,
+# The promises under load: runs the future, thread, process, calls-ahead, failure, trace,
 # dashboard, conformance, async and cluster tests over and over, several at once,
 # beside CPU hogs, until a time budget is spent.
 #   bash scripts/stress.sh [SECONDS] [RUNS_AT_ONCE] [HOGS]
@@ -17,7 +17,7 @@ HOGS=${3:-2}
 # shellcheck source=scripts/redis.sh
 source scripts/redis.sh
 
-FILTER='test(/^(future|wait|thread|process|failure|conformance|async_use|cluster|trace|dashboard|examples)::/)'
+FILTER='test(/^(future|wait|thread|process|ahead|failure|conformance|async_use|cluster|trace|dashboard|examples)::/)'
 NEXTEST=(cargo nextest run --profile stress -p multitasking --features dashboard --lib --test integration
   -E "$FILTER")
 

@@ -1220,6 +1220,10 @@ fn supervisor_due(io: &SlotIo, shared: &PoolShared) -> Due {
     // that sends half a frame unasked holds the slot as surely.
     let stall = stall_of(io);
     let Some(call) = io.state.call() else {
+        if matches!(io.state, SlotState::Busy(..)) {
+            // Only withdrawn calls are left: their `Skipped` is on its way.
+            return stall.map_or(Due::Never, Due::At);
+        }
         let closed = *shared.closed.read().unwrap_or_else(|p| p.into_inner());
         return if closed && shared.rx.is_empty() {
             Due::Now

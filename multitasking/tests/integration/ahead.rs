@@ -197,3 +197,25 @@ fn many_short_calls_each_resolve_once_with_their_own_result() {
         assert_eq!(get(f).unwrap(), 2 * i as u64);
     }
 }
+
+#[test]
+fn a_pool_dropped_right_after_a_terminate_reaps_its_worker() {
+    // The terminated call's `Skipped` may still be on its way when the
+    // pool closes: the worker is still retired and reaped, not left.
+    for _ in 0..5 {
+        let file = mark_file("drop");
+        let p = pool().build().unwrap();
+        let worker = p.worker_pids()[0];
+        let (head, written) = behind_a_gate(&p, |p| p.submit(sleep_ms, 50).unwrap(), &file, 2);
+        assert!(written[1].terminate());
+        assert_eq!(get(&head).unwrap(), 50);
+        assert_eq!(get(&written[0]).unwrap(), 1);
+        drop(p);
+        assert!(
+            crate::process::wait_gone(worker, Duration::from_secs(5)),
+            "worker {worker} outlived its pool"
+        );
+        assert_eq!(marks(&file), vec![1]);
+        let _ = std::fs::remove_file(&file);
+    }
+}

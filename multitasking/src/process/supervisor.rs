@@ -939,10 +939,12 @@ impl Slot {
 
     /// Reads what the worker sent: finishes its calls and starts the next.
     fn pump(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) {
-        while let Some(read) = self.pump_one(io, shared) {
-            if !read {
-                break;
-            }
+        // One read from the socket, then the replies it brought along:
+        // another read would be a system call that finds nothing, on the
+        // round trip's path.
+        let mut more = self.pump_one(io, shared) == Some(true);
+        while more && io.state.worker().is_some_and(|w| w.conn.has_frame()) {
+            more = self.pump_one(io, shared) == Some(true);
         }
         self.dispatch(io, shared);
     }

@@ -395,6 +395,16 @@ impl Conn {
         }
     }
 
+    /// True if a whole frame has come in and waits to be taken: the next
+    /// `try_recv` returns it without a system call.
+    pub(crate) fn has_frame(&self) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        avail.len() >= HEADER
+            && avail.len()
+                >= HEADER
+                    + u32::from_le_bytes(avail[..HEADER].try_into().expect("4 bytes")) as usize
+    }
+
     /// The socket, to wait on with `poll`.
     pub(crate) fn socket(&self) -> &UnixStream {
         &self.sock
@@ -526,6 +536,28 @@ mod tests {
         };
         b.send(&reply).unwrap();
         assert_eq!(a.recv::<FromWorker>(deadline).unwrap(), reply);
+    }
+
+    #[test]
+    fn a_frame_read_along_with_another_is_seen_without_a_read() {
+        let (mut a, mut b) = pair(1024);
+        for id in [1, 2] {
+            a.send(&FromWorker::Skipped { id }).unwrap();
+        }
+        assert!(!b.has_frame(), "nothing read yet");
+        // Both frames are in the socket, so one read brings both.
+        let first = loop {
+            if let Some(m) = b.try_recv::<FromWorker>().unwrap() {
+                break m;
+            }
+        };
+        assert_eq!(first, FromWorker::Skipped { id: 1 });
+        assert!(b.has_frame(), "the second came with the first");
+        assert_eq!(
+            b.try_recv::<FromWorker>().unwrap(),
+            Some(FromWorker::Skipped { id: 2 })
+        );
+        assert!(!b.has_frame());
     }
 
     #[test]

@@ -384,7 +384,7 @@ impl ProcessPool {
             .cloned()
             .collect();
         for switch in live {
-            switch.kill(KillReason::Terminated, signal);
+            switch.kill(KillReason::Stopped, signal);
         }
         self.shutdown(Shutdown::default());
     }

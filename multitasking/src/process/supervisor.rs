@@ -61,8 +61,11 @@ const AHEAD_BYTES: usize = 16 * 1024;
 /// Why a worker was killed on purpose.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum KillReason {
-    /// `TaskFuture::terminate`, or a whole-pool stop.
+    /// `TaskFuture::terminate`, or a worker that broke the protocol.
     Terminated,
+    /// A whole-pool stop (`terminate_workers`, `kill_workers`): every call
+    /// the worker held fails, started or not.
+    Stopped,
     /// The task ran past the timeout.
     Timeout(Duration),
     /// The worker went above its memory limit.
@@ -391,7 +394,7 @@ fn reap(mut w: Worker) -> (u32, ExitCause, Option<(KillReason, Option<u64>)>) {
 fn death_error(task: &str, pid: u32, cause: ExitCause, reason: Option<KillReason>) -> TaskError {
     let task = task.to_string();
     match reason {
-        Some(KillReason::Terminated) => TaskError::Terminated { task, pid },
+        Some(KillReason::Terminated | KillReason::Stopped) => TaskError::Terminated { task, pid },
         Some(KillReason::Timeout(after)) => TaskError::TimedOut {
             task,
             after,
@@ -922,11 +925,20 @@ impl Slot {
             }
             Err(e @ WireError::Stalled { .. }) => {
                 // It stopped reading part-way through its call: it can't be
-                // trusted to go on.
+                // trusted to go on. The call whose write broke fails; the
+                // ones written before it go back to the queue if the
+                // worker never reached them.
                 w.switch
                     .kill(KillReason::Terminated, rustix::process::Signal::KILL);
                 let why = format!("worker pid {}: sending the call: {e}", w.switch.pid);
-                calls.push_back(call);
+                let mut call = call;
+                trace(shared, &mut call, false, None, &mut w);
+                let job = call.job.expect("just made");
+                let error = TaskError::Codec {
+                    task: job.task.to_string(),
+                    message: why.clone(),
+                };
+                io.outbox.push((job.deliver, Err(error)));
                 SlotState::Broken(w, calls, Broken::Protocol(why))
             }
             Err(_) => {
@@ -1338,7 +1350,7 @@ fn end_worker(mut w: Worker, calls: VecDeque<Call>, broken: Option<Broken>, shar
             // Withdrawn: its future was resolved then.
             continue;
         };
-        let stop_all = matches!(reason, Some((KillReason::Terminated, None)));
+        let stop_all = matches!(reason, Some((KillReason::Stopped, _)));
         if !ran && !stop_all {
             // The receiver lives in `shared`, so the send can't fail.
             let _ = shared.tx.send(job);

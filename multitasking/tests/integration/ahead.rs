@@ -219,3 +219,46 @@ fn a_pool_dropped_right_after_a_terminate_reaps_its_worker() {
         let _ = std::fs::remove_file(&file);
     }
 }
+
+/// Writes a `Skipped` for call `id` straight onto the worker's control
+/// socket (protocol version 3, `FromWorker::Skipped` is variant 3), as if
+/// the call had been withdrawn, then sleeps: a worker that claims to have
+/// skipped a call nobody withdrew.
+#[multitasking::task]
+fn forge_skip(id: u8) -> u64 {
+    // SAFETY: fd 3 is the worker's control socket, open for the worker's
+    // life; it is only borrowed for this one write.
+    let sock = unsafe { rustix::fd::BorrowedFd::borrow_raw(3) };
+    // After the test has seen the calls written.
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = rustix::io::write(sock, &[3, 0, 0, 0, 3, 3, id]);
+    std::thread::sleep(Duration::from_secs(2));
+    0
+}
+
+#[test]
+fn a_skip_nobody_asked_for_fails_its_call_and_the_calls_behind_run_once() {
+    let file = mark_file("forged");
+    let p = pool().build().unwrap();
+    let first = p.worker_pids()[0];
+    // In a fresh pool calls are numbered from 1 as written: the gate is
+    // call 1, the forger call 2.
+    let (forger, written) = behind_a_gate(&p, |p| p.submit(forge_skip, 2).unwrap(), &file, 2);
+    match get(&forger) {
+        Err(TaskError::Codec { message, .. }) => {
+            assert!(message.contains("broke the protocol"), "{message}");
+        }
+        other => panic!("a forged skip must fail its call: {other:?}"),
+    }
+    for (i, m) in written.iter().enumerate() {
+        assert_eq!(get(m).unwrap(), i as u64 + 1);
+    }
+    assert_ne!(
+        p.worker_pids(),
+        vec![first],
+        "the forger's worker was replaced"
+    );
+    drop(p);
+    assert_eq!(marks(&file), vec![1, 2]);
+    let _ = std::fs::remove_file(&file);
+}

@@ -26,7 +26,8 @@
 //!
 //! Run: `cargo bench -p multitasking --bench cluster` (`MT_BENCH_ROUNDS`,
 //! default 3; `MT_BENCH_ONLY=processes` or `threads` for one configuration;
-//! `MT_BENCH_PROFILE=1` adds 30 s of single submits to attach a profiler to;
+//! `MT_BENCH_PROFILE=1` adds 30 s of single submits to attach a profiler to
+//! (`MT_BENCH_PROFILE=map`: 30 s of maps);
 //! `MT_BENCH_PREFETCH=N` sets the workers' prefetch cap).
 
 use std::collections::BTreeMap;
@@ -284,7 +285,15 @@ fn run_config(port: u16, round: usize, processes: bool, signed: bool) -> Figures
     for r in pool.map(noop, 0..1000u64) {
         r.unwrap();
     }
-    if std::env::var_os("MT_BENCH_PROFILE").is_some() {
+    let profile = std::env::var("MT_BENCH_PROFILE").ok();
+    if profile.as_deref() == Some("map") {
+        // Maps only, for a profiler: 30 s of them.
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            let sum: u64 = pool.map(noop, 0..200_000u64).map(Result::unwrap).sum();
+            assert_eq!(sum, 200_000 * 199_999 / 2);
+        }
+    } else if profile.is_some() {
         // Single submits only, for a profiler to attach to: 30 s of them.
         let until = Instant::now() + Duration::from_secs(30);
         while Instant::now() < until {

@@ -174,6 +174,48 @@ pub fn resolve(name: &str, signature: u64, worker: &str) -> Result<TaskEntry, Ta
     Ok(entry)
 }
 
+/// postcard's output appended to a `Vec`, short writes (a varint, a length,
+/// a tag) copied byte by byte. The stock `Vec` flavor hands every write,
+/// however short, to `memmove`: in a profile of a cluster map of no-op
+/// items that call was a fifth of the client's time, spent encoding the
+/// chunks' integers one by one.
+struct Appended(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Appended {
+    type Output = Vec<u8>;
+
+    #[inline]
+    fn try_push(&mut self, byte: u8) -> postcard::Result<()> {
+        self.0.push(byte);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= 16 {
+            self.0.reserve(data.len());
+            for &byte in data {
+                self.0.push(byte);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
+}
+
+/// Encodes `value` with postcard after what `buf` holds.
+pub(crate) fn postcard_into<V: Serialize + ?Sized>(
+    value: &V,
+    buf: Vec<u8>,
+) -> postcard::Result<Vec<u8>> {
+    postcard::serialize_with_flavor(value, Appended(buf))
+}
+
 /// Encodes `value` with `codec`; errors name `task`.
 pub fn encode<V: Serialize + ?Sized>(
     task: &str,
@@ -181,7 +223,7 @@ pub fn encode<V: Serialize + ?Sized>(
     value: &V,
 ) -> Result<Vec<u8>, TaskError> {
     let r = match codec {
-        Codec::Postcard => postcard::to_stdvec(value).map_err(|e| e.to_string()),
+        Codec::Postcard => postcard_into(value, Vec::new()).map_err(|e| e.to_string()),
         Codec::Json => serde_json::to_vec(value).map_err(|e| e.to_string()),
     };
     r.map_err(|message| TaskError::Codec {
@@ -213,4 +255,24 @@ fn run_batch<T: Task>(payload: &[u8]) -> Result<Vec<u8>, TaskError> {
     let inputs: Vec<T::Input> = decode(T::NAME, T::CODEC, payload)?;
     let outcomes = run_items(T::default(), inputs);
     encode(T::NAME, T::CODEC, &outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_appending_encoder_writes_what_postcard_writes(
+            ints in proptest::collection::vec(any::<u64>(), 0..300),
+            text in ".{0,80}",
+            bytes in proptest::collection::vec(any::<u8>(), 0..100),
+            prefix in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let value = (ints, text, bytes, Some(-3i64), (1u8, 2u16, 3.5f64));
+            let mut want = prefix.clone();
+            want.extend(postcard::to_stdvec(&value).unwrap());
+            prop_assert_eq!(super::postcard_into(&value, prefix).unwrap(), want);
+        }
+    }
 }

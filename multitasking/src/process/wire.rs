@@ -182,7 +182,8 @@ fn encode_frame_into<M: Serialize>(msg: &M, mut buf: Vec<u8>) -> Result<Vec<u8>,
     buf.clear();
     buf.resize(HEADER + 1, 0);
     buf[HEADER] = VERSION;
-    let buf = postcard::to_extend(msg, buf).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let buf =
+        crate::task::postcard_into(msg, buf).map_err(|e| WireError::Malformed(e.to_string()))?;
     let body = u32::try_from(buf.len() - HEADER).map_err(|_| WireError::TooLarge {
         size: buf.len() - HEADER,
         cap: u32::MAX as usize,

@@ -439,6 +439,7 @@ impl Executor for ProcessPool {
 
     fn shutdown(&self, how: Shutdown) {
         let mut cancelled = Vec::new();
+        let mut take_held = false;
         {
             let mut closed = self
                 .shared
@@ -449,11 +450,17 @@ impl Executor for ProcessPool {
                 *closed = true;
                 if how.cancel_futures {
                     cancelled.extend(self.shared.rx.try_iter());
+                    take_held = true;
                 }
                 for slot in &self.shared.slots {
                     slot.ring();
                 }
             }
+        }
+        // Outside the lock: a slot's lock is taken after it elsewhere (a
+        // supervisor reads `closed` under its slot's lock).
+        if take_held {
+            cancelled.extend(self.shared.slots.iter().filter_map(|s| s.take_held()));
         }
         // Outside the lock: a done callback may call back into the pool.
         for job in cancelled {

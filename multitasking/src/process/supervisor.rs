@@ -460,8 +460,7 @@ struct SlotIo {
     next_seq: u64,
     /// How long the slot's calls take, smoothed: calls are written ahead
     /// only while it is under [`AHEAD_BELOW`] (unless the pool fixes how
-    /// many, `calls_ahead`). `None` until a call was
-    /// answered.
+    /// many, `calls_ahead`). `None` until a call was answered.
     mean: Option<Duration>,
     /// A call too large to write ahead, taken from the queue while the
     /// worker was busy: it goes first once the worker is idle.
@@ -751,6 +750,12 @@ impl Slot {
     /// before it lets go of the lock.
     fn take(io: &mut SlotIo) -> SlotState {
         std::mem::take(&mut io.state)
+    }
+
+    /// Takes the call held for this slot's worker, if any (it was never
+    /// written): a shutdown that cancels pending work cancels it too.
+    pub(crate) fn take_held(&self) -> Option<Job> {
+        self.lock().held.take()
     }
 
     /// Wakes the slot's supervisor.

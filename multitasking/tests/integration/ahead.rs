@@ -262,3 +262,47 @@ fn a_skip_nobody_asked_for_fails_its_call_and_the_calls_behind_run_once() {
     assert_eq!(marks(&file), vec![1, 2]);
     let _ = std::fs::remove_file(&file);
 }
+
+/// Marks `id` in `path`; `pad` only makes the call large.
+#[multitasking::task]
+fn mark_padded(path: String, id: u64, pad: String) -> u64 {
+    use std::io::Write;
+    std::hint::black_box(pad);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open the mark file");
+    f.write_all(format!("{id}\n").as_bytes())
+        .expect("write the mark");
+    id
+}
+
+#[test]
+fn a_large_call_is_not_given_ahead_and_a_cancelling_shutdown_cancels_it() {
+    let file = mark_file("large");
+    let p = pool().build().unwrap();
+    let gate = p.submit(sleep_ms, 100).unwrap();
+    let head = p.submit(sleep_ms, 300).unwrap();
+    let large = p
+        .submit(mark_padded, (file.clone(), 9, "x".repeat(20_000)))
+        .unwrap();
+    assert_eq!(get(&gate).unwrap(), 100);
+    assert!(head.running(), "the head was written to the worker");
+    assert!(
+        !large.running(),
+        "a call over 16 KiB waits for an idle worker"
+    );
+    p.shutdown(multitasking::Shutdown {
+        wait: false,
+        cancel_futures: true,
+    });
+    assert!(large.cancelled(), "{:?}", get(&large));
+    assert_eq!(get(&head).unwrap(), 300, "the running call runs on");
+    drop(p);
+    assert_eq!(
+        marks(&file),
+        Vec::<u64>::new(),
+        "the cancelled call never ran"
+    );
+}

@@ -2592,3 +2592,56 @@ fn calls_of_a_packed_entry_the_broker_lost_fail_as_lost_in_bounded_time() {
         f.cancel();
     }
 }
+
+#[test]
+fn a_call_given_ahead_in_a_workers_process_pool_is_terminated_alone() {
+    let Some(base) = redis_url() else { return };
+    let queue = fresh_queue("ahead-stop");
+    let url = queue_url(&base, &queue);
+    let file = std::env::temp_dir().join(format!("multitask-{queue}"));
+    let _ = std::fs::remove_file(&file);
+    let path = file.display().to_string();
+    // One local worker process that takes calls ahead, under a worker that
+    // claims six calls at once: what it claims waits in the local pool.
+    let local = multitasking::ProcessPool::builder()
+        .max_workers(1)
+        .calls_ahead(7)
+        .build()
+        .unwrap();
+    let _worker = InProcessWorker::of(
+        Worker::builder(&url)
+            .concurrency(6)
+            .pool(local)
+            .visibility_timeout(Duration::from_secs(30)),
+    );
+    let pool = ClusterPool::connect_with(&url, 1)
+        .unwrap()
+        .with_calls_per_entry(1);
+    // A gate holds the local worker while the head and the marks behind
+    // it queue in its pool; its reply writes them all to the worker.
+    let gate = pool.submit(sleep_ms, 400).unwrap();
+    let head = pool.submit(mark, (path.clone(), 0, 1500)).unwrap();
+    let behind: Vec<_> = (1..=4)
+        .map(|n| pool.submit(mark, (path.clone(), n, 0)).unwrap())
+        .collect();
+    assert_eq!(get(&gate), Ok(400));
+    wait_for("the head never started", || marks(&file) == vec![0]);
+    wait_for("the calls behind the head never reached the worker", || {
+        behind.iter().all(|f| f.running())
+    });
+    assert!(behind[1].terminate(), "terminate a call given ahead");
+    let r = get(&behind[1]);
+    assert!(matches!(r, Err(TaskError::Terminated { .. })), "{r:?}");
+    assert_eq!(get(&head), Ok(0), "the call it was behind was not stopped");
+    for (i, f) in behind.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_eq!(get(f), Ok(i as u64 + 1));
+    }
+    let mut ran = marks(&file);
+    ran.sort_unstable();
+    assert_eq!(
+        ran,
+        vec![0, 1, 3, 4],
+        "each ran once, the terminated one never"
+    );
+    let _ = std::fs::remove_file(&file);
+}

@@ -62,7 +62,7 @@ fn a_call_given_ahead_runs_once_and_a_terminated_one_never_runs() {
     let file = mark_file("terminate");
     let p = pool().build().unwrap();
     let worker = p.worker_pids()[0];
-    let (head, written) = behind_a_gate(&p, |p| p.submit(sleep_ms, 400).unwrap(), &file, 5);
+    let (head, written) = behind_a_gate(&p, |p| p.submit(sleep_ms, 600).unwrap(), &file, 5);
     // Written ahead counts as started: cancel fails, as documented.
     assert!(!written[1].cancel());
     assert!(
@@ -75,7 +75,7 @@ fn a_call_given_ahead_runs_once_and_a_terminated_one_never_runs() {
         get(&written[2])
     );
     // The call before it was not stopped, nor its worker.
-    assert_eq!(get(&head).unwrap(), 400);
+    assert_eq!(get(&head).unwrap(), 600);
     for (i, m) in written.iter().enumerate() {
         if i != 2 {
             assert_eq!(get(m).unwrap(), i as u64 + 1);
@@ -98,7 +98,7 @@ fn calls_behind_one_whose_worker_died_run_once_on_the_next_worker() {
     let first = p.worker_pids()[0];
     let (head, written) = behind_a_gate(
         &p,
-        |p| p.submit(sleep_then, (200, Crash::Abort)).unwrap(),
+        |p| p.submit(sleep_then, (500, Crash::Abort)).unwrap(),
         &file,
         5,
     );
@@ -119,7 +119,7 @@ fn calls_behind_one_whose_worker_died_run_once_on_the_next_worker() {
 fn a_timeout_fails_only_the_call_that_ran_past_it() {
     let file = mark_file("timeout");
     let p = pool()
-        .task_timeout(Duration::from_millis(300))
+        .task_timeout(Duration::from_millis(1000))
         .build()
         .unwrap();
     let (head, written) = behind_a_gate(&p, |p| p.submit(spin_forever, ()).unwrap(), &file, 3);
@@ -176,8 +176,8 @@ fn by_default_long_calls_are_not_given_ahead() {
             "after call {i}: {running} calls written at once"
         );
     }
+    // The third waits behind two calls of 20 ms, given one at a time.
     let more: Vec<_> = (0..3).map(|_| p.submit(sleep_ms, 20).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(5));
     assert!(
         more[2].cancel(),
         "a call waiting behind a long one can be cancelled"
@@ -206,9 +206,9 @@ fn a_pool_dropped_right_after_a_terminate_reaps_its_worker() {
         let file = mark_file("drop");
         let p = pool().build().unwrap();
         let worker = p.worker_pids()[0];
-        let (head, written) = behind_a_gate(&p, |p| p.submit(sleep_ms, 50).unwrap(), &file, 2);
+        let (head, written) = behind_a_gate(&p, |p| p.submit(sleep_ms, 300).unwrap(), &file, 2);
         assert!(written[1].terminate());
-        assert_eq!(get(&head).unwrap(), 50);
+        assert_eq!(get(&head).unwrap(), 300);
         assert_eq!(get(&written[0]).unwrap(), 1);
         drop(p);
         assert!(
@@ -230,7 +230,7 @@ fn forge_skip(id: u8) -> u64 {
     // life; it is only borrowed for this one write.
     let sock = unsafe { rustix::fd::BorrowedFd::borrow_raw(3) };
     // After the test has seen the calls written.
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(500));
     let _ = rustix::io::write(sock, &[3, 0, 0, 0, 3, 3, id]);
     std::thread::sleep(Duration::from_secs(2));
     0
@@ -283,7 +283,7 @@ fn a_large_call_is_not_given_ahead_and_a_cancelling_shutdown_cancels_it() {
     let file = mark_file("large");
     let p = pool().build().unwrap();
     let gate = p.submit(sleep_ms, 100).unwrap();
-    let head = p.submit(sleep_ms, 300).unwrap();
+    let head = p.submit(sleep_ms, 600).unwrap();
     let large = p
         .submit(mark_padded, (file.clone(), 9, "x".repeat(20_000)))
         .unwrap();
@@ -298,7 +298,7 @@ fn a_large_call_is_not_given_ahead_and_a_cancelling_shutdown_cancels_it() {
         cancel_futures: true,
     });
     assert!(large.cancelled(), "{:?}", get(&large));
-    assert_eq!(get(&head).unwrap(), 300, "the running call runs on");
+    assert_eq!(get(&head).unwrap(), 600, "the running call runs on");
     drop(p);
     assert_eq!(
         marks(&file),

@@ -2620,7 +2620,7 @@ fn a_call_given_ahead_in_a_workers_process_pool_is_terminated_alone() {
     // A gate holds the local worker while the head and the marks behind
     // it queue in its pool; its reply writes them all to the worker.
     let gate = pool.submit(sleep_ms, 400).unwrap();
-    let head = pool.submit(mark, (path.clone(), 0, 1500)).unwrap();
+    let head = pool.submit(mark, (path.clone(), 0, 4000)).unwrap();
     let behind: Vec<_> = (1..=4)
         .map(|n| pool.submit(mark, (path.clone(), n, 0)).unwrap())
         .collect();

@@ -959,28 +959,28 @@ impl Slot {
         // One read from the socket, then the replies it brought along:
         // another read would be a system call that finds nothing, on the
         // round trip's path.
-        let mut more = self.pump_one(io, shared) == Some(true);
+        let mut more = self.pump_one(io, shared);
         while more && io.state.worker().is_some_and(|w| w.conn.has_frame()) {
-            more = self.pump_one(io, shared) == Some(true);
+            more = self.pump_one(io, shared);
         }
         self.dispatch(io, shared);
     }
 
-    /// Reads one message of the worker, if one is there: `Some(true)` if
-    /// one was handled and the worker goes on, `Some(false)` if there was
-    /// none, `None` if the worker is broken (or there is none).
-    fn pump_one(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) -> Option<bool> {
+    /// Reads one message of the worker, if one is there: true if one was
+    /// handled and the worker goes on; false if none had come, or the
+    /// worker is broken (or there is none).
+    fn pump_one(self: &Arc<Self>, io: &mut SlotIo, shared: &Arc<PoolShared>) -> bool {
         let front = match &io.state {
             SlotState::Busy(_, calls) => calls.front().map(|c| (c.id, c.job.is_some())),
             _ => None,
         };
         let w = match &mut io.state {
             SlotState::Idle(w) | SlotState::Busy(w, _) | SlotState::Retiring(w) => w,
-            SlotState::Empty | SlotState::Broken(..) => return None,
+            SlotState::Empty | SlotState::Broken(..) => return false,
         };
         let pid = w.switch.pid;
         let broken = match w.conn.try_recv::<FromWorker>() {
-            Ok(None) => return Some(false),
+            Ok(None) => return false,
             Ok(Some(FromWorker::Reply { id, outcome, usage })) if front == Some((id, true)) => {
                 let (mut w, mut call, calls) = Slot::pop(io);
                 let now = Instant::now();
@@ -1008,7 +1008,7 @@ impl Slot {
                     (true, false) => SlotState::Idle(w),
                 };
                 self.set(io, next);
-                return Some(true);
+                return true;
             }
             Ok(Some(FromWorker::Skipped { id })) if front == Some((id, false)) => {
                 let (w, _, calls) = Slot::pop(io);
@@ -1018,7 +1018,7 @@ impl Slot {
                     SlotState::Busy(w, calls)
                 };
                 self.set(io, next);
-                return Some(true);
+                return true;
             }
             Ok(Some(other)) => Broken::Protocol(format!(
                 "worker pid {pid} broke the protocol: sent {other:?}"
@@ -1036,7 +1036,7 @@ impl Slot {
                 .kill(KillReason::Terminated, rustix::process::Signal::KILL);
         }
         self.set(io, SlotState::Broken(w, calls, broken));
-        None
+        false
     }
 
     /// Takes a busy slot's state apart: its worker, its first call, and
@@ -1178,7 +1178,7 @@ pub(crate) fn supervise(
             }
             continue;
         }
-        let wake = deadlines(&mut io, config);
+        let wake = deadlines(&io, config);
         let stall = stall_of(&io);
         let wake = match (wake, stall) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -1271,7 +1271,7 @@ fn stall_of(io: &SlotIo) -> Option<Instant> {
 
 /// Kills the running call's worker past the timeout or the memory limit;
 /// when the supervisor must look again.
-fn deadlines(io: &mut SlotIo, config: &Config) -> Option<Instant> {
+fn deadlines(io: &SlotIo, config: &Config) -> Option<Instant> {
     let SlotState::Busy(w, calls) = &io.state else {
         return None;
     };

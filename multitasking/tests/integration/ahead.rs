@@ -266,15 +266,8 @@ fn a_skip_nobody_asked_for_fails_its_call_and_the_calls_behind_run_once() {
 /// Marks `id` in `path`; `pad` only makes the call large.
 #[multitasking::task]
 fn mark_padded(path: String, id: u64, pad: String) -> u64 {
-    use std::io::Write;
     std::hint::black_box(pad);
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("open the mark file");
-    f.write_all(format!("{id}\n").as_bytes())
-        .expect("write the mark");
+    crate::tasks::append_mark(&path, id);
     id
 }
 

@@ -628,15 +628,7 @@ fn a_cluster_pool_traces_each_task_on_its_worker() {
 /// `ms`: a task whose every run leaves a trace.
 #[multitasking::task]
 pub(crate) fn mark(path: String, n: u64, ms: u64) -> u64 {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("open the mark file");
-    f.write_all(format!("{n}\n").as_bytes())
-        .expect("write a mark");
-    drop(f);
+    crate::tasks::append_mark(&path, n);
     std::thread::sleep(Duration::from_millis(ms));
     n
 }

@@ -48,15 +48,21 @@ pub(crate) fn flaky(x: u64) -> u64 {
 /// the task body ran, wherever it ran.
 #[multitasking::task]
 pub(crate) fn mark(path: String, id: u64) -> u64 {
+    append_mark(&path, id);
+    id
+}
+
+/// Appends `id` as a line to the file at `path`, in one O_APPEND write:
+/// what [`mark`] and the tasks like it leave behind.
+pub(crate) fn append_mark(path: &str, id: u64) {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)
+        .open(path)
         .expect("open the mark file");
     f.write_all(format!("{id}\n").as_bytes())
         .expect("write the mark");
-    id
 }
 
 /// The ids that [`mark`] wrote to `path`, sorted.
